@@ -1,0 +1,59 @@
+# LAGCL4Rec pipeline. `make pipeline` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,llm,embed
+
+DATA ?= ml-100k
+ENGINE ?= embedding
+MODEL ?= lightgcn
+RANK ?=
+ABLATION ?=
+FROM ?=
+DRY_RUN ?=
+OVERRIDES ?=
+
+PIPELINE_ARGS = --data $(DATA) --engine $(ENGINE) --model $(MODEL) \
+	$(if $(RANK),--rank $(RANK)) $(if $(ABLATION),--ablation $(ABLATION)) $(if $(FROM),--from-stage $(FROM)) \
+	$(if $(DRY_RUN),--dry-run) $(foreach o,$(OVERRIDES),--set $(o))
+
+export PREFECT_HOME ?= $(CURDIR)/cache/prefect
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup pipeline status test test-slow bench bench-gcl clean-venv
+
+STAMP := $(VENV)/.lagcl-setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+pipeline: setup
+	$(PY) -m flows.pipeline $(PIPELINE_ARGS)
+
+status: setup
+	$(PY) -m lagcl.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" --timeout=900
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow --timeout=2400
+
+bench: bench-gcl
+
+bench-gcl: setup
+	$(PY) -m scripts.bench_gcl
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,299 @@
+"""The one configuration loader.
+
+A run's configuration is `conf/defaults.yaml`, the dataset file `conf/data/<data>.yaml` under
+`data`, the engine file `conf/engine/<engine>.yaml` and the backbone file `conf/model/<model>.yaml`
+merged at the root (they hold whole sections), then `key.sub=value` overrides. Every section is a pydantic
+model that forbids unknown keys, so a typo is an error that names the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lagcl.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where a dataset's raw files are and how to read them (one `conf/data/<name>.yaml` each)."""
+
+    name: str
+    format: Literal["ml-100k", "atomic", "ml-1m", "yelp", "amazon2018", "amazon2023", "steam", "table"]
+    path: str = Field(description="folder with the raw files, relative to the repository root")
+    files: dict[str, str] = Field(default_factory=dict, description="role -> file name inside `path`")
+    published_at: str = ""
+    domain: str = Field("item", description="domain word for prompts: movie, business, book, game")
+    rating_threshold: float = Field(3.0, description="rating > threshold is positive, <= is negative")
+    all_positive: bool = False
+    rating_range: tuple[float, float] | None = None
+    kcore: int = Field(5, ge=1)
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    item_text_fields: list[str] = Field(default_factory=lambda: ["title", "categories"])
+    columns: dict[str, str] = Field(default_factory=dict, description="generic tables: canonical -> raw column")
+    strict: bool = Field(True, description="malformed lines are an error (true) or skipped and counted (false)")
+    max_interactions: int | None = Field(None, description="read at most this many interactions (for trials)")
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> "DataConfig":
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        return self
+
+
+class EngineConfig(Section):
+    """Which implementation answers the four semantic operations (profile, score, partition, similarity)."""
+
+    name: Literal["embedding", "anthropic", "openai", "vllm", "transformers"] = "embedding"
+    model: str = "all-MiniLM-L6-v2"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    batch_api: bool = False
+    max_concurrency: int = Field(8, ge=1)
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    temperature: float = 0.0
+    max_tokens: int = Field(1024, ge=1)
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = Field(64, ge=1)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLMConfig(Section):
+    budget_usd: float | None = Field(None, description="stop cleanly (resumable) when spend reaches this")
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="model -> (USD per 1M input tokens, USD per 1M output tokens)"
+    )
+    dry_run: bool = False
+
+
+class ProfilesConfig(Section):
+    history: int = Field(30, ge=1, description="rated items shown per user profile")
+    shard_size: int = Field(256, ge=1)
+
+
+class AugmentConfig(Section):
+    cold_threshold: int = Field(30, ge=1)
+    n_candidates: int = Field(1024, ge=1)
+    items_per_call: int = Field(32, ge=1)
+    top_fraction: float = Field(0.02, gt=0, le=1)
+    shard_size: int = Field(64, ge=1, description="users per scores shard")
+
+
+class GroupsConfig(Section):
+    batch_size: int = Field(100, ge=2)
+    target_group_size: int = Field(20, ge=2)
+    tau_sim: float = Field(0.8, ge=0, le=1)
+    candidate_pairs_k: int = Field(5, ge=1)
+
+
+class GraphConfig(Section):
+    backend: Literal["torch", "dgl"] = "torch"
+
+
+class GCLConfig(Section):
+    """Backbone and training loop (conf/model/<backbone>.yaml)."""
+
+    backbone: Literal["mf", "lightgcn", "sgl", "lightgcl", "xsimgcl"] = "lightgcn"
+    emb_dim: int = Field(64, ge=1)
+    n_layers: int = Field(3, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2048, ge=1)
+    epochs: int = Field(300, ge=1)
+    patience: int = Field(10, ge=1)
+    lambda_reg: float = Field(1e-4, ge=0)
+    lambda_cl: float = Field(0.0, ge=0)
+    cl_temperature: float = Field(0.2, gt=0)
+    eps: float = Field(0.1, ge=0, description="XSimGCL noise magnitude")
+    l_star: int = Field(1, ge=1, description="XSimGCL contrast layer")
+    drop_rate: float = Field(0.1, ge=0, lt=1, description="SGL edge dropout")
+    svd_q: int = Field(5, ge=1, description="LightGCL SVD rank")
+    eval_batch_users: int = Field(1024, ge=1)
+    topk_out: int = Field(100, ge=1, description="cf_topk candidates kept per user")
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class RankConfig(Section):
+    """The rank-level activation switches (eq. 7-12)."""
+
+    enabled: bool = True
+    w_h: float = Field(1.5, gt=0)
+    tau_p: float = Field(0.2, gt=0)
+    tau_e_ratio: float = Field(0.45, gt=0, description="tau_e = tau_e_ratio * tau_p (Figure 6)")
+    tau_h_ratio: float = Field(0.1, gt=0, description="tau_h = tau_h_ratio * tau_p (Figure 6)")
+    lambda_cl: float = Field(0.15, ge=0)
+    dislike_sample_prob: float = Field(0.2, ge=0, le=1)
+    groups_from: Literal["groups", "categories"] = "groups"
+
+
+class RerankConfig(Section):
+    model: str = "reranker-cpu"
+    candidates: int = Field(20, ge=0, le=100)
+    history: int = Field(10, ge=0)
+    epochs: int = Field(1, ge=1)
+    deepspeed: str | None = None
+    alpha: float = Field(0.5, ge=0, le=1)
+    tau: float = Field(1.0, gt=0)
+    grid_search: bool = True
+
+
+class EvaluateConfig(Section):
+    topk: list[int] = Field(default_factory=lambda: [10, 20, 50])
+
+
+class PipelineConfig(Section):
+    stages: dict[Literal["profiles", "augment", "groups", "gcl", "rerank", "evaluate"], bool] = Field(
+        default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")}
+    )
+    ablation: Literal["none", "no-data", "no-rank", "no-rerank"] = "none"
+    from_stage: str | None = None
+    runner: Literal["local", "dask"] = "local"
+
+
+class Config(Section):
+    seed: int = 2024
+    cache_dir: str = "cache"
+    data: DataConfig
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    profiles: ProfilesConfig = Field(default_factory=ProfilesConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    groups: GroupsConfig = Field(default_factory=GroupsConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    gcl: GCLConfig = Field(default_factory=GCLConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (the config part of a stage fingerprint)."""
+        payload = {s: getattr(self, s).model_dump(mode="json") if isinstance(getattr(self, s), BaseModel)
+                   else getattr(self, s) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _choices(kind: str, conf_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (conf_dir / kind).glob("*.yaml"))
+
+
+def _named_file(kind: str, name: str, conf_dir: Path) -> dict[str, Any]:
+    path = conf_dir / kind / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {kind} '{name}': choose one of {', '.join(_choices(kind, conf_dir))} "
+                          f"(files in {conf_dir / kind})")
+    return _read_yaml(path)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`gcl.lr=0.01` -> (["gcl", "lr"], 0.01); the value is read as YAML so lists and bools work."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = _section_model(err["loc"][:-1])
+            allowed = sorted(section.model_fields) if section else []
+            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"unknown key '{loc}'{hint}; allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"bad value for '{loc}': {err['msg']} (got {err.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def load_config(
+    data: str = "ml-100k",
+    engine: str = "embedding",
+    model: str = "lightgcn",
+    overrides: list[str] | tuple[str, ...] = (),
+    conf_dir: Path | str | None = None,
+) -> Config:
+    """Build and validate one run's configuration; raises ConfigError naming any bad key or value."""
+    conf = Path(conf_dir) if conf_dir else CONF_DIR
+    tree = _read_yaml(conf / "defaults.yaml")
+    tree["data"] = _deep_merge(tree.get("data", {}), _named_file("data", data, conf))
+    tree["data"].setdefault("name", data)
+    # engine and model files hold whole sections (engine + llm prices; gcl + rank), merged at the root
+    tree = _deep_merge(tree, _named_file("engine", engine, conf))
+    tree = _deep_merge(tree, _named_file("model", model, conf))
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(tree, path, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None

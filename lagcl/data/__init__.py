@@ -1,0 +1,1 @@
+"""Raw-format readers, signing, k-core filtering and the per-user split."""

@@ -1,0 +1,90 @@
+"""The stage graph, fingerprints, and the context every stage runs in.
+
+Fingerprints are known before anything runs (they depend only on configuration and code
+versions), so the flow, `lagcl status` and Prefect's cache keys all agree on them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lagcl.artifacts import ArtifactStore, fingerprint
+from lagcl.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("lagcl")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+    version: str
+
+
+# the order is the execution order
+STAGES: dict[str, StageSpec] = {s.name: s for s in (
+    StageSpec("prepare", ("data",), (), "1"),
+    StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
+    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "1"),
+    StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
+    StageSpec("gcl", ("gcl", "rank", "graph"), ("prepare", "augment", "groups"), "1"),
+    StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "1"),
+    StageSpec("evaluate", ("evaluate", "rerank"), ("prepare", "gcl", "rerank"), "1"),
+)}
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """What a stage returns: a reference to its finished artifact folder, never the data itself."""
+
+    stage: str
+    fingerprint: str
+    path: str
+
+
+def enabled_stages(cfg: Config) -> list[str]:
+    """Stages this run executes, after ablation switches (Table 3)."""
+    on = {"prepare": True, **{k: v for k, v in cfg.pipeline.stages.items()}}
+    ablation = cfg.pipeline.ablation
+    if ablation == "no-data":
+        on["augment"] = False
+    elif ablation == "no-rerank":
+        on["rerank"] = False
+    return [s for s in STAGES if on.get(s, True)]
+
+
+def rank_enabled(cfg: Config) -> bool:
+    return cfg.rank.enabled and cfg.pipeline.ablation != "no-rank"
+
+
+@dataclass
+class Plan:
+    cfg: Config
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def store(self) -> ArtifactStore:
+        root = Path(self.cfg.cache_dir)
+        return ArtifactStore(root if root.is_absolute() else REPO_ROOT / root, self.cfg.data.name)
+
+    def ref(self, stage: str) -> StageRef:
+        fp = self.fingerprints[stage]
+        return StageRef(stage, fp, str(self.store.stage_path(stage, fp)))
+
+    def upstream(self, stage: str) -> dict[str, StageRef]:
+        return {u: self.ref(u) for u in STAGES[stage].upstream if u in self.fingerprints}
+
+
+def make_plan(cfg: Config) -> Plan:
+    plan = Plan(cfg)
+    for name in enabled_stages(cfg):
+        spec = STAGES[name]
+        config_hash = cfg.section_hash(*spec.sections)
+        extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")
+        ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
+        plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
+    return plan
