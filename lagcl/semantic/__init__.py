@@ -1,0 +1,19 @@
+"""Semantic operations (profile, score, partition, similarity) over an LLM or the embedding engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lagcl.config import Config
+from lagcl.semantic.base import SemanticEngine
+
+
+def make_engine(cfg: Config, cache_dir: Path) -> SemanticEngine:
+    """The engine named by `engine.name`; LLM backends get the response cache under `cache_dir/llm`."""
+    if cfg.engine.name == "embedding":
+        from lagcl.semantic.embedding import EmbeddingEngine
+
+        return EmbeddingEngine(cfg.engine, domain=cfg.data.domain)
+    from lagcl.semantic.llm_engine import LLMEngine
+
+    return LLMEngine(cfg.engine, cfg.llm, domain=cfg.data.domain, cache_dir=Path(cache_dir) / "llm")

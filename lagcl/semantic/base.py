@@ -1,0 +1,100 @@
+"""The four semantic operations of DESIGN.md behind one interface.
+
+An engine answers, in batches:
+- profile:    eq. 1, a profile (summarization + reasoning) for each user or item context;
+- score:      eq. 2-3, a like (polarity "pos") or dislike ("neg") score in [0, 10] for each
+              candidate item of a user, several items per request;
+- partition:  eq. 5, groups for a batch of profiles (every id assigned exactly once);
+- similarity: eq. 6, a similarity in [0, 1] for each pair of groups.
+
+Two implementations: the LLM engine (the paper's prompts through an LLM client) and the embedding
+engine (offline, CPU; an approximation, and says so in `approximate`). Stages talk only to this
+interface, so switching engines is a config change (`conf/engine/<name>.yaml`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+Kind = Literal["user", "item"]
+Polarity = Literal["pos", "neg"]
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What the engine knows of one user or item. `attributes` are metadata (age, genres, year...);
+    `liked`/`disliked` are titles (or short texts) of rated items, newest first, for users only."""
+
+    kind: Kind
+    id: int
+    title: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    liked: tuple[str, ...] = ()
+    disliked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    kind: Kind
+    id: int
+    summarization: str
+    reasoning: str
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    user: int
+    user_profile: str
+    polarity: Polarity
+    items: tuple[tuple[int, str], ...]  # (item id, item profile text)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    user: int
+    polarity: Polarity
+    scores: dict[int, float]  # item id -> score in [0, 10]; only ids from the request
+    failed: str | None = None  # reason, when the reply could not be used after repair
+
+
+@dataclass(frozen=True)
+class Group:
+    kind: Kind
+    name: str
+    characteristics: str
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    groups: tuple[Group, ...]
+    unassigned: tuple[int, ...] = ()  # ids the engine did not place (the caller makes them singletons)
+    failed: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    requests: int = 0
+    cached: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    failed: int = 0
+
+
+@runtime_checkable
+class SemanticEngine(Protocol):
+    name: str
+    model: str
+    approximate: bool  # True for the embedding engine: artifacts label it as an approximation
+
+    def profile(self, requests: Sequence[ProfileRequest]) -> list[Profile]: ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]: ...
+
+    def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> PartitionResult: ...
+
+    def similarity(self, pairs: Sequence[tuple[Group, Group]]) -> list[float]: ...
+
+    def usage(self) -> Usage: ...
