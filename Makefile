@@ -42,7 +42,7 @@ pipeline: setup
 	$(PY) -m flows.pipeline $(PIPELINE_ARGS)
 
 status: setup
-	$(PY) -m lagcl.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
+	$(PY) -m flows.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" --timeout=900

@@ -98,18 +98,7 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"  {stage:<9} {path}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="ml-100k")
-    p.add_argument("--engine", default="embedding")
-    p.add_argument("--model", default="lightgcn")
-    p.add_argument("--rank", choices=["on", "off"], default=None)
-    p.add_argument("--ablation", choices=["no-data", "no-rank", "no-rerank"], default=None)
-    p.add_argument("--from-stage", choices=list(STAGES), default=None)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # validate before starting Prefect, so a typo costs nothing
@@ -120,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flows.cli import add_run_options
+
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
+    return run_from_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""The pipeline flow through a real (temporary) Prefect server, in a subprocess like `make pipeline`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lagcl.data.fetch import ensure_ml100k
+
+ONLY_PREPARE = [f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")]
+
+
+def run_pipeline(repo: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    args = [sys.executable, "-m", "flows.pipeline", "--set", f"cache_dir={tmp / 'cache'}",
+            "--set", f"data.path={repo / 'cache' / 'raw' / 'ml-100k'}"]
+    for s in (*ONLY_PREPARE, *extra):
+        args += ["--set", s]
+    return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ml100k(repo_root):
+    return ensure_ml100k(repo_root / "cache" / "raw" / "ml-100k")
+
+
+def test_pipeline_prepares_ml100k_then_reports_the_stage_cached_on_rerun(repo_root, tmp_path, ml100k):
+    first = run_pipeline(repo_root, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout + first.stderr
+    assert "938 users, 1,008 items" in out and "54,413 positive" in out
+    manifests = list((tmp_path / "cache" / "ml-100k" / "prepare").glob("*/manifest.json"))
+    assert len(manifests) == 1
+    stats = json.loads(manifests[0].read_text())["meta"]["stats"]
+    assert (stats["users"], stats["items"], stats["positives"]) == (938, 1008, 54413)
+
+    second = run_pipeline(repo_root, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Task run 'prepare' - Finished in state Cached" in second.stdout + second.stderr
+
+
+def test_pipeline_rejects_a_config_typo_before_starting_any_work(repo_root, tmp_path, ml100k):
+    proc = run_pipeline(repo_root, tmp_path, "gcl.lrr=0.1")
+    assert proc.returncode == 2
+    assert "unknown key 'gcl.lrr'" in proc.stderr and "did you mean 'lr'" in proc.stderr
+    assert not (tmp_path / "cache").exists()
