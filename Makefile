@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup pipeline status test test-slow bench bench-gcl clean-venv
+.PHONY: setup pipeline status server deploy test test-slow bench bench-gcl clean-venv
 
 STAMP := $(VENV)/.lagcl-setup
 
@@ -40,6 +40,19 @@ $(STAMP): pyproject.toml Makefile
 
 pipeline: setup
 	$(PY) -m flows.pipeline $(PIPELINE_ARGS)
+
+# Prefect server + UI on http://127.0.0.1:4200 (SQLite under cache/prefect; PREFECT_DB_URL=postgresql+asyncpg://...
+# for a shared PostgreSQL database).
+PREFECT_PORT ?= 4200
+PREFECT_DB_URL ?=
+server: setup
+	mkdir -p cache/prefect
+	$(if $(PREFECT_DB_URL),PREFECT_API_DATABASE_CONNECTION_URL='$(PREFECT_DB_URL)') \
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# Register the deployments of conf/schedules.yaml with the server started by `make server`, and serve them.
+deploy: setup
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(PY) -m flows.deploy
 
 status: setup
 	$(PY) -m flows.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)

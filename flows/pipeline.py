@@ -98,13 +98,34 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"  {stage:<9} {path}")
 
 
+def _local_server_settings() -> dict:
+    """Runs go to the `make server` UI when it is up; otherwise Prefect starts a temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    if os.environ.get("PREFECT_API_URL"):
+        return {}
+    import urllib.request
+
+    url = "http://127.0.0.1:4200/api"
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as resp:
+            if resp.status == 200:
+                return {PREFECT_API_URL: url}
+    except OSError:
+        pass
+    return {}
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # validate before starting Prefect, so a typo costs nothing
         build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides, args.dry_run)
-        lagcl_pipeline(data=args.data, engine=args.engine, model=args.model, rank=args.rank,
-                       ablation=args.ablation, from_stage=args.from_stage, overrides=args.overrides)
+        from prefect.settings import temporary_settings
+
+        with temporary_settings(_local_server_settings()):
+            lagcl_pipeline(data=args.data, engine=args.engine, model=args.model, rank=args.rank,
+                           ablation=args.ablation, from_stage=args.from_stage, overrides=args.overrides)
     except LagclError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
