@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,11 +27,19 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
+from tasks import gcl as gcl_stage  # noqa: E402
+from tasks import augment as augment_stage  # noqa: E402
+from tasks import groups as groups_stage  # noqa: E402
 from tasks import prepare as prepare_stage  # noqa: E402
+from tasks import profiles as profiles_stage  # noqa: E402
 from tasks.base import STAGES, Plan, StageRef, make_plan  # noqa: E402
 
 RUNNERS = {
     "prepare": prepare_stage.run,
+    "profiles": profiles_stage.run,
+    "augment": augment_stage.run,
+    "groups": groups_stage.run,
+    "gcl": gcl_stage.run,
 }
 
 
@@ -79,6 +88,7 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
             ref = run_stage.with_options(refresh_cache=True)(stage, plan)
         done[stage] = ref.path
     _print_summary(plan, done)
+    _publish_artifacts(plan, done)
     return done
 
 
@@ -94,6 +104,11 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"{plan.cfg.data.name}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
               f"({s['positives']:,} positive, {s['negatives']:,} negative), density {s['density']:.4f}; positives "
               f"train/valid/test {s['positives_train']:,}/{s['positives_valid']:,}/{s['positives_test']:,}")
+    if "gcl" in done:
+        m = read_manifest(Path(done["gcl"]))["meta"]
+        print(f"gcl {m['backbone']} (rank level {'on' if m['rank_level'] else 'off'}): test Recall@20 "
+              f"{m['test_recall@20']:.4f}, NDCG@20 {m['test_ndcg@20']:.4f} (best epoch {m['best_epoch']}, "
+              f"{m['train_seconds']:.1f} s training)")
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
 
@@ -130,6 +145,41 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _publish_artifacts(plan: Plan, done: dict[str, str]) -> None:
+    """Per run, in the Prefect UI: a table artifact with the metrics, a Markdown artifact with the report."""
+    import polars as pl
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", f"lagcl-{plan.cfg.data.name}".lower())
+    metric_rows: list[dict] = []
+    lines = [f"# LAGCL4Rec run: {plan.cfg.data.name}", "",
+             f"engine `{plan.cfg.engine.name}`, backbone `{plan.cfg.gcl.backbone}`, rank level "
+             f"{'on' if plan.cfg.rank.enabled else 'off'}, ablation `{plan.cfg.pipeline.ablation}`, seed {plan.cfg.seed}",
+             "", "| stage | seconds | rows | spend (USD) | folder |", "|---|---:|---:|---:|---|"]
+    pngs: list[Path] = []
+    for stage, path in done.items():
+        folder = Path(path)
+        manifest = read_manifest(folder) or {}
+        usage = manifest.get("meta", {}).get("usage") or {}
+        lines.append(f"| {stage} | {manifest.get('seconds', 0):.1f} | {sum(manifest.get('rows', {}).values()):,} | "
+                     f"{usage.get('cost_usd', 0.0):.2f} | `{folder}` |")
+        if (folder / "metrics.parquet").is_file():
+            for row in pl.read_parquet(folder / "metrics.parquet").iter_rows(named=True):
+                metric_rows.append({"stage": stage, **{k: (round(v, 5) if isinstance(v, float) else v)
+                                                       for k, v in row.items()}})
+        pngs += sorted(folder.glob("*.png"))
+    report = Path(done["evaluate"]) / "report.md" if "evaluate" in done else None
+    if report is not None and report.is_file():
+        lines += ["", report.read_text()]
+    if pngs:
+        lines += ["", "## Plots", *[f"- [{p.name}](file://{p})" for p in pngs]]
+    if metric_rows:
+        create_table_artifact(key=f"{key}-metrics", table=metric_rows,
+                              description=f"metrics of {plan.cfg.data.name}")
+    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines),
+                             description=f"report of {plan.cfg.data.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
