@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup pipeline status server deploy test test-slow bench bench-gcl clean-venv
+.PHONY: ui-deps setup pipeline status server deploy test test-slow bench bench-gcl clean-venv
 
 STAMP := $(VENV)/.lagcl-setup
 
@@ -57,7 +57,11 @@ deploy: setup
 status: setup
 	$(PY) -m flows.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
 
-test: setup
+# Debian's Chromium, for the test that loads the Prefect UI in a headless browser
+ui-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: setup ui-deps
 	$(PY) -m pytest -q -m "not slow" --timeout=900
 
 test-slow: setup

@@ -1,12 +1,13 @@
 """The UI way of use: a real Prefect server, deployments served by `flows.deploy`, runs triggered by API."""
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ import yaml
 
 from lagcl.data.fetch import ensure_ml100k
 
+CHROMIUM = shutil.which("chromium") or "chromium (not installed: run `make ui-deps`)"
 OFF = ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")
 
 
@@ -37,7 +39,9 @@ def wait_for(pred, timeout: float, what: str):
 def prefect_server(tmp_path):
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
+           # the UI's browser code must call this server, not the default port
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -78,7 +82,7 @@ def test_deployment_runs_from_the_api_and_a_second_run_shows_the_stage_cached(pr
         dep = wait_for(deployment, 120, "the deployment to register")
         assert dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
 
-        def run_once() -> list[str]:
+        def run_once() -> tuple[str, list[str]]:
             run = client.post(f"/deployments/{dep['id']}/create_flow_run", json={}).json()
 
             def finished():
@@ -87,11 +91,25 @@ def test_deployment_runs_from_the_api_and_a_second_run_shows_the_stage_cached(pr
 
             assert wait_for(finished, 240, "the flow run") == "COMPLETED"
             tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
-            return sorted(t["state_name"] for t in tasks)
+            return run["name"], sorted(t["state_name"] for t in tasks)
 
-        assert run_once() == ["Completed"]
-        assert run_once() == ["Cached"]
+        _, first_states = run_once()
+        assert first_states == ["Completed"]
+        _, second_states = run_once()
+        assert second_states == ["Cached"]
         assert len(list((tmp_path / "cache" / "ml-100k" / "prepare").glob("*/manifest.json"))) == 1
+
+        # a person opening the deployment's page in the UI sees the runs listed
+        ui = api.removesuffix("/api") + f"/deployments/deployment/{dep['id']}?tab=Runs"
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=30000", "--dump-dom", ui],
+            capture_output=True, text=True, timeout=120).stdout
+        text = " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+        assert "Deployment: test-ml100k" in text
+        assert "2 Flow runs" in text
+        assert "At 03:00 AM every day" in text
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=30)

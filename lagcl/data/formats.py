@@ -1,14 +1,34 @@
 """Raw-format readers: each turns a dataset's published files into a RawDataset.
 
-`READERS[format]` is `(cfg, root) -> RawDataset`. Readers check every file before reading any, so a
-missing file is reported with all the others and where the dataset is published. Malformed lines
-are an error with file and line number, or (with `strict: false`) skipped and counted.
+`READERS[format]` is `(cfg, root) -> RawDataset`. Conventions shared by every reader:
+
+- Files are found by role (`data.files` maps role -> file name; each reader has default names).
+  Required files are checked before any is read, so a missing file is reported with all the others
+  and where the dataset is published. An optional file (user attributes, say) is read when it is
+  there, and becomes required when `data.files` names it.
+- A file whose name ends in `.gz` is read through gzip; everything else as plain text.
+- Malformed lines (bad JSON, wrong field count, a rating that is not a number, a missing id) are an
+  error naming file:line, or with `data.strict: false` skipped and counted in `skipped_lines`.
+- Ids are kept exactly as published (spaces and unicode included); readers never filter or sign.
+- Timestamps are unix seconds; dates without a time zone are read as UTC; an unknown date is 0.
+- Big files (Yelp, Amazon) are streamed line by line into column chunks, so memory holds the
+  kept columns only, never the review texts.
 """
 
 from __future__ import annotations
 
+import ast
+import csv
+import gzip
+import json
+import math
+import re
+import zlib
+from collections import Counter
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import polars as pl
 
@@ -16,9 +36,16 @@ from lagcl.config import DataConfig
 from lagcl.data.raw import RawDataset, require_files
 from lagcl.errors import DataError
 
+CHUNK_ROWS = 200_000  # rows buffered as Python tuples before they become a compact polars chunk
+
+INTER_SCHEMA = {"user_raw": pl.String, "item_raw": pl.String, "rating": pl.Float64, "timestamp": pl.Int64}
+CATEGORIES = pl.List(pl.String)
+
+
+# --- reading text files ---------------------------------------------------------------------------
 
 class LineReader:
-    """Reads a delimited text file line by line, counting or raising on malformed lines."""
+    """Reads a (possibly gzipped) text file line by line, counting or raising on malformed lines."""
 
     def __init__(self, path: Path, strict: bool, encoding: str = "utf-8"):
         self.path = path
@@ -32,18 +59,34 @@ class LineReader:
                             "malformed lines and count them)")
         self.skipped += 1
 
-    def lines(self, skip_header: bool = False) -> Iterator[tuple[int, str]]:
+    @contextmanager
+    def open(self) -> Iterator[Any]:
+        """The open text handle; decoding and gzip errors become a DataError that names the file."""
         try:
-            with open(self.path, encoding=self.encoding, newline="") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if skip_header and lineno == 1:
-                        continue
-                    line = line.rstrip("\r\n")
-                    if line.strip():
-                        yield lineno, line
+            if self.path.name.endswith(".gz"):
+                fh = gzip.open(self.path, "rt", encoding=self.encoding, newline="")
+            else:
+                fh = open(self.path, encoding=self.encoding, newline="")
+            with fh:
+                yield fh
         except UnicodeDecodeError as exc:
-            raise DataError(f"{self.path} is not valid {self.encoding} text ({exc.reason} at byte {exc.start}); "
-                            "re-download it or convert it to UTF-8") from None
+            name = "UTF-8" if self.encoding.startswith("utf-8") else self.encoding
+            raise DataError(f"{self.path} is not valid {name} text ({exc.reason} at byte {exc.start}); "
+                            f"re-download it or convert it to {name}") from None
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{self.path} is not a complete gzip file ({exc}); download it again, or "
+                            "drop the .gz from its name if it is plain text") from None
+        except OSError as exc:
+            raise DataError(f"cannot read {self.path}: {exc.strerror or exc}; check its permissions") from None
+
+    def lines(self, skip_header: bool = False) -> Iterator[tuple[int, str]]:
+        with self.open() as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if skip_header and lineno == 1:
+                    continue
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
 
     def rows(self, sep: str, n_fields: int, skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
         for lineno, line in self.lines(skip_header):
@@ -53,104 +96,372 @@ class LineReader:
                 continue
             yield lineno, parts
 
+    def records(self, parse: Callable[[str], Any], what: str) -> Iterator[tuple[int, dict]]:
+        """One dict per line (JSON lines, or Python-literal lines with `ast.literal_eval`)."""
+        for lineno, line in self.lines():
+            try:
+                rec = parse(line)
+            except PARSE_ERRORS as exc:
+                self.bad(lineno, f"not a valid {what} line ({first_line(exc)})")
+                continue
+            if not isinstance(rec, dict):
+                self.bad(lineno, f"expected one {what} mapping per line, found {type(rec).__name__}")
+                continue
+            yield lineno, rec
 
-def to_float(reader: LineReader, lineno: int, value: str, what: str) -> float | None:
+
+PARSE_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0][:160]
+
+
+def json_or_literal(line: str) -> Any:
+    """Amazon's 2014 files are Python literals, its 2018 files JSON: accept both (and report the JSON
+    error for a line that is neither)."""
     try:
-        return float(value)
-    except ValueError:
-        reader.bad(lineno, f"{what} {value!r} is not a number")
+        return json.loads(line)
+    except ValueError as exc:
+        try:
+            return ast.literal_eval(line)
+        except PARSE_ERRORS:
+            raise exc from None
+
+
+# --- turning records into columns -----------------------------------------------------------------
+
+class BadRecord(Exception):
+    """A line that parsed but does not hold what the format promises; reported with file:line."""
+
+
+def collect(reader: LineReader, records: Iterable[tuple[int, Any]], to_rows: Callable[[Any], list[tuple]],
+            schema: dict[str, pl.DataType], limit: int | None = None) -> pl.DataFrame:
+    """Run `to_rows` over each record and gather the rows into a DataFrame, chunk by chunk."""
+    chunks, buf, done = [], [], 0
+    for lineno, rec in records:
+        try:
+            buf.extend(to_rows(rec))
+        except BadRecord as exc:
+            reader.bad(lineno, str(exc))
+            continue
+        if len(buf) >= CHUNK_ROWS:
+            chunks.append(pl.DataFrame(buf, schema=schema, orient="row"))
+            done += len(buf)
+            buf = []
+        if limit is not None and done + len(buf) >= limit:
+            break
+    chunks.append(pl.DataFrame(buf, schema=schema, orient="row"))
+    df = pl.concat(chunks, how="vertical")
+    return df.head(limit) if limit is not None else df
+
+
+def field(rec: dict, key: str) -> Any:
+    value = rec.get(key)
+    if value is None or value == "":
+        raise BadRecord(f"no '{key}' field")
+    return value
+
+
+def to_id(value: Any, what: str) -> str:
+    if isinstance(value, (dict, list, tuple, bool, float)):
+        raise BadRecord(f"{what} {value!r} is not an id")
+    return str(value)
+
+
+def to_float(value: Any, what: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"{what} {value!r} is not a number") from None
+    if isinstance(value, bool) or not math.isfinite(out):
+        raise BadRecord(f"{what} {value!r} is not a number")
+    return out
+
+
+def to_int(value: Any, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        out = value
+    else:
+        try:
+            out = int(value)
+        except (TypeError, ValueError):
+            out = int(to_float(value, what))
+    if not -2**63 <= out < 2**63:
+        raise BadRecord(f"{what} {value!r} is out of range")
+    return out
+
+
+# Attributes are descriptive, not essential: a value of the wrong kind becomes null instead of
+# failing the run (polars would reject the whole chunk).
+
+def opt_str(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (list, dict, tuple)) else str(value)
+
+
+def opt_float(value: Any) -> float | None:
+    try:
+        return to_float(value, "")
+    except BadRecord:
         return None
 
 
-# --- RecBole atomic files -------------------------------------------------------------------------
-
-def _atomic_table(path: Path, strict: bool) -> tuple[list[str], list[str], list[list[str]], int]:
-    """Header names, header types and rows of one atomic file (tab separated, `name:type` header)."""
-    reader = LineReader(path, strict)
-    lines = reader.lines()
+def opt_int(value: Any) -> int | None:
     try:
-        _, header = next(lines)
-    except StopIteration:
-        raise DataError(f"{path} has no header line; atomic files start with `field:type` columns") from None
-    fields = header.split("\t")
-    names, types = [], []
-    for f in fields:
-        if ":" not in f:
-            raise DataError(f"{path}:1: header field {f!r} is not `name:type` (RecBole atomic format)")
-        n, t = f.rsplit(":", 1)
-        names.append(n)
-        types.append(t)
-    rows = []
-    for lineno, line in lines:
-        parts = line.split("\t")
-        if len(parts) != len(names):
-            reader.bad(lineno, f"expected {len(names)} tab-separated fields, found {len(parts)}")
-            continue
-        rows.append(parts)
-    return names, types, rows, reader.skipped
+        return to_int(value, "")
+    except BadRecord:
+        return None
+
+
+def iso_timestamp(value: Any, what: str) -> int:
+    """'2018-07-07 22:09:11' or '2018-07-07' -> unix seconds (UTC when no zone is given)."""
+    try:
+        dt = datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise BadRecord(f"{what} {value!r} is not a date like 'YYYY-MM-DD HH:MM:SS'") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+def str_list(value: Any) -> list[str]:
+    """A category value as a flat list of distinct non-empty strings, in their first order."""
+    out: list[str] = []
+
+    def walk(v: Any) -> None:
+        if v is None:
+            return
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif str(v).strip() and str(v).strip() not in out:
+            out.append(str(v).strip())
+
+    walk(value)
+    return out
+
+
+def split_list(value: Any, sep: str) -> list[str]:
+    if value is None:
+        return []
+    return str_list([p for p in str(value).split(sep)])
+
+
+def metadata_rows(id_key: str, attrs: Callable[[dict], tuple], dropped: Counter, label: str):
+    """`to_rows` for a metadata file: (raw_id, *attrs). A record without an id cannot be joined to any
+    interaction, so it is dropped and counted in the dataset's notes rather than failing the run."""
+    def to_rows(rec: dict) -> list[tuple]:
+        raw = rec.get(id_key)
+        if raw is None or raw == "":
+            dropped[label] += 1
+            return []
+        return [(to_id(raw, id_key), *attrs(rec))]
+    return to_rows
+
+
+def finish(inter: pl.DataFrame, path: Path, skipped: int) -> pl.DataFrame:
+    """An interactions file that yields nothing is an error, not an empty dataset."""
+    if inter.height == 0:
+        why = f" ({skipped} malformed line(s) skipped)" if skipped else ""
+        raise DataError(f"{path} holds no interactions{why}; check that it is the right file and download "
+                        "it again if it is truncated")
+    return inter
+
+
+# --- locating files --------------------------------------------------------------------------------
+
+def locate(cfg: DataConfig, root: Path, required: dict[str, str | None],
+           optional: dict[str, str | None] | None = None) -> dict[str, Path]:
+    """role -> path. Required roles must exist (one error for all); optional roles are read when their
+    file is there, and are required when `data.files` names them. A default of None means the role
+    has no standard file name, so `data.files` must give it."""
+    optional = optional or {}
+    unknown = sorted(set(cfg.files) - set(required) - set(optional))
+    if unknown:
+        raise DataError(f"data.files has role(s) {unknown} that format '{cfg.format}' does not read; "
+                        f"its roles are: {', '.join([*required, *optional])}")
+    unnamed = [r for r, default in required.items() if default is None and r not in cfg.files]
+    if unnamed:
+        raise DataError(f"format '{cfg.format}' needs the file name of role(s) {unnamed}: set "
+                        + ", ".join(f"data.files.{r}" for r in unnamed) + f" in conf/data/{cfg.name}.yaml")
+    names = {**{r: d for r, d in {**required, **optional}.items() if d is not None}, **cfg.files}
+    must = {r: n for r, n in names.items() if r in required or r in cfg.files}
+    paths = require_files(root, must, cfg.name, cfg.published_at)
+    for role in optional:
+        if role not in paths and role in names:
+            p = root / names[role]
+            if p.is_file() and p.stat().st_size > 0:
+                paths[role] = p
+    return paths
+
+
+def column_names(cfg: DataConfig, defaults: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(cfg.columns) - set(defaults))
+    if unknown:
+        raise DataError(f"data.columns has key(s) {unknown} that format '{cfg.format}' does not use; "
+                        f"its keys are: {', '.join(defaults)}")
+    return {**defaults, **cfg.columns}
+
+
+def no_columns(cfg: DataConfig) -> None:
+    if cfg.columns:
+        raise DataError(f"data.columns is set, but format '{cfg.format}' has fixed field names; "
+                        "data.columns is read by the 'atomic' and 'table' formats only")
+
+
+# --- RecBole atomic files --------------------------------------------------------------------------
+
+ATOMIC_COLUMNS = {
+    "user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp",
+    # RecBole's processed datasets name these differently (ml: movie_title/genre or class,
+    # yelp: item_name/categories, amazon: title/categories, steam: app_name/genres); the first
+    # field present is used unless data.columns names one.
+    "title": "movie_title|title|item_name|app_name",
+    "categories": "class|genre|categories|genres",
+    "categories_sep": " ",  # token_seq fields are space separated
+    "items_id": "",  # the .item file's id field when it differs from the .inter one (steam: id)
+    "users_id": "",
+}
+
+
+class DelimitedFile:
+    """A text table with a header line: its column names and its rows, streamed with line numbers.
+
+    `sep` splits fields (RecBole atomic files: tab, names written `name:type`); `quoted` reads CSV
+    quoting, where a field may hold the separator or a line break."""
+
+    def __init__(self, path: Path, strict: bool, sep: str, quoted: bool = False, atomic: bool = False):
+        self.reader = LineReader(path, strict, encoding="utf-8-sig")  # -sig: a BOM is not a column name
+        self.path, self.sep, self.quoted = path, sep, quoted
+        self._lines = self._split()
+        try:
+            _, header = next(self._lines)
+        except StopIteration:
+            raise DataError(f"{path} has no header line; its first line must name the columns"
+                            + (" as `field:type`" if atomic else "")) from None
+        if atomic:
+            for f in header:
+                if ":" not in f:
+                    raise DataError(f"{path}:1: header field {f!r} is not `name:type` (RecBole atomic format)")
+            header = [f.rsplit(":", 1)[0] for f in header]
+        if len(set(header)) != len(header):
+            raise DataError(f"{path}:1: the header repeats a column name: {header}")
+        self.columns: list[str] = header
+
+    def _split(self) -> Iterator[tuple[int, list[str]]]:
+        if not self.quoted:
+            for lineno, line in self.reader.lines():
+                yield lineno, line.split(self.sep)
+            return
+        with self.reader.open() as fh:
+            it = csv.reader(fh, delimiter=self.sep)
+            while True:
+                try:
+                    parts = next(it)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    self.reader.bad(it.line_num, f"not valid CSV ({exc})")
+                    continue
+                if any(p.strip() for p in parts):
+                    yield it.line_num, parts
+
+    def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """Rows with as many fields as the header; others are malformed lines."""
+        n = len(self.columns)
+        for lineno, parts in self._lines:
+            if len(parts) != n:
+                self.reader.bad(lineno, f"expected {n} fields separated by {self.sep!r}, found {len(parts)}")
+                continue
+            yield lineno, parts
+
+    def frame(self) -> pl.DataFrame:
+        """The whole file as String columns (attribute tables)."""
+        return collect(self.reader, self.rows(), lambda p: [tuple(p)], {c: pl.String for c in self.columns})
+
+    def interactions(self, cfg: DataConfig, col: dict[str, str]) -> pl.DataFrame:
+        """user, item, rating, timestamp from the columns `col` names; no rating column means rating 1.0
+        (implicit feedback, only with all_positive); no timestamp column, or an empty value, means 0."""
+        idx = {c: i for i, c in enumerate(self.columns)}
+        for need in ("user", "item"):
+            if col[need] not in idx:
+                raise DataError(f"{self.path}: no column '{col[need]}' for the {need} id (columns: {self.columns}); "
+                                f"set data.columns.{need} in conf/data/{cfg.name}.yaml")
+        if col["rating"] not in idx and not cfg.all_positive:
+            raise DataError(f"{self.path} has no rating column '{col['rating']}'; set data.columns.rating "
+                            "or data.all_positive=true for implicit feedback")
+        u, i = idx[col["user"]], idx[col["item"]]
+        r, t = idx.get(col["rating"]), idx.get(col["timestamp"])
+
+        def to_rows(p: list[str]) -> list[tuple]:
+            if p[u] == "" or p[i] == "":
+                raise BadRecord("empty user or item id")
+            rating = 1.0 if r is None else to_float(p[r], col["rating"])
+            return [(p[u], p[i], rating, 0 if t is None else any_timestamp(p[t], col["timestamp"]))]
+
+        inter = collect(self.reader, self.rows(), to_rows, INTER_SCHEMA, cfg.max_interactions)
+        return finish(inter, self.path, self.reader.skipped)
+
+
+def any_timestamp(value: Any, what: str) -> int:
+    """Unix seconds as written, an ISO date, or 0 when empty."""
+    if value is None or value == "":
+        return 0
+    try:
+        return to_int(value, what)
+    except BadRecord:
+        return iso_timestamp(value, what)
+
+
+def _pick(wanted: str, fields: list[str]) -> str | None:
+    return next((f for f in wanted.split("|") if f in fields), None)
 
 
 def read_atomic(cfg: DataConfig, root: Path) -> RawDataset:
-    """RecBole atomic files: `<name>.inter` (+ optional `.item`, `.user`).
+    """RecBole atomic files: `<name>.inter` (+ optional `<name>.item`, `<name>.user`).
 
     `data.columns` maps canonical names (user, item, rating, timestamp, title, categories) to the
-    file's field names; defaults are RecBole's user_id, item_id, rating, timestamp.
+    files' field names; without a rating field the dataset must be `all_positive` (rating 1.0).
     """
-    files = {"inter": cfg.files.get("inter", f"{cfg.name}.inter")}
-    paths = require_files(root, files, cfg.name, cfg.published_at)
-    optional = {r: root / cfg.files.get(r, f"{cfg.name}.{r}") for r in ("item", "user")}
-    col = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp",
-           "title": "movie_title", "categories": "class", **cfg.columns}
+    paths = locate(cfg, root, {"inter": f"{cfg.name}.inter"},
+                   {"item": f"{cfg.name}.item", "user": f"{cfg.name}.user"})
+    col = column_names(cfg, ATOMIC_COLUMNS)
+    table = DelimitedFile(paths["inter"], cfg.strict, "\t", atomic=True)
+    inter = table.interactions(cfg, col)
+    skipped = table.reader.skipped
 
-    names, _, rows, skipped = _atomic_table(paths["inter"], cfg.strict)
-    for need in ("user", "item"):
-        if col[need] not in names:
-            raise DataError(f"{paths['inter']}: no field '{col[need]}' for the {need} id (fields: {names}); "
-                            f"set data.columns.{need} in conf/data/{cfg.name}.yaml")
-    idx = {n: i for i, n in enumerate(names)}
-    reader = LineReader(paths["inter"], cfg.strict)
-    users, items, ratings, times = [], [], [], []
-    for lineno, r in enumerate(rows, start=2):
-        rating = 1.0
-        if col["rating"] in idx:
-            rating = to_float(reader, lineno, r[idx[col["rating"]]], "rating")
-            if rating is None:
-                continue
-        elif not cfg.all_positive:
-            raise DataError(f"{paths['inter']} has no rating field '{col['rating']}'; set data.columns.rating "
-                            "or data.all_positive=true for implicit feedback")
-        ts = 0
-        if col["timestamp"] in idx:
-            t = to_float(reader, lineno, r[idx[col["timestamp"]]], "timestamp")
-            ts = int(t) if t is not None else 0
-        users.append(r[idx[col["user"]]])
-        items.append(r[idx[col["item"]]])
-        ratings.append(rating)
-        times.append(ts)
-    inter = pl.DataFrame({"user_raw": users, "item_raw": items, "rating": ratings, "timestamp": times})
+    items = pl.DataFrame()
+    if "item" in paths:
+        table = DelimitedFile(paths["item"], cfg.strict, "\t", atomic=True)
+        items = _with_raw_id(table.frame(), col["items_id"] or col["item"], paths["item"], "items_id")
+        skipped += table.reader.skipped
+        title = _pick(col["title"], items.columns)
+        if title and title != "title":
+            items = items.drop("title", strict=False).rename({title: "title"})
+        cats = _pick(col["categories"], items.columns)
+        if cats:
+            items = _categories(items, cats, col["categories_sep"])
+    users = pl.DataFrame()
+    if "user" in paths:
+        table = DelimitedFile(paths["user"], cfg.strict, "\t", atomic=True)
+        users = _with_raw_id(table.frame(), col["users_id"] or col["user"], paths["user"], "users_id")
+        skipped += table.reader.skipped
+    return RawDataset(inter, users, items, skipped_lines=skipped)
 
-    items_df = pl.DataFrame()
-    if optional["item"].is_file():
-        n, t, rws, s = _atomic_table(optional["item"], cfg.strict)
-        skipped += s
-        data = {name: [r[i] for r in rws] for i, name in enumerate(n)}
-        df = pl.DataFrame(data, schema={k: pl.String for k in n})
-        ren = {col["item"]: "raw_id"}
-        if col["title"] in df.columns:
-            ren[col["title"]] = "title"
-        df = df.rename(ren)
-        if col["categories"] in df.columns:
-            df = df.with_columns(pl.col(col["categories"]).str.split(" ").alias("categories"))
-            if col["categories"] != "categories":
-                df = df.drop(col["categories"])
-        items_df = df
-    users_df = pl.DataFrame()
-    if optional["user"].is_file():
-        n, t, rws, s = _atomic_table(optional["user"], cfg.strict)
-        skipped += s
-        data = {name: [r[i] for r in rws] for i, name in enumerate(n)}
-        users_df = pl.DataFrame(data, schema={k: pl.String for k in n}).rename({col["user"]: "raw_id"})
-    return RawDataset(inter, users_df, items_df, skipped_lines=skipped + reader.skipped)
+
+def _with_raw_id(df: pl.DataFrame, id_field: str, path: Path, key: str) -> pl.DataFrame:
+    if id_field not in df.columns:
+        raise DataError(f"{path}: no id column '{id_field}' (columns: {df.columns}); set data.columns.{key}")
+    return df.drop("raw_id", strict=False).rename({id_field: "raw_id"})
+
+
+def _categories(items: pl.DataFrame, column: str, sep: str) -> pl.DataFrame:
+    """`column` (a list, or a string split on `sep`) as the canonical `categories` list[str]."""
+    c = pl.col(column)
+    if items.schema[column] == pl.String:
+        c = c.str.split(sep).list.eval(pl.element().str.strip_chars())
+    c = c.cast(CATEGORIES).list.eval(pl.element().filter(pl.element() != "")).fill_null([])
+    return items.with_columns(c.alias("_categories")).drop(column).rename({"_categories": "categories"})
 
 
 def read_ml100k(cfg: DataConfig, root: Path) -> RawDataset:
@@ -164,9 +475,348 @@ def read_ml100k(cfg: DataConfig, root: Path) -> RawDataset:
     return ds
 
 
+# --- MovieLens 1M (ratings.dat, users.dat, movies.dat) ---------------------------------------------
+
+ML1M_OCCUPATIONS = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
+    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
+    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
+    "tradesman/craftsman", "unemployed", "writer",
+)  # the codes 0-20 of the dataset's README, so profiles read words rather than numbers
+TITLE_YEAR = re.compile(r"^(.*\S)\s*\((\d{4})\)\s*$")
+
+
+def read_ml1m(cfg: DataConfig, root: Path) -> RawDataset:
+    """MovieLens 1M: `::` separated, latin-1. Titles 'Name (Year)' become title + year."""
+    no_columns(cfg)
+    paths = locate(cfg, root, {"ratings": "ratings.dat", "users": "users.dat", "movies": "movies.dat"})
+    skipped = 0
+
+    reader = LineReader(paths["ratings"], cfg.strict, encoding="latin-1")
+    inter = collect(reader, reader.rows("::", 4), lambda p: [
+        (p[0], p[1], to_float(p[2], "rating"), to_int(p[3], "timestamp"))], INTER_SCHEMA, cfg.max_interactions)
+    inter = finish(inter, paths["ratings"], reader.skipped)
+    skipped += reader.skipped
+
+    def user_row(p: list[str]) -> list[tuple]:
+        code = to_int(p[3], "occupation")
+        occupation = ML1M_OCCUPATIONS[code] if 0 <= code < len(ML1M_OCCUPATIONS) else str(code)
+        return [(p[0], p[1], to_int(p[2], "age"), occupation, p[4])]
+
+    reader = LineReader(paths["users"], cfg.strict, encoding="latin-1")
+    users = collect(reader, reader.rows("::", 5), user_row, {
+        "raw_id": pl.String, "gender": pl.String, "age": pl.Int64, "occupation": pl.String, "zip_code": pl.String})
+    skipped += reader.skipped
+
+    def movie_row(p: list[str]) -> list[tuple]:
+        m = TITLE_YEAR.match(p[1])
+        title, year = (m.group(1), int(m.group(2))) if m else (p[1].strip(), None)
+        return [(p[0], title, year, split_list(p[2], "|"))]
+
+    reader = LineReader(paths["movies"], cfg.strict, encoding="latin-1")
+    items = collect(reader, reader.rows("::", 3), movie_row, {
+        "raw_id": pl.String, "title": pl.String, "year": pl.Int64, "categories": CATEGORIES})
+    skipped += reader.skipped
+    return RawDataset(inter, users, items, skipped_lines=skipped)
+
+
+# --- Yelp Open Dataset (JSON lines) ----------------------------------------------------------------
+
+def read_yelp(cfg: DataConfig, root: Path) -> RawDataset:
+    """Yelp Open Dataset: reviews (stars, date) + businesses (name, 'A, B' categories, city, state)
+    + users (a few scalar attributes; optional, the file is large and only adds attributes)."""
+    no_columns(cfg)
+    paths = locate(cfg, root,
+                   {"reviews": "yelp_academic_dataset_review.json",
+                    "businesses": "yelp_academic_dataset_business.json"},
+                   {"users": "yelp_academic_dataset_user.json"})
+    dropped: Counter = Counter()
+
+    reader = LineReader(paths["reviews"], cfg.strict)
+    inter = collect(reader, reader.records(json.loads, "JSON"), lambda r: [(
+        to_id(field(r, "user_id"), "user_id"), to_id(field(r, "business_id"), "business_id"),
+        to_float(field(r, "stars"), "stars"), iso_timestamp(field(r, "date"), "date"))],
+        INTER_SCHEMA, cfg.max_interactions)
+    inter = finish(inter, paths["reviews"], reader.skipped)
+    skipped = reader.skipped
+
+    reader = LineReader(paths["businesses"], cfg.strict)
+    items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("business_id", lambda r: (
+        opt_str(r.get("name")), split_list(r.get("categories"), ","), opt_str(r.get("city")),
+        opt_str(r.get("state")), opt_float(r.get("stars")), opt_int(r.get("review_count"))),
+        dropped, paths["businesses"].name), {
+        "raw_id": pl.String, "title": pl.String, "categories": CATEGORIES, "city": pl.String,
+        "state": pl.String, "stars": pl.Float64, "review_count": pl.Int64})
+    skipped += reader.skipped
+
+    users = pl.DataFrame()
+    if "users" in paths:
+        reader = LineReader(paths["users"], cfg.strict)
+        users = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("user_id", lambda r: (
+            opt_int(r.get("review_count")), opt_float(r.get("average_stars")), opt_int(r.get("fans")),
+            opt_str(r.get("yelping_since"))),
+            dropped, paths["users"].name), {
+            "raw_id": pl.String, "review_count": pl.Int64, "average_stars": pl.Float64, "fans": pl.Int64,
+            "yelping_since": pl.String})
+        skipped += reader.skipped
+    return RawDataset(inter, users, items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+
+
+def _dropped_notes(dropped: Counter) -> dict[str, object]:
+    return {f"{name}: records without an id (dropped)": n for name, n in dropped.items()}
+
+
+# --- Amazon reviews (2018 and 2023 releases) -------------------------------------------------------
+
+ITEM_META = {"raw_id": pl.String, "title": pl.String, "categories": CATEGORIES}
+
+
+def read_amazon2018(cfg: DataConfig, root: Path) -> RawDataset:
+    """Amazon 2018 (McAuley lab): `<Category>.json.gz` reviews + `meta_<Category>.json.gz`.
+
+    Reviews: reviewerID, asin, overall (1-5), unixReviewTime. Metadata: asin, title, category (a list;
+    the 2014 release's `categories` list of lists is flattened), brand, main_cat. Lines may be JSON or,
+    as in the 2014 release, Python literals.
+    """
+    no_columns(cfg)
+    paths = locate(cfg, root, {"reviews": None, "meta": None})
+    dropped: Counter = Counter()
+
+    reader = LineReader(paths["reviews"], cfg.strict)
+    inter = collect(reader, reader.records(json_or_literal, "JSON"), lambda r: [(
+        to_id(field(r, "reviewerID"), "reviewerID"), to_id(field(r, "asin"), "asin"),
+        to_float(field(r, "overall"), "overall"), to_int(field(r, "unixReviewTime"), "unixReviewTime"))],
+        INTER_SCHEMA, cfg.max_interactions)
+    inter = finish(inter, paths["reviews"], reader.skipped)
+    skipped = reader.skipped
+
+    reader = LineReader(paths["meta"], cfg.strict)
+    items = collect(reader, reader.records(json_or_literal, "JSON"), metadata_rows("asin", lambda r: (
+        opt_str(r.get("title")),
+        str_list(r.get("category") if r.get("category") is not None else r.get("categories")),
+        opt_str(r.get("brand")), opt_str(r.get("main_cat")),
+    ), dropped, paths["meta"].name), {**ITEM_META, "brand": pl.String, "main_category": pl.String})
+    skipped += reader.skipped
+    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+
+
+def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
+    """Amazon Reviews 2023 (McAuley lab): `<Category>.jsonl` reviews + `meta_<Category>.jsonl`.
+
+    Reviews: user_id, parent_asin (the item: variants of one product share it), rating, timestamp
+    in milliseconds (stored here in seconds like every other format). Metadata: parent_asin, title,
+    categories, main_category, store.
+    """
+    no_columns(cfg)
+    paths = locate(cfg, root, {"reviews": None, "meta": None})
+    dropped: Counter = Counter()
+
+    reader = LineReader(paths["reviews"], cfg.strict)
+    inter = collect(reader, reader.records(json.loads, "JSON"), lambda r: [(
+        to_id(field(r, "user_id"), "user_id"), to_id(field(r, "parent_asin"), "parent_asin"),
+        to_float(field(r, "rating"), "rating"), to_int(field(r, "timestamp"), "timestamp") // 1000)],
+        INTER_SCHEMA, cfg.max_interactions)
+    inter = finish(inter, paths["reviews"], reader.skipped)
+    skipped = reader.skipped
+
+    reader = LineReader(paths["meta"], cfg.strict)
+    items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("parent_asin", lambda r: (
+        opt_str(r.get("title")), str_list(r.get("categories")), opt_str(r.get("main_category")),
+        opt_str(r.get("store")), opt_float(r.get("average_rating")),
+    ), dropped, paths["meta"].name), {**ITEM_META, "main_category": pl.String, "store": pl.String,
+                                      "average_rating": pl.Float64})
+    skipped += reader.skipped
+    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+
+
+# --- Steam (McAuley lab, Australian user reviews) -----------------------------------------------
+
+MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
+                                      "september", "october", "november", "december"), start=1)}
+POSTED = re.compile(r"^\s*Posted\s+([A-Za-z]+)\s+(\d{1,2})(?:\s*,\s*(\d{4}))?\s*\.?\s*$")
+
+
+def steam_posted(value: Any) -> int | None:
+    """'Posted November 5, 2011.' -> unix seconds; None when there is no year ('Posted July 15.', the
+    crawl year, which the data does not state) or the text is not such a date."""
+    m = POSTED.match(str(value or ""))
+    if not m or not m.group(3) or m.group(1).lower() not in MONTHS:
+        return None
+    try:
+        return int(datetime(int(m.group(3)), MONTHS[m.group(1).lower()], int(m.group(2)),
+                            tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return None
+
+
+def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
+    """Steam (Kang & McAuley): `australian_user_reviews.json` + `steam_games.json`, Python-literal lines.
+
+    One interaction per review, rating 1.0: a review is implicit positive feedback (set
+    `all_positive: true`). A review date without a year becomes timestamp 0 and is counted in notes.
+    """
+    no_columns(cfg)
+    paths = locate(cfg, root, {"reviews": "australian_user_reviews.json", "games": "steam_games.json"})
+    undated = 0
+
+    def review_rows(rec: dict) -> list[tuple]:
+        nonlocal undated
+        user = to_id(field(rec, "user_id"), "user_id")
+        reviews = rec.get("reviews") or []
+        if not isinstance(reviews, list):
+            raise BadRecord("'reviews' is not a list")
+        rows = []
+        for i, rv in enumerate(reviews):
+            if not isinstance(rv, dict) or rv.get("item_id") in (None, ""):
+                raise BadRecord(f"review {i} has no 'item_id'")
+            rows.append((user, to_id(rv["item_id"], "item_id"), 1.0, steam_posted(rv.get("posted"))))
+        undated += sum(r[3] is None for r in rows)
+        return [(u, i, r, t or 0) for u, i, r, t in rows]
+
+    reader = LineReader(paths["reviews"], cfg.strict)
+    inter = collect(reader, reader.records(ast.literal_eval, "Python literal"), review_rows, INTER_SCHEMA,
+                    cfg.max_interactions)
+    inter = finish(inter, paths["reviews"], reader.skipped)
+    skipped = reader.skipped
+
+    dropped: Counter = Counter()
+    reader = LineReader(paths["games"], cfg.strict)
+    items = collect(reader, reader.records(ast.literal_eval, "Python literal"), metadata_rows("id", lambda r: (
+        opt_str(r.get("app_name") or r.get("title")), str_list(r.get("genres") or r.get("tags")),
+        str_list(r.get("tags")), opt_str(r.get("developer")), opt_str(r.get("release_date")),
+    ), dropped, paths["games"].name), {**ITEM_META, "tags": CATEGORIES, "developer": pl.String,
+                                       "release_date": pl.String})
+    skipped += reader.skipped
+    notes = _dropped_notes(dropped)
+    notes["reviews without a year (timestamp 0)"] = undated
+    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=notes)
+
+
+# --- generic tables (CSV, TSV, Parquet) -------------------------------------------------------------
+
+TABLE_COLUMNS = {
+    "user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp",
+    "title": "title", "categories": "categories",
+    "categories_sep": "|",  # when categories is a string column rather than a list
+}
+
+
+def read_table(cfg: DataConfig, root: Path) -> RawDataset:
+    """Your own data as CSV/TSV (header row, UTF-8, optionally .gz) or Parquet, chosen by extension.
+
+    Roles: `interactions` (required), `items` and `users` (optional). `data.columns` maps canonical
+    names to your column names; the items table is keyed by the item column, the users table by the
+    user column. Without a rating column the data must be `all_positive`; timestamps may be unix
+    seconds or ISO dates; categories a list column or a string split on `categories_sep`.
+    Ids are read as text, so '007' stays '007'.
+    """
+    paths = locate(cfg, root, {"interactions": None}, {"items": None, "users": None})
+    col = column_names(cfg, TABLE_COLUMNS)
+    path = paths["interactions"]
+    if _is_parquet(path):
+        inter, skipped = _parquet_interactions(path, cfg, col)
+    else:
+        table = _text_table(path, cfg.strict)
+        inter = table.interactions(cfg, col)
+        skipped = table.reader.skipped
+
+    tables = {}
+    for role, key in (("items", "item"), ("users", "user")):
+        if role not in paths:
+            continue
+        if _is_parquet(paths[role]):
+            t = _read_parquet(paths[role])
+        else:
+            table = _text_table(paths[role], cfg.strict)
+            t = table.frame()
+            skipped += table.reader.skipped
+        t = _with_raw_id(t, col[key], paths[role], key).with_columns(pl.col("raw_id").cast(pl.String))
+        if role == "items":
+            if col["title"] in t.columns and col["title"] != "title":
+                t = t.drop("title", strict=False).rename({col["title"]: "title"})
+            if col["categories"] in t.columns:
+                t = _categories(t, col["categories"], col["categories_sep"])
+        tables[role] = t
+    return RawDataset(inter, tables.get("users", pl.DataFrame()), tables.get("items", pl.DataFrame()),
+                      skipped_lines=skipped)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith((".parquet", ".pq"))
+
+
+def _text_table(path: Path, strict: bool) -> DelimitedFile:
+    name = path.name.lower().removesuffix(".gz")
+    if not name.endswith((".csv", ".tsv", ".txt")):
+        raise DataError(f"{path}: the table format reads .csv, .tsv, .txt (optionally .gz) or .parquet files")
+    return DelimitedFile(path, strict, "\t" if name.endswith(".tsv") else ",", quoted=True)
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several kinds for a damaged file
+        raise DataError(f"{path} is not a readable Parquet file ({first_line(exc)}); "
+                        "write it again") from None
+
+
+def _parquet_interactions(path: Path, cfg: DataConfig, col: dict[str, str]) -> tuple[pl.DataFrame, int]:
+    """Vectorised: Parquet has typed columns and no lines; a bad row is named by its row number."""
+    df = _read_parquet(path)
+    for need in ("user", "item"):
+        if col[need] not in df.columns:
+            raise DataError(f"{path}: no column '{col[need]}' for the {need} id (columns: {df.columns}); "
+                            f"set data.columns.{need} in conf/data/{cfg.name}.yaml")
+    if col["rating"] not in df.columns and not cfg.all_positive:
+        raise DataError(f"{path} has no rating column '{col['rating']}'; set data.columns.rating "
+                        "or data.all_positive=true for implicit feedback")
+    rating = (pl.col(col["rating"]).cast(pl.Float64, strict=False) if col["rating"] in df.columns
+              else pl.lit(1.0))
+    ts, given = pl.lit(0, dtype=pl.Int64), pl.lit(False)
+    if col["timestamp"] in df.columns:
+        ts, given = _timestamp_expr(path, df, col["timestamp"]), pl.col(col["timestamp"]).is_not_null()
+    out = df.select(
+        user_raw=pl.col(col["user"]).cast(pl.String), item_raw=pl.col(col["item"]).cast(pl.String),
+        rating=rating, timestamp=ts, _given=given,
+    ).with_row_index("_row", offset=1)
+    bad = (pl.col("user_raw").is_null() | (pl.col("user_raw") == "") | pl.col("item_raw").is_null()
+           | (pl.col("item_raw") == "") | pl.col("rating").is_null() | pl.col("rating").is_nan()
+           | (pl.col("timestamp").is_null() & pl.col("_given")))
+    bad_rows = out.filter(bad)
+    if bad_rows.height and cfg.strict:
+        row = df.row(bad_rows["_row"][0] - 1, named=True)
+        raise DataError(f"{path}: row {bad_rows['_row'][0]}: {row} has an empty id, a rating that is not a "
+                        f"number or a timestamp that is not a date ({bad_rows.height} such rows); fix them, "
+                        "or set data.strict=false to skip them and count them")
+    inter = out.filter(~bad).with_columns(pl.col("timestamp").fill_null(0)).drop("_row", "_given")
+    if cfg.max_interactions is not None:
+        inter = inter.head(cfg.max_interactions)
+    return finish(inter, path, bad_rows.height), bad_rows.height
+
+
+def _timestamp_expr(path: Path, df: pl.DataFrame, name: str) -> pl.Expr:
+    dtype, c = df.schema[name], pl.col(name)
+    if dtype.is_integer() or dtype.is_float():
+        return c.cast(pl.Int64, strict=False)
+    if dtype == pl.Date:
+        return c.cast(pl.Datetime("ms")).dt.epoch("s")
+    if isinstance(dtype, pl.Datetime):
+        return c.dt.epoch("s")
+    if dtype == pl.String:
+        return pl.coalesce(c.cast(pl.Int64, strict=False),
+                           c.str.to_datetime(strict=False).dt.epoch("s"))
+    raise DataError(f"{path}: timestamp column '{name}' has type {dtype}; use unix seconds, a date or a datetime")
+
+
 READERS: dict[str, Callable[[DataConfig, Path], RawDataset]] = {
     "ml-100k": read_ml100k,
     "atomic": read_atomic,
+    "ml-1m": read_ml1m,
+    "yelp": read_yelp,
+    "amazon2018": read_amazon2018,
+    "amazon2023": read_amazon2023,
+    "steam": read_steam,
+    "table": read_table,
 }
 
 

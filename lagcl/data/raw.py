@@ -38,8 +38,11 @@ class RawDataset:
             self.users = pl.DataFrame({"raw_id": self.interactions["user_raw"].unique().sort()})
         if "raw_id" not in self.items.columns:
             self.items = pl.DataFrame({"raw_id": self.interactions["item_raw"].unique().sort()})
-        self.users = self.users.with_columns(pl.col("raw_id").cast(pl.String)).unique("raw_id", keep="first")
-        self.items = self.items.with_columns(pl.col("raw_id").cast(pl.String)).unique("raw_id", keep="first")
+        # maintain_order: the same row order on every run (same data, same artifacts)
+        self.users = self.users.with_columns(pl.col("raw_id").cast(pl.String)).unique(
+            "raw_id", keep="first", maintain_order=True)
+        self.items = self.items.with_columns(pl.col("raw_id").cast(pl.String)).unique(
+            "raw_id", keep="first", maintain_order=True)
         if "title" not in self.items.columns:
             self.items = self.items.with_columns(pl.col("raw_id").alias("title"))
         if "categories" not in self.items.columns:
