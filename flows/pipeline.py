@@ -26,11 +26,14 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 
 from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
+from lagcl.data.formats import check_raw_files  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
 from tasks import gcl as gcl_stage  # noqa: E402
 from tasks import augment as augment_stage  # noqa: E402
 from tasks import groups as groups_stage  # noqa: E402
+from tasks import evaluate as evaluate_stage  # noqa: E402
 from tasks import prepare as prepare_stage  # noqa: E402
+from tasks import rerank as rerank_stage  # noqa: E402
 from tasks import profiles as profiles_stage  # noqa: E402
 from tasks.base import STAGES, Plan, StageRef, make_plan  # noqa: E402
 
@@ -40,6 +43,8 @@ RUNNERS = {
     "augment": augment_stage.run,
     "groups": groups_stage.run,
     "gcl": gcl_stage.run,
+    "rerank": rerank_stage.run,
+    "evaluate": evaluate_stage.run,
 }
 
 
@@ -135,7 +140,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # validate before starting Prefect, so a typo costs nothing
-        build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides, args.dry_run)
+        cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides,
+                           args.dry_run)
+        plan = make_plan(cfg)
+        if not plan.store.is_complete("prepare", plan.fingerprints["prepare"]):
+            check_raw_files(cfg.data, REPO_ROOT)
         from prefect.settings import temporary_settings
 
         with temporary_settings(_local_server_settings()):

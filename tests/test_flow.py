@@ -48,3 +48,17 @@ def test_pipeline_rejects_a_config_typo_before_starting_any_work(repo_root, tmp_
     assert proc.returncode == 2
     assert "unknown key 'gcl.lrr'" in proc.stderr and "did you mean 'lr'" in proc.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_missing_dataset_files_are_named_with_where_to_put_them_before_prefect_starts(repo_root, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--data", "yelp", "--set", f"data.path={tmp_path / 'yelp'}",
+         "--set", f"cache_dir={tmp_path / 'cache'}"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "yelp_academic_dataset_review.json" in proc.stderr
+    assert "yelp_academic_dataset_business.json" in proc.stderr
+    assert str(tmp_path / "yelp") in proc.stderr
+    assert "yelp.com/dataset" in proc.stderr
+    assert "Starting temporary server" not in proc.stdout + proc.stderr

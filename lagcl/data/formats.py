@@ -423,8 +423,7 @@ def read_atomic(cfg: DataConfig, root: Path) -> RawDataset:
     `data.columns` maps canonical names (user, item, rating, timestamp, title, categories) to the
     files' field names; without a rating field the dataset must be `all_positive` (rating 1.0).
     """
-    paths = locate(cfg, root, {"inter": f"{cfg.name}.inter"},
-                   {"item": f"{cfg.name}.item", "user": f"{cfg.name}.user"})
+    paths = locate(cfg, root, *FILE_ROLES["atomic"](cfg))
     col = column_names(cfg, ATOMIC_COLUMNS)
     table = DelimitedFile(paths["inter"], cfg.strict, "\t", atomic=True)
     inter = table.interactions(cfg, col)
@@ -489,7 +488,7 @@ TITLE_YEAR = re.compile(r"^(.*\S)\s*\((\d{4})\)\s*$")
 def read_ml1m(cfg: DataConfig, root: Path) -> RawDataset:
     """MovieLens 1M: `::` separated, latin-1. Titles 'Name (Year)' become title + year."""
     no_columns(cfg)
-    paths = locate(cfg, root, {"ratings": "ratings.dat", "users": "users.dat", "movies": "movies.dat"})
+    paths = locate(cfg, root, *FILE_ROLES["ml-1m"](cfg))
     skipped = 0
 
     reader = LineReader(paths["ratings"], cfg.strict, encoding="latin-1")
@@ -526,10 +525,7 @@ def read_yelp(cfg: DataConfig, root: Path) -> RawDataset:
     """Yelp Open Dataset: reviews (stars, date) + businesses (name, 'A, B' categories, city, state)
     + users (a few scalar attributes; optional, the file is large and only adds attributes)."""
     no_columns(cfg)
-    paths = locate(cfg, root,
-                   {"reviews": "yelp_academic_dataset_review.json",
-                    "businesses": "yelp_academic_dataset_business.json"},
-                   {"users": "yelp_academic_dataset_user.json"})
+    paths = locate(cfg, root, *FILE_ROLES["yelp"](cfg))
     dropped: Counter = Counter()
 
     reader = LineReader(paths["reviews"], cfg.strict)
@@ -579,7 +575,7 @@ def read_amazon2018(cfg: DataConfig, root: Path) -> RawDataset:
     as in the 2014 release, Python literals.
     """
     no_columns(cfg)
-    paths = locate(cfg, root, {"reviews": None, "meta": None})
+    paths = locate(cfg, root, *FILE_ROLES[cfg.format](cfg))
     dropped: Counter = Counter()
 
     reader = LineReader(paths["reviews"], cfg.strict)
@@ -608,7 +604,7 @@ def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
     categories, main_category, store.
     """
     no_columns(cfg)
-    paths = locate(cfg, root, {"reviews": None, "meta": None})
+    paths = locate(cfg, root, *FILE_ROLES[cfg.format](cfg))
     dropped: Counter = Counter()
 
     reader = LineReader(paths["reviews"], cfg.strict)
@@ -656,7 +652,7 @@ def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
     `all_positive: true`). A review date without a year becomes timestamp 0 and is counted in notes.
     """
     no_columns(cfg)
-    paths = locate(cfg, root, {"reviews": "australian_user_reviews.json", "games": "steam_games.json"})
+    paths = locate(cfg, root, *FILE_ROLES["steam"](cfg))
     undated = 0
 
     def review_rows(rec: dict) -> list[tuple]:
@@ -710,7 +706,7 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
     seconds or ISO dates; categories a list column or a string split on `categories_sep`.
     Ids are read as text, so '007' stays '007'.
     """
-    paths = locate(cfg, root, {"interactions": None}, {"items": None, "users": None})
+    paths = locate(cfg, root, *FILE_ROLES["table"](cfg))
     col = column_names(cfg, TABLE_COLUMNS)
     path = paths["interactions"]
     if _is_parquet(path):
@@ -808,6 +804,21 @@ def _timestamp_expr(path: Path, df: pl.DataFrame, name: str) -> pl.Expr:
     raise DataError(f"{path}: timestamp column '{name}' has type {dtype}; use unix seconds, a date or a datetime")
 
 
+Roles = dict[str, str | None]
+
+# format -> (required roles, optional roles), each role -> default file name (None: data.files must name it)
+FILE_ROLES: dict[str, Callable[[DataConfig], tuple[Roles, Roles]]] = {
+    "atomic": lambda cfg: ({"inter": f"{cfg.name}.inter"}, {"item": f"{cfg.name}.item", "user": f"{cfg.name}.user"}),
+    "ml-1m": lambda cfg: ({"ratings": "ratings.dat", "users": "users.dat", "movies": "movies.dat"}, {}),
+    "yelp": lambda cfg: ({"reviews": "yelp_academic_dataset_review.json",
+                          "businesses": "yelp_academic_dataset_business.json"},
+                         {"users": "yelp_academic_dataset_user.json"}),
+    "amazon2018": lambda cfg: ({"reviews": None, "meta": None}, {}),
+    "amazon2023": lambda cfg: ({"reviews": None, "meta": None}, {}),
+    "steam": lambda cfg: ({"reviews": "australian_user_reviews.json", "games": "steam_games.json"}, {}),
+    "table": lambda cfg: ({"interactions": None}, {"items": None, "users": None}),
+}
+
 READERS: dict[str, Callable[[DataConfig, Path], RawDataset]] = {
     "ml-100k": read_ml100k,
     "atomic": read_atomic,
@@ -820,10 +831,19 @@ READERS: dict[str, Callable[[DataConfig, Path], RawDataset]] = {
 }
 
 
-def read_raw(cfg: DataConfig, repo_root: Path) -> RawDataset:
+def raw_root(cfg: DataConfig, repo_root: Path) -> Path:
     root = Path(cfg.path)
-    if not root.is_absolute():
-        root = repo_root / root
+    return root if root.is_absolute() else repo_root / root
+
+
+def check_raw_files(cfg: DataConfig, repo_root: Path) -> None:
+    """Before any work: every file the format needs is there (ML-100K downloads itself)."""
+    if cfg.format in FILE_ROLES:
+        locate(cfg, raw_root(cfg, repo_root), *FILE_ROLES[cfg.format](cfg))
+
+
+def read_raw(cfg: DataConfig, repo_root: Path) -> RawDataset:
+    root = raw_root(cfg, repo_root)
     reader = READERS.get(cfg.format)
     if reader is None:
         raise DataError(f"no reader for format '{cfg.format}' yet; available: {', '.join(sorted(READERS))}")

@@ -147,4 +147,5 @@ def prepare(raw: RawDataset, cfg: DataConfig, seed: int) -> Prepared:
     stats = table1_stats(out, len(user_ids), len(item_ids))
     stats["skipped_lines"] = raw.skipped_lines
     stats["raw_interactions"] = raw.interactions.height
+    stats["reader_notes"] = raw.notes
     return Prepared(out, users, items, stats)
