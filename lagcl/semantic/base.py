@@ -40,6 +40,7 @@ class Profile:
     id: int
     summarization: str
     reasoning: str
+    failed: str | None = None  # reason, when the LLM reply could not be used after repair (texts empty)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""Token and cost accounting, and the budget that stops a run cleanly.
+
+Cost of one answer = input_tokens * in_price + output_tokens * out_price, prices in USD per million
+tokens from `llm.prices` (conf/engine/<name>.yaml), halved for the Anthropic Message Batches API.
+Cache hits cost nothing in this run. The budget (`llm.budget_usd`) applies to what *this run* pays:
+before a request is sent, its worst-case cost (prompt chars/4 + max_tokens) is reserved, and a request
+that could take spend past the budget is not sent; the client then raises BudgetExceededError after
+every answer so far is in the cache, so a rerun with a larger budget continues where this one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from lagcl.errors import LLMError
+from lagcl.llm.types import Completion, LLMRequest
+
+BATCH_DISCOUNT = 0.5  # Anthropic Message Batches API: half price
+
+
+def estimate_tokens(text: str) -> int:
+    """The documented rough estimate: one token per four characters (English text, BPE tokenizers)."""
+    return math.ceil(len(text) / 4)
+
+
+def find_price(prices: Mapping[str, tuple[float, float]], model: str) -> tuple[float, float] | None:
+    """Exact model name, else the longest table entry the model name starts with
+    (so `claude-sonnet-4-5` prices `claude-sonnet-4-5-20250929`)."""
+    if model in prices:
+        return tuple(prices[model])  # type: ignore[return-value]
+    matches = [name for name in prices if model.startswith(name)]
+    return tuple(prices[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
+
+
+@dataclass
+class OpStats:
+    requests: int = 0      # answered by the backend in this run (paid)
+    cached: int = 0        # answered from the response cache
+    attempts: int = 0      # backend calls including retries and repairs
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    failed: int = 0        # no answer after retries (not cached; a rerun sends them again)
+
+
+class Accounting:
+    def __init__(self, price: tuple[float, float] | None, budget_usd: float | None, model: str) -> None:
+        if budget_usd is not None and price is None:
+            raise LLMError(f"llm.budget_usd is set but llm.prices has no entry for model '{model}': add one, "
+                           f"e.g. llm.prices.{model}=[3.0,15.0] (USD per 1M input, output tokens)")
+        self.price = price
+        self.budget_usd = budget_usd
+        self.model = model
+        self.by_operation: dict[str, OpStats] = {}
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+
+    def _op(self, operation: str) -> OpStats:
+        return self.by_operation.setdefault(operation or "other", OpStats())
+
+    def cost(self, input_tokens: int, output_tokens: int, batch: bool = False) -> float:
+        if self.price is None:
+            return 0.0
+        usd = (input_tokens * self.price[0] + output_tokens * self.price[1]) / 1e6
+        return usd * (BATCH_DISCOUNT if batch else 1.0)
+
+    def worst_case_cost(self, request: LLMRequest, batch: bool = False) -> float:
+        return self.cost(estimate_tokens(request.system + "".join(t for _, t in request.messages)),
+                         request.max_tokens, batch)
+
+    @property
+    def spent_usd(self) -> float:
+        return sum(s.cost_usd for s in self.by_operation.values())
+
+    def try_reserve(self, usd: float) -> bool:
+        """Reserve the worst-case cost of a request about to be sent; False when the budget forbids it."""
+        with self._lock:
+            if self.budget_usd is not None and self.spent_usd + self._reserved + usd > self.budget_usd:
+                return False
+            self._reserved += usd
+            return True
+
+    def release(self, usd: float) -> None:
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - usd)
+
+    def record_answer(self, operation: str, completion: Completion, attempts: int, batch: bool = False) -> float:
+        usd = self.cost(completion.input_tokens, completion.output_tokens, batch)
+        with self._lock:
+            s = self._op(operation)
+            s.requests += 1
+            s.attempts += attempts
+            s.input_tokens += completion.input_tokens
+            s.output_tokens += completion.output_tokens
+            s.cost_usd += usd
+        return usd
+
+    def record_cached(self, operation: str, n: int = 1) -> None:
+        with self._lock:
+            self._op(operation).cached += n
+
+    def record_failure(self, operation: str, attempts: int) -> None:
+        with self._lock:
+            s = self._op(operation)
+            s.failed += 1
+            s.attempts += attempts
+
+    def totals(self) -> OpStats:
+        total = OpStats()
+        for s in self.by_operation.values():
+            for k, v in asdict(s).items():
+                setattr(total, k, getattr(total, k) + v)
+        return total
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per operation and in total, for stage manifests (JSON-ready)."""
+        out = {op: asdict(s) for op, s in sorted(self.by_operation.items())}
+        out["total"] = asdict(self.totals())
+        return out

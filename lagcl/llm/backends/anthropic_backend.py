@@ -1,0 +1,114 @@
+"""Claude through the official `anthropic` SDK: the Messages API, and the Message Batches API
+(half price, asynchronous) for the big scoring stage when `engine.batch_api` is true."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from lagcl.errors import LLMError
+from lagcl.llm.backends.base import Backend, PermanentError, TransientError, parse_retry_after, redact
+from lagcl.llm.types import Completion, LLMRequest
+
+
+def _sdk_takes_temperature() -> bool:
+    try:
+        import inspect
+
+        from anthropic.resources.messages.messages import AsyncMessages
+
+        return "temperature" in inspect.signature(AsyncMessages.create).parameters
+    except Exception:  # package missing: the backend raises a clear LLMError on construction
+        return False
+
+
+_SDK_TAKES_TEMPERATURE = _sdk_takes_temperature()
+
+
+class AnthropicBackend(Backend):
+    name = "anthropic"
+    supports_batches = True
+
+    def __init__(self, model: str, api_key: str, base_url: str | None = None, timeout_s: float = 120.0) -> None:
+        try:
+            import anthropic  # noqa: F401
+        except ImportError:
+            raise LLMError("the anthropic engine needs the `anthropic` package: pip install -e '.[llm]'") from None
+        self.model = model
+        self._key = api_key
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    async def start(self) -> None:
+        import anthropic
+
+        # max_retries=0: our client's retry loop is the only one (see lagcl.llm.client)
+        self._client = anthropic.AsyncAnthropic(api_key=self._key, base_url=self.base_url, max_retries=0,
+                                                timeout=self.timeout_s + 5)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def build(self, request: LLMRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens,
+                                  "messages": [{"role": role, "content": text} for role, text in request.messages]}
+        if _SDK_TAKES_TEMPERATURE:  # recent SDKs (and models) dropped sampling parameters
+            params["temperature"] = request.temperature
+        if request.system:
+            params["system"] = request.system
+        return params
+
+    @staticmethod
+    def _completion(message: Any) -> Completion:
+        text = "".join(getattr(block, "text", "") for block in message.content if block.type == "text")
+        return Completion(text=text, input_tokens=message.usage.input_tokens,
+                          output_tokens=message.usage.output_tokens, finish_reason=message.stop_reason or "")
+
+    async def _call(self, coro: Any) -> Any:
+        import anthropic
+
+        try:
+            return await coro
+        except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
+            raise LLMError(f"the Anthropic API at {self.base_url or 'api.anthropic.com'} rejected the API key "
+                           f"(HTTP {exc.status_code}); check the key in the variable named by engine.api_key_env"
+                           ) from None
+        except anthropic.APITimeoutError:
+            raise TransientError("timeout") from None
+        except anthropic.APIConnectionError as exc:
+            raise TransientError(f"connection error: {redact(str(exc), self._key)}") from None
+        except anthropic.APIStatusError as exc:
+            text = redact(f"HTTP {exc.status_code}: {exc.message}", self._key)[:500]
+            # 529 = overloaded; 408/409 = request timeout / conflict, both documented as retryable
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                raise TransientError(text, parse_retry_after(exc.response.headers)) from None
+            raise PermanentError(text) from None
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        return self._completion(await self._call(self._client.messages.create(**self.build(request))))
+
+    # Message Batches ------------------------------------------------------------------------------
+    async def batch_submit(self, items: Sequence[tuple[str, LLMRequest]]) -> str:
+        # custom_id = our cache key (64 hex chars, within the API's [a-zA-Z0-9_-]{1,64})
+        requests = [{"custom_id": key, "params": self.build(req)} for key, req in items]
+        batch = await self._call(self._client.messages.batches.create(requests=requests))
+        return batch.id
+
+    async def batch_status(self, batch_id: str) -> str:
+        batch = await self._call(self._client.messages.batches.retrieve(batch_id))
+        return batch.processing_status
+
+    async def batch_results(self, batch_id: str) -> dict[str, Completion | str]:
+        decoder = await self._call(self._client.messages.batches.results(batch_id))
+        out: dict[str, Completion | str] = {}
+        async for line in decoder:
+            result = line.result
+            if result.type == "succeeded":
+                out[line.custom_id] = self._completion(result.message)
+            elif result.type == "errored":
+                out[line.custom_id] = f"errored: {redact(str(getattr(result, 'error', '')), self._key)[:300]}"
+            else:  # expired / canceled
+                out[line.custom_id] = result.type
+        return out

@@ -1,0 +1,86 @@
+"""Chat Completions through the official `openai` SDK, against any OpenAI-compatible `base_url`
+(OpenAI, a vLLM server, llama.cpp server, Ollama's /v1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lagcl.errors import LLMError
+from lagcl.llm.backends.base import Backend, PermanentError, TransientError, parse_retry_after, redact
+from lagcl.llm.types import Completion, LLMRequest
+
+RESPONSE_FORMATS = ("json_object", "json_schema", "none")
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout_s: float = 120.0,
+                 response_format: str = "json_object") -> None:
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise LLMError("the openai engine needs the `openai` package: pip install -e '.[llm]'") from None
+        if response_format not in RESPONSE_FORMATS:
+            raise LLMError(f"engine.extra.response_format must be one of {RESPONSE_FORMATS}, got {response_format!r}")
+        self.model = model
+        self._key = api_key
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.response_format = response_format
+        self._client: Any = None
+
+    def cache_params(self) -> dict[str, Any]:
+        return {"response_format": self.response_format}
+
+    async def start(self) -> None:
+        import openai
+
+        # max_retries=0: our client's retry loop is the only one, so attempts are counted and bounded once.
+        # The SDK timeout is a backstop slightly above ours (the client enforces engine.timeout_s).
+        self._client = openai.AsyncOpenAI(api_key=self._key or "no-key", base_url=self.base_url,
+                                          max_retries=0, timeout=self.timeout_s + 5)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def build(self, request: LLMRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [{"role": role, "content": text} for role, text in request.messages]
+        kwargs: dict[str, Any] = {"model": self.model, "messages": messages,
+                                  "temperature": request.temperature, "max_tokens": request.max_tokens}
+        if self.response_format == "json_schema" and request.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": request.operation or "reply", "schema": request.json_schema}}
+        elif self.response_format in ("json_object", "json_schema"):
+            kwargs["response_format"] = {"type": "json_object"}
+        return kwargs
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        import openai
+
+        try:
+            reply = await self._client.chat.completions.create(**self.build(request))
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise LLMError(f"the server at {self.base_url or 'api.openai.com'} rejected the API key "
+                           f"(HTTP {exc.status_code}); check the key in the variable named by engine.api_key_env"
+                           ) from None
+        except openai.APITimeoutError:
+            raise TransientError("timeout") from None
+        except openai.APIConnectionError as exc:
+            raise TransientError(f"connection error: {redact(str(exc), self._key)}") from None
+        except openai.APIStatusError as exc:
+            text = redact(f"HTTP {exc.status_code}: {exc.message}", self._key)[:500]
+            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                raise TransientError(text, parse_retry_after(exc.response.headers)) from None
+            raise PermanentError(text) from None
+        if not reply.choices:
+            raise TransientError("reply without choices")
+        choice = reply.choices[0]
+        usage = reply.usage
+        return Completion(text=choice.message.content or "",
+                          input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                          finish_reason=choice.finish_reason or "")

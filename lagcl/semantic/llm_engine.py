@@ -1,0 +1,155 @@
+"""The LLM engine: the four semantic operations through the paper's prompts and one LLM client.
+
+profile (eq. 1), score (eq. 2-3), partition (eq. 5) and similarity (eq. 6) each render their prompt
+(lagcl.semantic.prompts), send the whole batch through `LLMClient.generate` (cache, limits, retries,
+accounting), and parse the replies. A reply that cannot be used gets exactly one repair request (the
+model sees its reply and the problem); if that fails too, the result carries the reason in `failed`.
+Nothing is silently dropped and no id outside the request is ever returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from lagcl.config import EngineConfig, LLMConfig
+from lagcl.llm import LLMClient, LLMRequest, make_client
+from lagcl.llm.backends.base import Backend
+from lagcl.semantic.base import (Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest, ScoreResult,
+                                 Usage)
+from lagcl.semantic.prompts import (Prompts, ReplyError, domain_words, parse_partition, parse_profile,
+                                    parse_scores, parse_similarity)
+
+log = logging.getLogger("lagcl.semantic")
+V = TypeVar("V")
+
+# A parser returns (value, problem): a value that may be partial, and None or the text of the problem.
+Parser = Callable[[int, str], tuple[Any, str | None]]
+
+
+class LLMEngine:
+    approximate = False
+
+    def __init__(self, engine: EngineConfig, llm: LLMConfig, domain: str = "item",
+                 cache_dir: str | Path = "cache/llm", backend: Backend | None = None,
+                 prompt_dir: str | Path | None = None) -> None:
+        self.name = engine.name
+        self.model = engine.model
+        self.domain = domain
+        self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend)
+        self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature)
+        self.repair = llm.repair
+        self.failed = 0  # semantic results recorded as failed (after repair)
+
+    # the one place replies are checked and repaired -----------------------------------------------
+    def _ask(self, requests: list[LLMRequest], parse: Parser, merge: Callable[[Any, Any], Any] | None = None
+             ) -> list[tuple[Any, str | None]]:
+        responses = self.client.generate_sync(requests)
+        results: list[tuple[Any, str | None]] = []
+        retry: list[int] = []
+        for i, resp in enumerate(responses):
+            if not resp.ok:  # no answer at all (transport): not cached, a rerun asks again
+                results.append((None, f"no reply: {resp.error}"))
+                continue
+            results.append(_safe_parse(parse, i, resp.text, resp.finish_reason))
+            if results[-1][1] is not None and self.repair:
+                retry.append(i)
+        if retry:
+            repairs = [self.prompts.repair(requests[i], responses[i].text, results[i][1] or "") for i in retry]
+            for i, resp in zip(retry, self.client.generate_sync(repairs)):
+                first_value, first_problem = results[i]
+                if not resp.ok:
+                    results[i] = (first_value, f"{first_problem}; repair got no reply: {resp.error}")
+                    continue
+                value, problem = _safe_parse(parse, i, resp.text, resp.finish_reason)
+                if merge is not None and first_value is not None and value is not None:
+                    value = merge(first_value, value)
+                results[i] = (value if value is not None else first_value,
+                              None if problem is None else f"after one repair attempt: {problem}")
+        for value, problem in results:
+            if problem is not None:
+                self.failed += 1
+                log.warning("LLM reply recorded as failed: %s", problem[:300])
+        return results
+
+    # eq. 1 -------------------------------------------------------------------------------------
+    def profile(self, requests: Sequence[ProfileRequest]) -> list[Profile]:
+        def parse(i: int, text: str) -> tuple[Any, str | None]:
+            return parse_profile(text), None
+
+        out = []
+        for req, (value, problem) in zip(requests, self._ask([self.prompts.profile(r) for r in requests], parse)):
+            if problem is None:
+                out.append(Profile(req.kind, req.id, value[0], value[1]))
+            else:
+                out.append(Profile(req.kind, req.id, "", "", failed=problem))
+        return out
+
+    # eq. 2-3 -----------------------------------------------------------------------------------
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        id_key = domain_words(self.domain).id_key
+
+        def parse(i: int, text: str) -> tuple[Any, str | None]:
+            req = requests[i]
+            return parse_scores(text, id_key, req.polarity, [item for item, _ in req.items])
+
+        def merge(first: dict[int, float], repaired: dict[int, float]) -> dict[int, float]:
+            return {**first, **repaired}  # the repaired reply wins; valid scores of the first are kept
+
+        out = []
+        results = self._ask([self.prompts.score(r) for r in requests], parse, merge)
+        for req, (scores, problem) in zip(requests, results):
+            out.append(ScoreResult(req.user, req.polarity, dict(scores or {}), failed=problem))
+        return out
+
+    # eq. 5 -------------------------------------------------------------------------------------
+    def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> PartitionResult:
+        ids = [p.id for p in profiles]
+        if not profiles:
+            return PartitionResult(())
+
+        def parse(i: int, text: str) -> tuple[Any, str | None]:
+            groups, missing, problem = parse_partition(text, ids, kind)
+            return (groups, missing), problem
+
+        [(value, problem)] = self._ask([self.prompts.partition(kind, profiles, target_group_size)], parse)
+        if value is None or not value[0]:
+            return PartitionResult((), tuple(ids), failed=problem or "no usable group")
+        groups, missing = value
+        # unassigned ids become singletons in the caller; the problem is logged and counted above
+        return PartitionResult(tuple(groups), tuple(missing), failed=None)
+
+    # eq. 6 -------------------------------------------------------------------------------------
+    def similarity(self, pairs: Sequence[tuple[Group, Group]]) -> list[float]:
+        """Similarity in [0, 1] per pair; NaN where the reply could not be used after repair (NaN is never
+        above tau_sim, so such a pair is not merged, and `usage().failed` counts it)."""
+        def parse(i: int, text: str) -> tuple[Any, str | None]:
+            return parse_similarity(text), None
+
+        results = self._ask([self.prompts.similarity(a, b) for a, b in pairs], parse)
+        return [value if problem is None else math.nan for value, problem in results]
+
+    # accounting --------------------------------------------------------------------------------
+    def usage(self) -> Usage:
+        t = self.client.accounting.totals()
+        return Usage(requests=t.requests, cached=t.cached, input_tokens=t.input_tokens,
+                     output_tokens=t.output_tokens, cost_usd=t.cost_usd, failed=self.failed)
+
+    def accounting(self) -> dict[str, Any]:
+        """Per-operation counts, tokens and spend of this run, plus everything ever paid through this cache:
+        JSON-ready, for stage manifests."""
+        return {"engine": self.name, "model": self.model, "by_operation": self.client.accounting.summary(),
+                "spent_usd": self.client.accounting.spent_usd, "cache_total_usd": self.client.cache.total_cost(),
+                "semantic_failures": self.failed}
+
+
+def _safe_parse(parse: Parser, i: int, text: str, finish_reason: str) -> tuple[Any, str | None]:
+    try:
+        return parse(i, text)
+    except ReplyError as exc:
+        problem = str(exc)
+        if finish_reason in ("length", "max_tokens"):
+            problem += " (the reply hit the max_tokens limit)"
+        return None, problem

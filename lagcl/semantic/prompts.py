@@ -1,0 +1,356 @@
+"""The paper's prompts (Appendix A, Figures 9-19; templates in conf/prompts/*.j2) and the parsing of
+the replies into checked values.
+
+Two rules keep data from acting as instructions and keep the LLM from inventing data:
+- every value from a dataset enters a prompt as a JSON-encoded value (the `json` filter), so a title
+  saying "ignore previous instructions" stays a quoted string inside a JSON document;
+- every reply is parsed into a pydantic schema and checked against the request: ids that were not in
+  the request are rejected, scores must lie in [0, 10] and similarities in [0, 1]. A problem is
+  returned as text, which the engine sends back once as a repair request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lagcl.config import CONF_DIR
+from lagcl.llm.types import LLMRequest
+from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest
+
+PROMPT_DIR = CONF_DIR / "prompts"
+
+
+@dataclass(frozen=True)
+class DomainWords:
+    noun: str
+    plural: str
+    audience: str
+
+    @property
+    def id_key(self) -> str:
+        return f"{self.noun}_id"
+
+
+# `data.domain` -> the words the prompts use (the paper's prompts are written for movies)
+DOMAINS = {
+    "movie": DomainWords("movie", "movies", "viewers"),
+    "business": DomainWords("business", "businesses", "customers"),
+    "book": DomainWords("book", "books", "readers"),
+    "game": DomainWords("game", "games", "players"),
+    "item": DomainWords("item", "items", "users"),
+}
+
+
+def domain_words(domain: str) -> DomainWords:
+    if domain in DOMAINS:
+        return DOMAINS[domain]
+    noun = re.sub(r"[^a-z]+", "_", domain.lower()).strip("_") or "item"
+    return DomainWords(noun, noun + "s", "users")
+
+
+@dataclass(frozen=True)
+class Entity:
+    """Who a partition / similarity prompt is about: users, or the domain's items."""
+    singular: str
+    plural: str
+    id_key: str
+    about: str
+    similar: str
+
+
+def entity(kind: Kind, d: DomainWords) -> Entity:
+    if kind == "user":
+        return Entity("user", "users", "user_id", f"a user's {d.noun} preferences", "preferences and tastes")
+    return Entity(d.noun, d.plural, d.id_key, f"which {d.audience} would enjoy the {d.noun}",
+                  "appeal and audiences")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2)
+
+
+def _json_compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class Prompts:
+    """Renders conf/prompts/<name>.j2 (blocks `system` and `user`) into LLM requests."""
+
+    def __init__(self, domain: str = "item", prompt_dir: str | Path | None = None, max_tokens: int = 1024,
+                 temperature: float = 0.0) -> None:
+        self.d = domain_words(domain)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(prompt_dir or PROMPT_DIR)),
+                                      undefined=jinja2.StrictUndefined, autoescape=False,
+                                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+        self.env.filters["json"] = _json
+        self.env.filters["json_compact"] = _json_compact
+
+    def render(self, name: str, **ctx: Any) -> tuple[str, str]:
+        template = self.env.get_template(f"{name}.j2")
+        context = template.new_context({"d": self.d, **ctx})
+        system = "".join(template.blocks["system"](context)).strip()
+        user = "".join(template.blocks["user"](context)).strip()
+        return system, user
+
+    def _request(self, name: str, operation: str, schema: dict[str, Any], max_tokens: int | None = None,
+                 **ctx: Any) -> LLMRequest:
+        system, user = self.render(name, **ctx)
+        return LLMRequest.single(system, user, max_tokens=max_tokens or self.max_tokens,
+                                 temperature=self.temperature, json_schema=schema, operation=operation)
+
+    # eq. 1 -----------------------------------------------------------------------------------
+    def profile(self, req: ProfileRequest) -> LLMRequest:
+        if req.kind == "user":
+            query = {"user_id": str(req.id), "user_information": dict(req.attributes),
+                     f"liked_{self.d.plural}": list(req.liked), f"disliked_{self.d.plural}": list(req.disliked)}
+            return self._request("user_profile", "profile_user", profile_schema("user_id"), query=query)
+        query = {self.d.id_key: str(req.id), "title": req.title, **dict(req.attributes)}
+        return self._request("item_profile", "profile_item", profile_schema(self.d.id_key), query=query)
+
+    # eq. 2-3 ---------------------------------------------------------------------------------
+    def score(self, req: ScoreRequest) -> LLMRequest:
+        key = self.d.id_key
+        # output budget grows with the number of items (about 60 tokens per rating with its reason)
+        max_tokens = max(self.max_tokens, 80 * len(req.items) + 50)
+        return self._request(f"score_{req.polarity}", f"score_{req.polarity}",
+                             score_schema(key, req.polarity), max_tokens=max_tokens,
+                             user_profile={"user_id": str(req.user), "profile": req.user_profile},
+                             item_profiles=[{key: str(i), "profile": text} for i, text in req.items])
+
+    # eq. 5 -----------------------------------------------------------------------------------
+    def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> LLMRequest:
+        e = entity(kind, self.d)
+        rows = [{e.id_key: str(p.id), "summarization": p.summarization, "reasoning": p.reasoning} for p in profiles]
+        max_tokens = max(self.max_tokens, 12 * len(profiles) + 120 * (len(profiles) // max(1, target_group_size) + 1))
+        return self._request("group_partition", f"partition_{kind}", partition_schema(), max_tokens=max_tokens,
+                             e=e, n=len(rows), target_group_size=target_group_size, profiles=rows)
+
+    # eq. 6 -----------------------------------------------------------------------------------
+    def similarity(self, a: Group, b: Group) -> LLMRequest:
+        e = entity(a.kind, self.d)
+        groups = {f"group_{i}": {"name": g.name, "key_characteristics": g.characteristics, "size": len(g.members)}
+                  for i, g in ((1, a), (2, b))}
+        return self._request("group_similarity", f"similarity_{a.kind}", similarity_schema(), e=e, groups=groups)
+
+    # eq. 13-14 (used by the rerank stage to build its training and inference texts) ------------
+    def rerank(self, user_id: int, user_profile: str, candidates: Sequence[tuple[int, str]],
+               liked: Sequence[tuple[int, str]] = (), disliked: Sequence[tuple[int, str]] = (),
+               item: tuple[int, str] | None = None) -> tuple[str, str]:
+        def rows(pairs: Sequence[tuple[int, str]]) -> list[dict[str, str]]:
+            return [{"id": str(i), "summarization": t, "signal": ""} for i, t in pairs]
+
+        return self.render("rerank_cot", user_id=str(user_id), user_profile=user_profile,
+                           candidates=rows(candidates), original_ranking=[str(i) for i, _ in candidates],
+                           liked=rows(liked), disliked=rows(disliked),
+                           item=None if item is None else {"id": str(item[0]), "summarization": item[1]})
+
+    def repair(self, request: LLMRequest, bad_reply: str, error: str) -> LLMRequest:
+        _, user = self.render("repair", error=error)
+        return request.followup(bad_reply, user)
+
+
+# reply schemas (also the JSON schemas for guided decoding) ---------------------------------------
+def profile_schema(id_key: str) -> dict[str, Any]:
+    return {"type": "object", "required": [id_key, "summarization", "reasoning"],
+            "properties": {id_key: {"type": "string"}, "summarization": {"type": "string"},
+                           "reasoning": {"type": "string"}}}
+
+
+def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
+    score = "like_score" if polarity == "pos" else "dislike_score"
+    item = {"type": "object", "required": [id_key, score],
+            "properties": {id_key: {"type": "string"}, score: {"type": "number", "minimum": 0, "maximum": 10},
+                           "reasoning": {"type": "string"}}}
+    return {"type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": item}}}
+
+
+def partition_schema() -> dict[str, Any]:
+    group = {"type": "object", "required": ["group_name", "members"],
+             "properties": {"group_id": {"type": "string"}, "group_name": {"type": "string"},
+                            "members": {"type": "array", "items": {"type": "string"}},
+                            "reasoning": {"type": "string"}}}
+    return {"type": "object", "required": ["groups"], "properties": {"groups": {"type": "array", "items": group}}}
+
+
+def similarity_schema() -> dict[str, Any]:
+    return {"type": "object", "required": ["similarity_score"],
+            "properties": {"similarity_score": {"type": "number", "minimum": 0, "maximum": 1},
+                           "reasoning": {"type": "string"}}}
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+class ProfileReply(_Loose):
+    summarization: str
+    reasoning: str = ""
+
+
+class RatingReply(_Loose):
+    """One rating after its id and score keys are normalised (`movie_id`/`item_id`/`id`,
+    `like_score`/`dislike_score`/`score`); scores outside [0, 10] (eq. 2-3) fail validation."""
+
+    id: str
+    score: float = Field(ge=0, le=10, allow_inf_nan=False)
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        return v.strip() if isinstance(v, str) else v
+
+
+class GroupReply(_Loose):
+    group_name: str = ""
+    members: list[str]
+    reasoning: str = ""
+
+
+class PartitionReply(_Loose):
+    groups: list[GroupReply]
+
+
+class SimilarityReply(_Loose):
+    similarity_score: float
+
+
+# parsing -------------------------------------------------------------------------------------
+class ReplyError(ValueError):
+    """A reply that cannot be used as it is; the message is what the repair request tells the model."""
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON value in a reply, tolerating code fences and chatter around it."""
+    stripped = _FENCE.sub("", text.strip())
+    decoder = json.JSONDecoder()
+    starts = [i for i, ch in enumerate(stripped) if ch in "{["]
+    if not starts:
+        raise ReplyError("the reply contains no JSON object")
+    first_error = ""
+    for start in starts[:20]:
+        try:
+            value, _ = decoder.raw_decode(stripped, start)
+            return value
+        except json.JSONDecodeError as exc:
+            first_error = first_error or f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    raise ReplyError(first_error + ("; the reply looks cut off" if not stripped.rstrip().endswith(("}", "]")) else ""))
+
+
+def _validate(model: type[BaseModel], value: Any) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ReplyError(f"the JSON does not follow the required structure ({problems})") from None
+
+
+def parse_profile(text: str) -> tuple[str, str]:
+    value = extract_json(text)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        value = value[0]
+    reply = _validate(ProfileReply, value)
+    if not reply.summarization.strip():
+        raise ReplyError('"summarization" is empty')
+    return reply.summarization.strip(), reply.reasoning.strip()
+
+
+def _first(d: dict[str, Any], keys: Sequence[str]) -> Any:
+    for k in keys:
+        if k in d:
+            return d[k]
+    return None
+
+
+def parse_scores(text: str, id_key: str, polarity: Polarity,
+                 wanted: Sequence[int]) -> tuple[dict[int, float], str | None]:
+    """Scores for the requested ids, and the problems found (None when the reply is complete and clean).
+    Invalid entries (unknown id, score outside [0, 10], not a number) are dropped, never kept."""
+    value = extract_json(text)
+    if isinstance(value, list):
+        value = {"ratings": value}
+    if not isinstance(value, dict) or not isinstance(value.get("ratings"), list):
+        raise ReplyError('the JSON must be an object with a "ratings" list')
+    score_key = "like_score" if polarity == "pos" else "dislike_score"
+    wanted_set = {str(i) for i in wanted}
+    scores: dict[int, float] = {}
+    unknown, bad = [], []
+    for entry in value["ratings"]:
+        if not isinstance(entry, dict):
+            bad.append(repr(entry)[:40])
+            continue
+        raw_id = _first(entry, (id_key, "item_id", "id"))
+        raw_score = _first(entry, (score_key, "score", "like_score", "dislike_score"))
+        item = str(raw_id).strip() if raw_id is not None else ""
+        if item not in wanted_set:
+            unknown.append(item or "(missing id)")
+            continue
+        try:
+            rating = RatingReply.model_validate({"id": item, "score": raw_score})
+        except ValidationError:
+            bad.append(f"{item}: {raw_score!r}")
+            continue
+        scores.setdefault(int(rating.id), rating.score)
+    missing = [i for i in wanted if i not in scores]
+    problems = []
+    if unknown:
+        problems.append(f"these {id_key}s were not in the request and were rejected: {', '.join(unknown[:20])}")
+    if bad:
+        problems.append(f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}")
+    if missing:
+        problems.append(f"these {id_key}s got no valid score: {', '.join(map(str, missing[:50]))}")
+    return scores, ("; ".join(problems) or None)
+
+
+def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], str | None]:
+    """Groups with only requested ids, each id in its first group; the ids left out; the problems."""
+    value = extract_json(text)
+    if isinstance(value, list):
+        value = {"groups": value}
+    reply = _validate(PartitionReply, value)
+    wanted_set = {str(i) for i in wanted}
+    seen: set[int] = set()
+    groups: list[Group] = []
+    unknown, duplicated = [], []
+    for n, g in enumerate(reply.groups):
+        members = []
+        for m in g.members:
+            m = m.strip()
+            if m not in wanted_set:
+                unknown.append(m)
+            elif int(m) in seen:
+                duplicated.append(m)
+            else:
+                seen.add(int(m))
+                members.append(int(m))
+        if members:
+            groups.append(Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members)))
+    missing = [i for i in wanted if i not in seen]
+    problems = []
+    if unknown:
+        problems.append(f"these ids were not in the input and were rejected: {', '.join(unknown[:20])}")
+    if duplicated:
+        problems.append(f"these ids were assigned to more than one group: {', '.join(duplicated[:20])}")
+    if missing:
+        problems.append(f"these ids were not assigned to any group: {', '.join(map(str, missing[:50]))}")
+    return groups, missing, ("; ".join(problems) or None)
+
+
+def parse_similarity(text: str) -> float:
+    value = extract_json(text)
+    reply = _validate(SimilarityReply, value)
+    if not math.isfinite(reply.similarity_score) or not 0 <= reply.similarity_score <= 1:
+        raise ReplyError(f"similarity_score must be a number in [0, 1], got {reply.similarity_score:g}")
+    return reply.similarity_score
