@@ -59,13 +59,17 @@ class EngineConfig(Section):
     name: Literal["embedding", "anthropic", "openai", "vllm", "transformers"] = "embedding"
     model: str = "all-MiniLM-L6-v2"
     base_url: str | None = None
-    api_key_env: str | None = None
-    batch_api: bool = False
+    api_key_env: str | None = Field(None, description="env var with the API key (default ANTHROPIC_/OPENAI_API_KEY)")
+    api_key_required: bool = Field(True, description="false for local OpenAI-compatible servers that take no key")
+    batch_api: bool = Field(False, description="anthropic: score through the Message Batches API (half price)")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between Message Batch status polls")
     max_concurrency: int = Field(8, ge=1)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
+    retry_base_s: float = Field(1.0, gt=0, description="first backoff delay; doubles per retry (with jitter)")
+    retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay")
     temperature: float = 0.0
     max_tokens: int = Field(1024, ge=1)
     device: str = "cpu"
@@ -80,6 +84,7 @@ class LLMConfig(Section):
         default_factory=dict, description="model -> (USD per 1M input tokens, USD per 1M output tokens)"
     )
     dry_run: bool = False
+    repair: bool = Field(True, description="re-ask once with the parse error when a reply is not valid JSON")
 
 
 class ProfilesConfig(Section):
@@ -125,6 +130,8 @@ class GCLConfig(Section):
     svd_q: int = Field(5, ge=1, description="LightGCL SVD rank")
     eval_batch_users: int = Field(1024, ge=1)
     topk_out: int = Field(100, ge=1, description="cf_topk candidates kept per user")
+    num_threads: int = Field(1, ge=0, description="torch CPU threads while training (0 = torch's default); "
+                             "on ML-100K-sized graphs one thread is fastest, thread sync dominates tiny SpMMs")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -141,15 +148,86 @@ class RankConfig(Section):
     groups_from: Literal["groups", "categories"] = "groups"
 
 
+class LoraSpec(Section):
+    """LoRA adapters (peft) for large rerankers: only the adapters and the score head train."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class RerankerSpec(Section):
+    """Which network f_theta_rer of eq. 14 is and how it trains (conf/model/reranker-<name>.yaml)."""
+
+    path: str = Field(description="local model folder (relative to the repository root, $VARS expanded), or "
+                                  "pkg:<python package> for a model shipped in a PyPI package; never downloaded")
+    gguf_file: str | None = Field(None, description="GGUF file inside `path` (transformers dequantizes it)")
+    format: Literal["cot", "compact"] = Field(
+        "cot", description="cot: the paper's Figure 19 prompt; compact: the same fields without the instructions, "
+                           "candidate first (for small encoders with short context)")
+    max_length: int = Field(512, ge=16)
+    profile_chars: int = Field(400, ge=0, description="user/item profile text cut to this many characters")
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraSpec | None = None
+    launcher: Literal["inline", "deepspeed"] = Field(
+        "inline", description="inline: train inside the pipeline process; deepspeed: print the multi-GPU launch "
+                              "command and wait for its result")
+    num_gpus: int = Field(1, ge=1)
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads while training/scoring")
+
+
+def _reranker_file(name: str) -> dict[str, Any]:
+    """The `rerank` section of conf/model/<name>.yaml (the reranker's defaults)."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (CONF_DIR / "model").glob("reranker-*.yaml"))
+        raise ValueError(f"unknown reranker '{name}': choose one of {', '.join(choices)} (files in {path.parent})")
+    section = (yaml.safe_load(path.read_text()) or {}).get("rerank")
+    if not isinstance(section, dict) or "spec" not in section:
+        raise ValueError(f"{path} must hold a `rerank:` mapping with a `spec:` section")
+    return section
+
+
 class RerankConfig(Section):
+    """The rerank level (eq. 13-21). `model` names conf/model/<model>.yaml, whose `rerank:` section gives the
+    defaults of this whole section (its `spec` above all); explicit values here win over the file."""
+
     model: str = "reranker-cpu"
-    candidates: int = Field(20, ge=0, le=100)
-    history: int = Field(10, ge=0)
+    spec: RerankerSpec
+    candidates: int = Field(20, ge=0, le=100, description="|C_u|: CF top-K reranked per user")
+    history: int = Field(10, ge=0, description="liked and disliked history items in the prompt (each)")
     epochs: int = Field(1, ge=1)
-    deepspeed: str | None = None
-    alpha: float = Field(0.5, ge=0, le=1)
-    tau: float = Field(1.0, gt=0)
+    deepspeed: str | None = Field(None, description="conf/deepspeed/<name>.json or a JSON path (ZeRO config)")
+    alpha: float = Field(0.5, ge=0, le=1, description="eq. 19 weight of the CF score")
+    tau: float = Field(1.0, gt=0, description="eq. 20 softmax temperature (both scores, DESIGN.md decision 11)")
     grid_search: bool = True
+    alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    tau_grid: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])
+    holdout_users: float = Field(0.2, ge=0, lt=1, description="users kept out of training: the grid search "
+                                                              "tunes alpha/tau on their validation labels")
+    neg_per_pos: int | None = Field(4, ge=1, description="negatives sampled per positive in training (None: all)")
+    max_train_pairs: int | None = Field(None, ge=1, description="cap on training pairs (CPU trials)")
+    max_users: int | None = Field(None, ge=1, description="score and evaluate a seeded sample of users (trials)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_model_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("model", "reranker-cpu")
+        if not isinstance(name, str):
+            return data
+        if "spec" in data and isinstance(data["spec"], RerankerSpec):
+            return data
+        return _deep_merge(_reranker_file(name), data)
 
 
 class EvaluateConfig(Section):
@@ -177,7 +255,7 @@ class Config(Section):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     gcl: GCLConfig = Field(default_factory=GCLConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
-    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
