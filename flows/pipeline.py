@@ -136,6 +136,27 @@ def _local_server_settings() -> dict:
     return {}
 
 
+def _dry_run(plan: Plan) -> int:
+    """DRY_RUN=1: prepare the data (no LLM involved), then print what each LLM stage would cost."""
+    from lagcl.artifacts import read_table
+    from lagcl.llm.estimate import estimate, planned_counts
+
+    ref = prepare_stage.run(plan)
+    interactions = read_table(Path(ref.path), "interactions")
+    n_users, n_items = (read_manifest(Path(ref.path))["meta"]["stats"][k] for k in ("users", "items"))
+    cfg = plan.cfg
+    counts = planned_counts(interactions, n_users, n_items, cfg)
+    if cfg.engine.name == "embedding":
+        print(f"engine 'embedding' runs offline on this machine and costs nothing; for an LLM engine's "
+              f"price use ENGINE=anthropic|openai|vllm|transformers. Requests it would make: {counts}")
+        return 0
+    estimate(counts, cfg.engine, cfg.llm, cfg.data.domain, items_per_call=cfg.augment.items_per_call,
+             group_batch=cfg.groups.batch_size, target_group_size=cfg.groups.target_group_size,
+             history=cfg.profiles.history)
+    print("dry run: no LLM call was made")
+    return 0
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -145,6 +166,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         plan = make_plan(cfg)
         if not plan.store.is_complete("prepare", plan.fingerprints["prepare"]):
             check_raw_files(cfg.data, REPO_ROOT)
+        if args.dry_run:
+            return _dry_run(plan)
         from prefect.settings import temporary_settings
 
         with temporary_settings(_local_server_settings()):

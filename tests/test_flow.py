@@ -62,3 +62,19 @@ def test_missing_dataset_files_are_named_with_where_to_put_them_before_prefect_s
     assert str(tmp_path / "yelp") in proc.stderr
     assert "yelp.com/dataset" in proc.stderr
     assert "Starting temporary server" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_prints_the_llm_cost_per_stage_and_makes_no_call(repo_root, tmp_path, ml100k):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OPENAI_API_KEY": "unused-in-a-dry-run"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--engine", "openai", "--dry-run",
+         "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"data.path={ml100k}",
+         "--set", "engine.base_url=http://127.0.0.1:9/v1"],  # nothing listens there: a call would fail
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "LLM cost estimate for model" in out and "dry run: no LLM call was made" in out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.split()[:1] in (["profiles"], ["augment"])}
+    assert rows["profile_user"][2] == "938" and rows["profile_item"][2] == "1,008"
+    assert int(rows["score_pos"][2].replace(",", "")) > 0
+    assert not (tmp_path / "cache" / "llm").exists()

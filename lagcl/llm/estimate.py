@@ -135,3 +135,35 @@ def estimate(counts: Mapping[str, int], engine: EngineConfig, llm: LLMConfig, do
     if out is not None:
         out(report.table())
     return report
+
+
+def planned_counts(interactions, n_users: int, n_items: int, cfg) -> dict[str, int]:
+    """Requests each LLM operation will make on this data under `cfg` (a lagcl.config.Config), from
+    the same rules the stages use: one profile request per user and item (eq. 1); per cold-start
+    user, ceil(sample / items_per_call) like and dislike requests (eq. 2-3); ceil(n / batch_size)
+    partitions per kind (eq. 5); at most `candidate_pairs_k` similarity requests per group (eq. 6,
+    an upper bound: mutual candidate pairs are asked once)."""
+    import math
+
+    import polars as pl
+
+    from lagcl.augment import cold_users
+
+    on = {s: v for s, v in cfg.pipeline.stages.items()}
+    counts: dict[str, int] = {}
+    if on.get("profiles", True):
+        counts["profile_user"], counts["profile_item"] = n_users, n_items
+    if on.get("augment", True) and cfg.pipeline.ablation != "no-data":
+        cold = set(cold_users(interactions, cfg.augment.cold_threshold))
+        seen = (interactions.filter(pl.col("split") == "train").group_by("user").len()
+                .filter(pl.col("user").is_in(list(cold))))
+        seen_by_user = dict(seen.iter_rows())
+        calls = sum(math.ceil(min(cfg.augment.n_candidates, n_items - seen_by_user.get(u, 0))
+                              / cfg.augment.items_per_call) for u in cold)
+        counts["score_pos"] = counts["score_neg"] = calls
+    if on.get("groups", True):
+        g = cfg.groups
+        for kind, n in (("user", n_users), ("item", n_items)):
+            counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
+            counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
+    return counts
