@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,9 +99,13 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
 
 
 def _discard(plan: Plan, stage: str) -> None:
-    """FROM=<stage>: drop the manifest so the stage recomputes (its shards, if any, are kept)."""
-    manifest = Path(plan.ref(stage).path) / "manifest.json"
-    manifest.unlink(missing_ok=True)
+    """FROM=<stage>: remove the stage's folder so it recomputes from scratch. LLM answers stay in the
+    response cache (cache/llm), so forcing a stage never pays twice for the same request."""
+    folder = Path(plan.ref(stage).path)
+    if folder.exists():
+        with plan.store.stage(stage, plan.fingerprints[stage]):  # refuses while another run writes it
+            pass
+        shutil.rmtree(folder)
 
 
 def _print_summary(plan: Plan, done: dict[str, str]) -> None:
