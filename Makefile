@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,llm,embed
+EXTRAS ?= test,llm,embed,rerank,local-llm
 
 DATA ?= ml-100k
 ENGINE ?= embedding
@@ -74,3 +74,11 @@ bench-gcl: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Figure 4: CF + reranker for |C_u| in {0, 5, 10, 20, 50, 100} (SWEEP_MODE=retrain: one reranker per size;
+# rescore: one reranker, rescored on larger C_u). Plot + table under cache/<DATA>/sweeps/.
+SWEEP_MODE ?= retrain
+SWEEP_SIZES ?= 0,5,10,20,50,100
+.PHONY: sweep-candidates
+sweep-candidates: setup
+	$(PY) -m scripts.sweep_candidates $(PIPELINE_ARGS) --mode $(SWEEP_MODE) --sizes $(SWEEP_SIZES)
