@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,34 @@ def test_dry_run_prints_the_llm_cost_per_stage_and_makes_no_call(repo_root, tmp_
     assert rows["profile_user"][2] == "938" and rows["profile_item"][2] == "1,008"
     assert int(rows["score_pos"][2].replace(",", "")) > 0
     assert not (tmp_path / "cache" / "llm").exists()
+
+
+def test_a_run_killed_during_training_resumes_at_its_last_epoch_and_reuses_finished_stages(repo_root, tmp_path,
+                                                                                           ml100k):
+    """kill -9 in the middle of the gcl stage; the same command then resumes it (not from epoch 0)."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    sets = [f"cache_dir={tmp_path / 'cache'}", f"data.path={ml100k}", "gcl.epochs=6", "gcl.patience=50",
+            "rank.enabled=false", *[f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups",
+                                                                            "rerank", "evaluate")]]
+    args = [sys.executable, "-m", "flows.pipeline", "--model", "lightgcn"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    gcl_dir = tmp_path / "cache" / "ml-100k" / "gcl"
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(gcl_dir.glob("*/checkpoints/last.pt")):
+        assert proc.poll() is None, "the run ended before its first training checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(gcl_dir.glob("*/manifest.json")), "killed before finishing, so no manifest"
+
+    second = subprocess.run(args, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "Task run 'prepare' - Finished in state Cached" in log
+    manifest = json.loads(next(gcl_dir.glob("*/manifest.json")).read_text())
+    assert manifest["meta"]["resumed_from_epoch"] >= 1
+    assert manifest["meta"]["epochs_run"] == 6
