@@ -1,0 +1,263 @@
+"""Data-level interaction augmentation for cold-start users (eq. 2-4).
+
+For every cold-start user u (fewer than `cold_threshold` training positives, DESIGN.md 4):
+- candidates V_u^cand: items with no TRAINING interaction for u, positive or negative (DESIGN.md 5;
+  valid/test interactions are not looked at, so the held-out targets stay candidates and nothing leaks);
+- two independent seeded samples of `n_candidates` (all candidates when fewer): V_u^sample, scored
+  for like (s_uv^pos, eq. 2), and V_u^neg-cand, scored for dislike (s_uv^neg, eq. 3);
+- items go to the engine `items_per_call` at a time (one prompt lists several item profiles);
+- top `top_fraction` of each polarity -> R_u^pos (sign +1) and R_u^neg (sign -1); R_u^enhanced is their
+  union (eq. 4). The sets are disjoint: an item that is also an augmented positive is skipped when
+  picking negatives, and the next-ranked dislike takes its place.
+
+Scoring is resumable: requests are grouped in shards of `shard_size` users and every validated
+score is written (table `scores`) as soon as its shard is answered. A rerun skips every request whose
+items are all scored, so no answered request is sent twice. A reply that cannot be used as given
+(unknown, duplicate or missing ids, a score outside [0, 10], another user or polarity, an engine
+failure) is recorded in `failures` and never guessed; the next run asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from lagcl.artifacts import StageDir
+from lagcl.semantic.base import Polarity, ScoreRequest, ScoreResult, SemanticEngine
+
+log = logging.getLogger("lagcl.augment")
+
+SCORES = "scores"
+FAILURES = "failures"
+SCORES_SCHEMA = {"user": pl.Int32, "item": pl.Int32, "polarity": pl.String, "score": pl.Float64, "engine": pl.String}
+FAILURES_SCHEMA = {"user": pl.Int32, "polarity": pl.String, "chunk": pl.Int32, "items": pl.Int32, "reason": pl.String}
+AUGMENTED_SCHEMA = {"user": pl.Int32, "item": pl.Int32, "sign": pl.Int8, "score": pl.Float64}
+POLARITIES: tuple[Polarity, Polarity] = ("pos", "neg")
+
+
+def cold_users(interactions: pl.DataFrame, threshold: int) -> list[int]:
+    """Users with fewer than `threshold` training positives (every user of the data, even with none)."""
+    pos = (interactions.filter((pl.col("split") == "train") & (pl.col("sign") == 1))
+           .group_by("user").len())
+    counts = dict(pos.iter_rows())
+    users = sorted(interactions["user"].unique().to_list())
+    return [u for u in users if counts.get(u, 0) < threshold]
+
+
+def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: Sequence[int], n: int,
+                      seed: int) -> dict[tuple[int, str], np.ndarray]:
+    """(user, polarity) -> sorted sample of up to n candidate items (no training interaction for u).
+
+    Each sample has its own generator seeded by (seed, user, polarity), so a user's samples do not
+    depend on which other users are in the run: a resumed or partial run samples the same items."""
+    train = interactions.filter(pl.col("split") == "train").group_by("user").agg("item")
+    seen = {u: set(its) for u, its in train.iter_rows()}
+    all_items = np.array(sorted(items), dtype=np.int64)
+    out: dict[tuple[int, str], np.ndarray] = {}
+    for u in users:
+        cand = all_items[~np.isin(all_items, list(seen.get(u, ())))]
+        for k, pol in enumerate(POLARITIES):
+            if len(cand) <= n:
+                out[(u, pol)] = cand.copy()
+            else:
+                rng = np.random.default_rng([seed, int(u), k])
+                out[(u, pol)] = np.sort(rng.choice(cand, size=n, replace=False))
+    return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One scoring request: `items_per_call` candidates of one user and one polarity."""
+
+    user: int
+    polarity: Polarity
+    index: int
+    items: tuple[int, ...]
+
+
+def chunks(samples: dict[tuple[int, str], np.ndarray], items_per_call: int) -> list[Chunk]:
+    out = []
+    for (u, pol), its in sorted(samples.items(), key=lambda kv: (kv[0][0], POLARITIES.index(kv[0][1]))):
+        for j, start in enumerate(range(0, len(its), items_per_call)):
+            out.append(Chunk(int(u), pol, j, tuple(int(i) for i in its[start:start + items_per_call])))
+    return out
+
+
+def check_result(chunk: Chunk, result: ScoreResult | None) -> tuple[dict[int, float] | None, str | None]:
+    """(scores, None) when the reply can be used exactly as given, else (None, reason)."""
+    if result is None:
+        return None, "no reply"
+    if result.failed:
+        return None, f"engine: {result.failed}"
+    if result.user != chunk.user or result.polarity != chunk.polarity:
+        return None, f"reply for user {result.user}/{result.polarity}, asked {chunk.user}/{chunk.polarity}"
+    scores = result.scores
+    if not isinstance(scores, dict):
+        return None, "scores missing"
+    asked = set(chunk.items)
+    keys = list(scores)
+    if len(set(keys)) != len(keys):
+        return None, "duplicate item ids"
+    unknown = [k for k in keys if k not in asked]
+    if unknown:
+        return None, f"unknown item ids {sorted(map(str, unknown))[:5]}"
+    missing = asked - set(keys)
+    if missing:
+        return None, f"{len(missing)} item(s) not scored, e.g. {sorted(missing)[:5]}"
+    bad = [(k, v) for k, v in scores.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 10]
+    if bad:
+        return None, f"score outside [0, 10]: item {bad[0][0]} -> {bad[0][1]!r}"
+    return {int(k): float(v) for k, v in scores.items()}, None
+
+
+@dataclass
+class ScoringRun:
+    requests: int  # all chunks of the run
+    sent: int  # sent to the engine in this run
+    skipped: int  # answered by an earlier run
+    failed: int  # still without a usable reply
+
+
+def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profile: dict[int, str],
+                item_profile: dict[int, str], sd: StageDir, shard_size: int,
+                on_shard: Callable[[int, int], None] | None = None) -> ScoringRun:
+    """Send every chunk not yet fully scored, `shard_size` users per engine call; write each shard on arrival.
+
+    `on_shard(users_done, users_total)` is called after each shard is written (progress reporting)."""
+    scored = sd.read_shards(SCORES, SCORES_SCHEMA)
+    done_keys = set(zip(scored["user"].to_list(), scored["polarity"].to_list(), scored["item"].to_list()))
+    todo = [c for c in todo_chunks if not all((c.user, c.polarity, i) in done_keys for i in c.items)]
+    users = sorted({c.user for c in todo})
+    all_users = len({c.user for c in todo_chunks})
+    if todo and hasattr(engine, "prime"):
+        # embedding engines: embed every profile of the run up front, so a resumed run computes
+        # exactly the scores the uninterrupted run would have (see EmbeddingEngine.prime)
+        engine.prime(sorted({user_profile[c.user] for c in todo_chunks} | {item_profile[i] for c in todo_chunks for i in c.items}))
+    failed = 0
+    for start in range(0, len(users), shard_size):
+        batch_users = set(users[start:start + shard_size])
+        batch = [c for c in todo if c.user in batch_users]
+        requests = [ScoreRequest(c.user, user_profile[c.user], c.polarity,
+                                 tuple((i, item_profile[i]) for i in c.items)) for c in batch]
+        results = engine.score(requests)
+        if len(results) != len(requests):
+            results = [None] * len(requests)  # cannot tell which reply answers which request
+        rows: dict[str, list] = {k: [] for k in SCORES_SCHEMA}
+        fails: dict[str, list] = {k: [] for k in FAILURES_SCHEMA}
+        for c, res in zip(batch, results):
+            scores, reason = check_result(c, res)
+            if reason:
+                for k, v in zip(FAILURES_SCHEMA, (c.user, c.polarity, c.index, len(c.items), reason)):
+                    fails[k].append(v)
+                continue
+            for i in c.items:
+                for k, v in zip(SCORES_SCHEMA, (c.user, i, c.polarity, scores[i], engine.name)):
+                    rows[k].append(v)
+        if fails["user"]:
+            failed += len(fails["user"])
+            sd.write_shard(FAILURES, pl.DataFrame(fails, schema=FAILURES_SCHEMA))
+            log.warning("augment: %d of %d replies unusable (e.g. %s); a rerun asks again",
+                        len(fails["user"]), len(batch), fails["reason"][0])
+        if rows["user"]:
+            sd.write_shard(SCORES, pl.DataFrame(rows, schema=SCORES_SCHEMA))
+        if on_shard:
+            on_shard(all_users - len(users) + min(start + shard_size, len(users)), all_users)
+    return ScoringRun(len(todo_chunks), len(todo), len(todo_chunks) - len(todo), failed)
+
+
+def top_k(n_sampled: int, fraction: float) -> int:
+    """How many of a user's n sampled candidates are kept: the top `fraction`, at least one."""
+    return max(1, int(round(fraction * n_sampled))) if n_sampled else 0
+
+
+def select_augmented(scores: pl.DataFrame, sample_sizes: dict[tuple[int, str], int], fraction: float) -> pl.DataFrame:
+    """Eq. 2-4: per user the top `fraction` of like scores (sign +1) and of dislike scores (sign -1).
+
+    k comes from the sample size, not from the number scored, so a failed chunk does not change how
+    many items a user gets. Ties go to the smaller item id. Negatives skip the user's new positives."""
+    scores = scores.unique(["user", "polarity", "item"], keep="first").sort(
+        ["user", "polarity", "score", "item"], descending=[False, False, True, False])
+    out: dict[str, list] = {k: [] for k in AUGMENTED_SCHEMA}
+    by = {(u, p): (its, ss) for u, p, its, ss in
+          scores.group_by(["user", "polarity"], maintain_order=True).agg("item", "score").iter_rows()}
+    for u in sorted({u for u, _ in by}):
+        pos_items, pos_scores = by.get((u, "pos"), ([], []))
+        k_pos = top_k(sample_sizes.get((u, "pos"), len(pos_items)), fraction)
+        chosen = set(pos_items[:k_pos])
+        for i, s in zip(pos_items[:k_pos], pos_scores[:k_pos]):
+            out["user"].append(u), out["item"].append(i), out["sign"].append(1), out["score"].append(s)
+        neg_items, neg_scores = by.get((u, "neg"), ([], []))
+        k_neg = top_k(sample_sizes.get((u, "neg"), len(neg_items)), fraction)
+        picked = 0
+        for i, s in zip(neg_items, neg_scores):
+            if picked == k_neg:
+                break
+            if i in chosen:
+                continue
+            out["user"].append(u), out["item"].append(i), out["sign"].append(-1), out["score"].append(s)
+            picked += 1
+    return pl.DataFrame(out, schema=AUGMENTED_SCHEMA)
+
+
+def augment_quality(augmented: pl.DataFrame, scores: pl.DataFrame, interactions: pl.DataFrame,
+                    items: pl.DataFrame) -> dict[str, float | int]:
+    """How well the augmented interactions agree with what the data knows but the engine never saw.
+
+    - pos_precision: share of augmented positives that are among the user's valid+test positives;
+      pos_random_precision: the same for as many candidates drawn at random from the user's scored
+      like-sample (its exact expectation: |sample & held-out| / |sample| per user, weighted by the
+      user's augmented count); pos_lift = their ratio (> 1: the engine finds held-out likes).
+    - neg_heldout_precision / neg_random_precision / neg_heldout_ratio: the same for augmented
+      negatives against valid+test POSITIVES; a good dislike score puts few of them there (ratio < 1).
+      We cannot check augmented negatives against known dislikes: every known dislike (sign -1) is a
+      training interaction and so is excluded from the candidates (DESIGN.md 5).
+    - dislike_lean_{neg,pos,random}: mean, over items, of the user's genre dislike lean
+      mean_g log((#train dislikes in g + 1) / (#train likes in g + 1)) over the item's genres; augmented
+      negatives should lean more to the user's disliked genres than random candidates, positives less.
+    """
+    held = interactions.filter((pl.col("sign") == 1) & pl.col("split").is_in(["valid", "test"])).select(
+        "user", "item").with_columns(pl.lit(True).alias("heldout"))
+    out: dict[str, float | int] = {"users": int(augmented["user"].n_unique()) if augmented.height else 0}
+    for sign, pol in ((1, "pos"), (-1, "neg")):
+        aug = augmented.filter(pl.col("sign") == sign).join(held, on=["user", "item"], how="left")
+        n = aug.height
+        hits = int(aug["heldout"].fill_null(False).sum()) if n else 0
+        samp = (scores.filter(pl.col("polarity") == pol).select("user", "item").unique()
+                .join(held, on=["user", "item"], how="left")
+                .group_by("user").agg((pl.col("heldout").fill_null(False).sum() / pl.len()).alias("rate")))
+        per_user = aug.group_by("user").len().join(samp, on="user", how="left")
+        rand = float((per_user["len"] * per_user["rate"].fill_null(0)).sum() / n) if n else 0.0
+        prec = hits / n if n else 0.0
+        key = "pos" if sign == 1 else "neg_heldout"
+        out[f"{'pos' if sign == 1 else 'neg'}_count"] = n
+        out[f"{key}_precision"] = round(prec, 5)
+        out[f"{'pos' if sign == 1 else 'neg'}_random_precision"] = round(rand, 5)
+        out["pos_lift" if sign == 1 else "neg_heldout_ratio"] = round(prec / rand, 4) if rand else float("nan")
+    if "categories" in items.columns:
+        lean = _genre_lean(interactions, items)
+        for name, frame in (("neg", augmented.filter(pl.col("sign") == -1)),
+                            ("pos", augmented.filter(pl.col("sign") == 1)),
+                            ("random", scores.filter(pl.col("polarity") == "neg").select("user", "item").unique())):
+            vals = frame.join(lean, on=["user", "item"], how="inner")["lean"]
+            out[f"dislike_lean_{name}"] = round(float(vals.mean()), 4) if len(vals) else float("nan")
+    return out
+
+
+def _genre_lean(interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
+    """(user, item, lean) for every item: mean over its genres of log((dislikes+1)/(likes+1)) in training."""
+    genres = items.select("item", pl.col("categories").alias("genre")).explode("genre").drop_nulls()
+    train = interactions.filter(pl.col("split") == "train").select("user", "item", "sign")
+    users = train.select("user").unique()
+    counts = (train.join(genres, on="item").group_by("user", "genre")
+              .agg((pl.col("sign") == -1).sum().alias("dis"), (pl.col("sign") == 1).sum().alias("like")))
+    all_pairs = users.join(genres.select("genre").unique(), how="cross").join(counts, on=["user", "genre"], how="left")
+    lean_g = all_pairs.with_columns(
+        (((pl.col("dis").fill_null(0) + 1) / (pl.col("like").fill_null(0) + 1)).log()).alias("lean_g"))
+    return (lean_g.select("user", "genre", "lean_g").join(genres, on="genre")
+            .group_by("user", "item").agg(pl.col("lean_g").mean().alias("lean")))

@@ -1,0 +1,152 @@
+"""User and item profiles (eq. 1): P_u = LLM(S_u, Q_u), P_v = LLM(S_v, Q_v).
+
+`profile_requests` builds the query inputs Q_u / Q_v from the canonical tables, using TRAINING
+interactions only (valid/test ratings in a profile would leak the evaluation targets into every
+later stage). `run_profiles` sends them through an engine in shards, writing each shard as its
+answers arrive, so a rerun skips every id already answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import polars as pl
+
+from lagcl.artifacts import StageDir
+from lagcl.semantic.base import Profile, ProfileRequest, SemanticEngine
+from lagcl.semantic.embedding import DISLIKED_GENRES, GENRES, LIKED_GENRES
+
+log = logging.getLogger("lagcl.profiles")
+
+SHARD = "profiles"
+SHARD_SCHEMA = {"kind": pl.String, "id": pl.Int32, "summarization": pl.String, "reasoning": pl.String}
+# user columns that are identifiers, not traits (a zip code says nothing a model can use)
+_NOT_TRAITS = {"user", "raw_id", "zip_code"}
+TOP_GENRES = 4
+
+
+def item_label(title: str | None, year: str | None) -> str:
+    title = (title or "").strip()
+    return f"{title} ({year})" if year and str(year).strip() and f"({year})" not in title else title
+
+
+def _top_genres(genre_lists: Sequence[Sequence[str]], k: int = TOP_GENRES) -> str:
+    counts = Counter(g for gs in genre_lists for g in (gs or ()))
+    return ", ".join(g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k])
+
+
+def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
+                     history: int = 30) -> list[ProfileRequest]:
+    """Q_u for every user (traits, liked/disliked titles newest first, genre counts) and Q_v for every
+    item (title, year, genres, training rating counts); users first, then items, each by id."""
+    has_cats = "categories" in items.columns
+    has_year = "year" in items.columns
+    meta = items.select(
+        "item", pl.col("title").fill_null(""),
+        (pl.col("categories") if has_cats else pl.lit([], dtype=pl.List(pl.String))).alias("categories"),
+        (pl.col("year").cast(pl.String) if has_year else pl.lit(None, dtype=pl.String)).alias("year"),
+    )
+    label = {r["item"]: item_label(r["title"], r["year"]) for r in meta.iter_rows(named=True)}
+    cats = {r["item"]: list(r["categories"] or []) for r in meta.iter_rows(named=True)}
+    train = interactions.filter(pl.col("split") == "train").sort(["user", "timestamp", "item"], descending=[False, True, False])
+    hist: dict[int, dict[int, list[int]]] = {}
+    for u, sign, its in train.group_by(["user", "sign"], maintain_order=True).agg("item").iter_rows():
+        hist.setdefault(u, {})[sign] = its
+
+    out: list[ProfileRequest] = []
+    traits = [c for c in users.columns if c not in _NOT_TRAITS]
+    for row in users.sort("user").iter_rows(named=True):
+        u = row["user"]
+        liked = hist.get(u, {}).get(1, [])
+        disliked = hist.get(u, {}).get(-1, [])
+        attrs = {c: str(row[c]) for c in traits if row[c] is not None and str(row[c]).strip()}
+        if liked:
+            attrs[LIKED_GENRES] = _top_genres([cats.get(i, []) for i in liked])
+        if disliked:
+            attrs[DISLIKED_GENRES] = _top_genres([cats.get(i, []) for i in disliked])
+        out.append(ProfileRequest("user", u, attributes={k: v for k, v in attrs.items() if v},
+                                  liked=tuple(label[i] for i in liked[:history]),
+                                  disliked=tuple(label[i] for i in disliked[:history])))
+
+    counts = train.group_by("item").agg(pl.len().alias("n"), (pl.col("sign") == 1).sum().alias("pos"))
+    stats = {i: (n, p) for i, n, p in counts.iter_rows()}
+    for r in meta.sort("item").iter_rows(named=True):
+        attrs = {}
+        if r["year"]:
+            attrs["year"] = str(r["year"])
+        if r["categories"]:
+            attrs[GENRES] = ", ".join(r["categories"])
+        n, p = stats.get(r["item"], (0, 0))
+        attrs["ratings"] = f"{n} in training, {p / n:.0%} positive" if n else "none in training"
+        out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs))
+    return out
+
+
+@dataclass
+class ProfileRun:
+    requested: int
+    answered: int  # in this run
+    skipped: int  # answered by an earlier run
+    failed: int  # ids still without a usable profile
+
+
+def validate_profiles(batch: Sequence[ProfileRequest], reply: Sequence[Profile]) -> tuple[list[Profile], list[str]]:
+    """Keep profiles for requested ids only, each once, with non-empty text; the rest are problems."""
+    wanted = {(r.kind, r.id) for r in batch}
+    seen: set[tuple[str, int]] = set()
+    good, problems = [], []
+    for p in reply:
+        key = (p.kind, p.id)
+        if key not in wanted:
+            problems.append(f"unknown {p.kind} {p.id}")
+        elif key in seen:
+            problems.append(f"duplicate {p.kind} {p.id}")
+        elif not (p.summarization or "").strip():
+            problems.append(f"empty summarization for {p.kind} {p.id}")
+        else:
+            seen.add(key)
+            good.append(p)
+    problems += [f"missing {k} {i}" for k, i in sorted(wanted - seen)]
+    return good, problems
+
+
+def run_profiles(engine: SemanticEngine, requests: Sequence[ProfileRequest], sd: StageDir, shard_size: int,
+                 on_shard: Callable[[int, int], None] | None = None) -> ProfileRun:
+    """Profile every request not yet in a shard; one shard per `shard_size` requests, written on arrival.
+
+    `on_shard(done, total)` is called after each shard (progress reporting)."""
+    done = {(k, i) for k, i in sd.read_shards(SHARD, SHARD_SCHEMA).select("kind", "id").iter_rows()}
+    todo = [r for r in requests if (r.kind, r.id) not in done]
+    answered = failed = 0
+    for start in range(0, len(todo), shard_size):
+        batch = todo[start:start + shard_size]
+        good, problems = validate_profiles(batch, engine.profile(batch))
+        if problems:
+            failed += len(batch) - len(good)
+            log.warning("profiles: %d problem(s) in a reply to %d requests, %d without a usable profile "
+                        "(e.g. %s); a rerun asks for those again", len(problems), len(batch),
+                        len(batch) - len(good), problems[0])
+        if good:
+            sd.write_shard(SHARD, pl.DataFrame(
+                {"kind": [p.kind for p in good], "id": [p.id for p in good],
+                 "summarization": [p.summarization for p in good], "reasoning": [p.reasoning for p in good]},
+                schema=SHARD_SCHEMA))
+        answered += len(good)
+        if on_shard:
+            on_shard(len(done) + answered, len(requests))
+    return ProfileRun(len(requests), answered, len(requests) - len(todo), failed)
+
+
+def profile_tables(sd: StageDir, engine: SemanticEngine) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """user_profiles / item_profiles (id, summarization, reasoning, engine, model, approximate) from the shards."""
+    df = sd.read_shards(SHARD, SHARD_SCHEMA).unique(["kind", "id"], keep="first", maintain_order=True)
+    label = [pl.lit(engine.name).alias("engine"), pl.lit(engine.model).alias("model"),
+             pl.lit(bool(engine.approximate)).alias("approximate")]
+    out = []
+    for kind in ("user", "item"):
+        out.append(df.filter(pl.col("kind") == kind).sort("id")
+                   .select(pl.col("id").cast(pl.Int32).alias(kind), "summarization", "reasoning", *label))
+    return out[0], out[1]
