@@ -10,6 +10,7 @@ path), never data. A cached StageRef whose folder is no longer complete is recom
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import re
@@ -22,6 +23,8 @@ os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / "cache" / "prefect"))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# the stages log through the "lagcl" logger: route it through Prefect's handlers (terminal and UI)
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lagcl")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 
@@ -50,7 +53,10 @@ RUNNERS = {
 
 
 def _stage_key(context, parameters) -> str:  # Prefect cache_key_fn signature
-    return f"lagcl-{parameters['stage']}-{parameters['plan'].fingerprints[parameters['stage']]}"
+    """The stage fingerprint, plus where its folder is: two cache roots never share a result."""
+    stage, plan = parameters["stage"], parameters["plan"]
+    where = hashlib.sha256(plan.ref(stage).path.encode()).hexdigest()[:8]
+    return f"lagcl-{stage}-{plan.fingerprints[stage]}-{where}"
 
 
 @task(name="stage", cache_key_fn=_stage_key, persist_result=True, task_run_name="{stage}")
@@ -81,17 +87,26 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
     missing = [s for s in plan.fingerprints if s not in RUNNERS]
     if missing:
         logger.warning("stages not built in this version, skipped: %s", ", ".join(missing))
-    forced = set(order[order.index(from_stage):]) if from_stage else set()
     if from_stage and from_stage not in order:
         raise LagclError(f"FROM={from_stage} is not a stage of this run; stages: {', '.join(order)}")
+    forced = set(order[order.index(from_stage):]) if from_stage else set()
     done: dict[str, str] = {}
-    for stage in order:
+    for i, stage in enumerate(order):
         if stage in forced:
             _discard(plan, stage)
-        ref = run_stage.with_options(refresh_cache=stage in forced)(stage, plan)
-        if not is_complete(Path(ref.path), verify=False):
+        state = run_stage.with_options(refresh_cache=stage in forced)(stage, plan, return_state=True)
+        ref = state.result()
+        manifest = read_manifest(Path(ref.path))
+        if manifest is None:
             # Prefect remembered a result whose folder was removed: recompute it
             ref = run_stage.with_options(refresh_cache=True)(stage, plan)
+        elif state.is_completed() and state.name == "Cached" and manifest.get("meta", {}).get("failed"):
+            # a finished stage with failed requests: a rerun asks only those again, and every stage after
+            # it is recomputed on the mended output
+            logger.info("%s: retrying %d failed request(s) of the last run", stage, manifest["meta"]["failed"])
+            ref = run_stage.with_options(refresh_cache=True)(stage, plan)
+            if (read_manifest(Path(ref.path)) or {}).get("finished_at") != manifest.get("finished_at"):
+                forced |= set(order[i + 1:])
         done[stage] = ref.path
     _print_summary(plan, done)
     _publish_artifacts(plan, done)

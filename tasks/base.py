@@ -15,6 +15,7 @@ from lagcl.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
+log.setLevel(logging.INFO)  # stage counts and timings are part of the output, whatever the root level
 
 
 @dataclass(frozen=True)
