@@ -51,8 +51,9 @@ server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 # Register the deployments of conf/schedules.yaml with the server started by `make server`, and serve them.
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 deploy: setup
-	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(PY) -m flows.deploy
+	PREFECT_API_URL=$(PREFECT_API_URL) $(PY) -m flows.deploy
 
 status: setup
 	$(PY) -m flows.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
