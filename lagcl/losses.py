@@ -1,0 +1,70 @@
+"""Recommendation and contrastive losses: BPR, LABPR (eq. 9), InfoNCE, LA-InfoNCE (eq. 10-11), and
+the total loss (eq. 12). Sums over triplets / nodes in the paper are means over the batch here, which
+only rescales the learning rate and keeps lambda_cl, lambda_reg independent of the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """-mean ln sigma(r_ui - r_uj) (Rendle et al., 2009)."""
+    return F.softplus(neg - pos).mean()
+
+
+def labpr_loss(pos: torch.Tensor, neg: torch.Tensor, hard: torch.Tensor, w_h: float) -> torch.Tensor:
+    """LABPR, eq. 9: BPR whose hard triplets (negative j in the positive i's item group, eq. 7) weigh
+    w_h and easy ones (eq. 8) weigh 1. Its gradient w.r.t. a hard margin is exactly w_h times that of
+    an easy one with the same margin (Appendix B.2, eq. 27-29)."""
+    weight = torch.where(hard, torch.as_tensor(w_h, dtype=pos.dtype), torch.ones((), dtype=pos.dtype))
+    return (weight * F.softplus(neg - pos)).mean()
+
+
+def _cosine(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    return F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
+    """Standard InfoNCE over in-batch negatives: row i's positive is z2[i], its negatives z2[j != i];
+    cosine similarity, one temperature (the backbones' own contrastive loss)."""
+    logits = _cosine(z1, z2) / tau
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def la_info_nce_sim(sim: torch.Tensor, hard: torch.Tensor, tau_p: float, tau_e: float, tau_h: float,
+                    w_h: float) -> torch.Tensor:
+    """LA-InfoNCE (eq. 10-11) on a similarity matrix: sim[i, i] is the positive pair (temperature
+    tau_p); an off-diagonal j is a hard negative where hard[i, j] (same group, weight w_h, temperature
+    tau_h) and an easy one otherwise (temperature tau_e). Z_i of eq. 11 is computed as a logsumexp,
+    w_h entering as + ln w_h, so sharp temperatures cannot overflow."""
+    n = sim.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    hard = hard & ~eye
+    logits = torch.where(hard, sim / tau_h + math.log(w_h), sim / tau_e)
+    logits = torch.where(eye, sim / tau_p, logits)
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def la_info_nce(z1: torch.Tensor, z2: torch.Tensor, group: torch.Tensor, tau_p: float, tau_e: float,
+                tau_h: float, w_h: float) -> torch.Tensor:
+    """LA-InfoNCE (eq. 10-11) between two views of the same nodes; `group[i]` is node i's semantic
+    group (user groups for the user term, item groups for the item term), hard = same group."""
+    hard = group[:, None] == group[None, :]
+    return la_info_nce_sim(_cosine(z1, z2), hard, tau_p, tau_e, tau_h, w_h)
+
+
+def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:
+    """L_reg of eq. 12 over the parameters a batch touches (its ego embeddings), per triplet."""
+    n = embeddings[0].shape[0]
+    return sum(e.pow(2).sum() for e in embeddings) / (2 * n)
+
+
+def total_loss(rec: torch.Tensor, cl_user: torch.Tensor, cl_item: torch.Tensor, reg: torch.Tensor,
+               lambda_cl: float, lambda_reg: float) -> torch.Tensor:
+    """Eq. 12: L_labpr + lambda_cl (L_lainfo^user + L_lainfo^item) + lambda_reg L_reg (with rank off the
+    same sum of the backbone's own BPR and InfoNCE)."""
+    return rec + lambda_cl * (cl_user + cl_item) + lambda_reg * reg

@@ -1,0 +1,64 @@
+"""Negative sampling for BPR / LABPR (DESIGN.md decision 7), vectorised over a batch.
+
+With probability `dislike_prob` (and when the user has any) the negative is one of the user's known
+dislikes (ratings <= threshold and LLM-augmented negatives); otherwise it is uniform over the items
+that are not the user's positives (training positives and augmented positives, i.e. graph edges).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _csr(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique (user, item) keys -> (indptr, item indices) grouped by user."""
+    key = torch.unique(users.long() * n_items + items.long())
+    indptr = torch.zeros(n_users + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(torch.bincount(key // n_items, minlength=n_users), 0)
+    return indptr, key % n_items
+
+
+class NegativeSampler:
+    def __init__(self, n_users: int, n_items: int, pos_users: torch.Tensor, pos_items: torch.Tensor,
+                 dislike_users: torch.Tensor | None = None, dislike_items: torch.Tensor | None = None,
+                 dislike_prob: float = 0.0):
+        self.n_users, self.n_items, self.dislike_prob = n_users, n_items, dislike_prob
+        self.pos_keys = torch.unique(pos_users.long() * n_items + pos_items.long())
+        if dislike_users is None or dislike_users.numel() == 0:
+            dislike_users = dislike_items = torch.zeros(0, dtype=torch.long)
+        d_keys = dislike_users.long() * n_items + dislike_items.long()
+        # a dislike that is also a positive (e.g. an augmented negative on a graph edge) is no negative
+        d_keys = d_keys[~torch.isin(d_keys, self.pos_keys)]
+        self.d_indptr, self.d_items = _csr(d_keys // n_items, d_keys % n_items, n_users, n_items)
+        self.d_count = self.d_indptr[1:] - self.d_indptr[:-1]
+        full = torch.bincount(self.pos_keys // n_items, minlength=n_users) >= n_items
+        if bool(full.any()):
+            raise ValueError(f"users {torch.nonzero(full).flatten()[:5].tolist()} are positive on every item: "
+                             "no negative can be sampled for them")
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.pos_keys.numel() == 0:
+            return torch.zeros(users.shape, dtype=torch.bool)
+        key = users.long() * self.n_items + items.long()
+        at = torch.searchsorted(self.pos_keys, key).clamp(max=self.pos_keys.numel() - 1)
+        return self.pos_keys[at] == key
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One negative item per entry of `users`; never one of that user's positives."""
+        users = users.long()
+        n = users.numel()
+        neg = torch.randint(self.n_items, (n,), generator=generator)
+        bad = self.is_positive(users, neg)
+        # rejection sampling touches only the rejected entries; with sparse positives it ends in a few rounds
+        while bool(bad.any()):
+            idx = torch.nonzero(bad).flatten()
+            neg[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
+            bad[idx] = self.is_positive(users[idx], neg[idx])
+        if self.dislike_prob > 0 and self.d_items.numel() > 0:
+            cnt = self.d_count[users]
+            take = (torch.rand(n, generator=generator) < self.dislike_prob) & (cnt > 0)
+            offset = (torch.rand(n, generator=generator) * cnt).long().clamp(max=(cnt - 1).clamp(min=0))
+            picked = self.d_items[(self.d_indptr[users] + offset).clamp(max=self.d_items.numel() - 1)]
+            neg = torch.where(take, picked, neg)
+        return neg
+

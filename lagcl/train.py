@@ -1,0 +1,245 @@
+"""The GCL trainer: Adam over BPR/LABPR + InfoNCE/LA-InfoNCE (eq. 9-12), validation Recall@20 each
+epoch, early stopping, and a checkpoint each epoch that resumes bit-for-bit (model, optimiser, RNG).
+
+`rank=None` trains the backbone with its own standard losses (Table 2 "base"); a RankConfig switches
+on the rank level: LABPR with item groups, LA-InfoNCE with user/item groups, dislike-aware sampling.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from lagcl.config import GCLConfig, RankConfig
+from lagcl.evaluate import UserItems, evaluate
+from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, total_loss
+from lagcl.models import Backbone
+from lagcl.sampling import NegativeSampler
+
+CKPT_VERSION = 1
+
+
+@dataclass
+class TrainData:
+    n_users: int
+    n_items: int
+    edge_users: torch.Tensor      # graph edges: training positives (+ augmented positives)
+    edge_items: torch.Tensor
+    train_pos: UserItems          # real training positives: masked when ranking
+    valid: UserItems
+    test: UserItems
+    sampler: NegativeSampler
+    user_group: torch.Tensor | None = None
+    item_group: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _t(df: pl.DataFrame, col: str) -> torch.Tensor:
+    return torch.from_numpy(df[col].cast(pl.Int64).to_numpy().copy())
+
+
+def category_groups(interactions: pl.DataFrame, items: pl.DataFrame, n_users: int, n_items: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stand-in semantic groups until the `groups` stage exists: an item's group is its first category
+    (genre); a user's group is the most frequent first-genre among the user's training positives
+    (ties -> the smaller group id; a user with none gets a group of its own kind, id = n_genres)."""
+    first = items.select("item", pl.col("categories").list.first().fill_null("(none)").alias("g"))
+    names = sorted(first["g"].unique().to_list())
+    gid = {n: k for k, n in enumerate(names)}
+    item_group = torch.full((n_items,), len(names), dtype=torch.long)
+    item_group[_t(first, "item")] = torch.tensor([gid[g] for g in first["g"].to_list()], dtype=torch.long)
+    pos = interactions.filter((pl.col("split") == "train") & (pl.col("sign") > 0))
+    counts = torch.zeros(n_users, len(names) + 1)
+    counts.index_put_((_t(pos, "user"), item_group[_t(pos, "item")]), torch.ones(pos.height), accumulate=True)
+    counts[:, -1] = 0.5  # only wins for users without training positives
+    return counts.argmax(1), item_group
+
+
+def build_train_data(interactions: pl.DataFrame, n_users: int, n_items: int,
+                     augmented: pl.DataFrame | None = None, user_group: torch.Tensor | None = None,
+                     item_group: torch.Tensor | None = None, dislike_prob: float = 0.0) -> TrainData:
+    """Graph = training positives + augmented positives; dislikes = training negatives + augmented
+    negatives (never graph edges, never evaluation targets)."""
+    def pairs(df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        return _t(df, "user"), _t(df, "item")
+
+    train = interactions.filter(pl.col("split") == "train")
+    pos = train.filter(pl.col("sign") > 0)
+    neg = train.filter(pl.col("sign") < 0)
+    aug_pos = aug_neg = pos.head(0)
+    if augmented is not None and augmented.height:
+        aug_pos = augmented.filter(pl.col("sign") > 0)
+        aug_neg = augmented.filter(pl.col("sign") < 0)
+    eu = torch.cat([_t(pos, "user"), _t(aug_pos, "user")])
+    ei = torch.cat([_t(pos, "item"), _t(aug_pos, "item")])
+    key = torch.unique(eu * n_items + ei)
+    eu, ei = key // n_items, key % n_items
+    du = torch.cat([_t(neg, "user"), _t(aug_neg, "user")])
+    di = torch.cat([_t(neg, "item"), _t(aug_neg, "item")])
+    split = {s: interactions.filter((pl.col("split") == s) & (pl.col("sign") > 0)) for s in ("valid", "test")}
+    return TrainData(
+        n_users, n_items, eu, ei,
+        train_pos=UserItems.from_pairs(*pairs(pos), n_users, n_items),
+        valid=UserItems.from_pairs(*pairs(split["valid"]), n_users, n_items),
+        test=UserItems.from_pairs(*pairs(split["test"]), n_users, n_items),
+        sampler=NegativeSampler(n_users, n_items, eu, ei, du, di, dislike_prob),
+        user_group=user_group, item_group=item_group,
+        info={"graph_edges": int(key.numel()), "train_positives": pos.height, "augmented_positives": aug_pos.height,
+              "dislikes": int(du.numel()), "augmented_negatives": aug_neg.height},
+    )
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    epochs: pl.DataFrame
+    best_epoch: int
+    train_seconds: float
+    resumed_from: int
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def batch_losses(model: Backbone, data: TrainData, users: torch.Tensor, items: torch.Tensor, negs: torch.Tensor,
+                 gcl: GCLConfig, rank: RankConfig | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    enc = model.encode(generator)
+    u, i, j = enc.user[users], enc.item[items], enc.item[negs]
+    pos, neg = (u * i).sum(-1), (u * j).sum(-1)
+    if rank is not None and data.item_group is not None:
+        rec = labpr_loss(pos, neg, data.item_group[items] == data.item_group[negs], rank.w_h)
+    else:
+        rec = bpr_loss(pos, neg)
+    zero = rec.new_zeros(())
+    cl_u = cl_i = zero
+    lambda_cl = 0.0
+    if enc.views is not None:
+        (u1, i1), (u2, i2) = enc.views
+        uu, ii = torch.unique(users), torch.unique(items)
+        if rank is not None:
+            lambda_cl = rank.lambda_cl
+            t = dict(tau_p=rank.tau_p, tau_e=rank.tau_e_ratio * rank.tau_p, tau_h=rank.tau_h_ratio * rank.tau_p,
+                     w_h=rank.w_h)
+            cl_u = la_info_nce(u1[uu], u2[uu], data.user_group[uu], **t)
+            cl_i = la_info_nce(i1[ii], i2[ii], data.item_group[ii], **t)
+        else:
+            lambda_cl = gcl.lambda_cl
+            cl_u = info_nce(u1[uu], u2[uu], gcl.cl_temperature)
+            cl_i = info_nce(i1[ii], i2[ii], gcl.cl_temperature)
+    reg = l2_reg(model.user_emb[users], model.item_emb[items], model.item_emb[negs])
+    loss = total_loss(rec, cl_u, cl_i, reg, lambda_cl, gcl.lambda_reg)
+    return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg}
+
+
+def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", batch_size: int = 1024
+             ) -> dict[tuple[str, int], float]:
+    """Validation masks training positives; test masks training and validation positives."""
+    model.eval()
+    with torch.no_grad():
+        cache = model.embeddings()
+    exclude = data.train_pos if split == "valid" else data.train_pos.union(data.valid)
+    truth = data.valid if split == "valid" else data.test
+    out = evaluate(lambda users: model.score(users, cache), truth, exclude, ks, batch_size)
+    model.train()
+    return out
+
+
+def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
+          ckpt_dir: Path | None = None, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train until `gcl.epochs` or `gcl.patience` epochs without a better validation Recall@20.
+
+    With `ckpt_dir`, `last.pt` is written after every epoch and a rerun resumes from it, giving the
+    same result as an uninterrupted run. `stop_after=k` returns after epoch k (as if killed there)."""
+    if rank is not None and (data.item_group is None or (model.contrastive and data.user_group is None)):
+        raise ValueError("the rank level needs item groups (and user groups for contrastive backbones)")
+    threads = torch.get_num_threads()
+    if gcl.num_threads:
+        torch.set_num_threads(gcl.num_threads)
+    try:
+        return _train(model, data, gcl, rank, seed, ckpt_dir, progress, stop_after)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
+           ckpt_dir: Path | None, progress: bool, stop_after: int | None) -> TrainResult:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=gcl.lr)
+    start, best, best_epoch, bad, rows, spent = 0, -1.0, -1, 0, [], 0.0
+    best_state = copy.deepcopy(model.state_dict())
+    last = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
+    if last is not None and last.is_file():
+        ck = torch.load(last, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        generator.set_state(ck["generator"])
+        start, best, best_epoch, bad = ck["epoch"], ck["best"], ck["best_epoch"], ck["bad"]
+        rows, spent, best_state = ck["rows"], ck["train_seconds"], ck["best_state"]
+    resumed_from = start
+    n_edges = data.edge_users.numel()
+    done = bad >= gcl.patience
+    bar = tqdm(range(start, gcl.epochs), disable=not progress or done, desc=f"gcl {type(model).__name__}",
+               initial=start, total=gcl.epochs, dynamic_ncols=True)
+    model.train()
+    for epoch in bar:
+        if done:
+            break
+        t0 = time.perf_counter()
+        model.new_epoch(generator)
+        perm = torch.randperm(n_edges, generator=generator)
+        sums = {"loss": 0.0, "rec": 0.0, "cl": 0.0, "reg": 0.0}
+        n_batches = 0
+        for b in range(0, n_edges, gcl.batch_size):
+            idx = perm[b:b + gcl.batch_size]
+            users, items = data.edge_users[idx], data.edge_items[idx]
+            negs = data.sampler.sample(users, generator)
+            parts = batch_losses(model, data, users, items, negs, gcl, rank, generator)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            for k in sums:
+                sums[k] += float(parts[k].detach())
+            n_batches += 1
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        m = validate(model, data, ks=(20,), batch_size=gcl.eval_batch_users)
+        eval_s = time.perf_counter() - t1
+        spent += train_s
+        recall, ndcg = m[("recall", 20)], m[("ndcg", 20)]
+        improved = recall > best
+        if improved:
+            best, best_epoch, bad = recall, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        rows.append({"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()},
+                     "valid_recall@20": recall, "valid_ndcg@20": ndcg, "train_seconds": train_s,
+                     "eval_seconds": eval_s, "best": improved})
+        bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", rec=f"{sums['rec'] / n_batches:.4f}",
+                        cl=f"{sums['cl'] / n_batches:.3f}", R20=f"{recall:.4f}", N20=f"{ndcg:.4f}",
+                        best=best_epoch)
+        done = bad >= gcl.patience
+        if last is not None:
+            _save_atomic({"version": CKPT_VERSION, "epoch": epoch + 1, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "best": best,
+                          "best_epoch": best_epoch, "bad": bad, "rows": rows, "train_seconds": spent,
+                          "best_state": best_state}, last)
+        if stop_after is not None and epoch + 1 >= stop_after:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return TrainResult(best_state, pl.DataFrame(rows, schema_overrides={"epoch": pl.Int32}) if rows else
+                       pl.DataFrame(), best_epoch, spent, resumed_from)

@@ -1,0 +1,77 @@
+"""Losses of eq. 9-12 and the gradient claims of Proposition 1 (Appendix B.2-B.3)."""
+
+import math
+
+import torch
+
+from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, la_info_nce_sim, labpr_loss, total_loss
+
+
+def test_bpr_is_minus_mean_log_sigmoid_of_the_margin():
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    expected = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(1)))) / 2
+    assert math.isclose(bpr_loss(pos, neg).item(), expected, rel_tol=1e-6)
+
+
+def test_labpr_with_no_hard_triplet_is_bpr():
+    pos, neg = torch.randn(7), torch.randn(7)
+    assert torch.allclose(labpr_loss(pos, neg, torch.zeros(7, dtype=torch.bool), 3.0), bpr_loss(pos, neg))
+
+
+def test_labpr_hard_triplet_gradient_is_exactly_w_h_times_easy_at_equal_margins():
+    # Lemma 1 / eq. 27-28: identical r_ui - r_uj, one hard and one easy triplet
+    pos = torch.tensor([0.7, 0.7], requires_grad=True)
+    neg = torch.tensor([0.2, 0.2], requires_grad=True)
+    w_h = 2.5
+    labpr_loss(pos, neg, torch.tensor([True, False]), w_h).backward()
+    assert math.isclose((pos.grad[0] / pos.grad[1]).item(), w_h, rel_tol=1e-6)
+    assert math.isclose((neg.grad[0] / neg.grad[1]).item(), w_h, rel_tol=1e-6)
+    assert neg.grad[0] > 0 > pos.grad[0]  # descent raises r_ui and lowers r_uj
+
+
+def test_la_info_nce_equals_info_nce_with_one_temperature_and_unit_weight():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(12, 8), torch.randn(12, 8)
+    group = torch.tensor([0, 1, 2] * 4)
+    assert torch.allclose(la_info_nce(z1, z2, group, 0.3, 0.3, 0.3, 1.0), info_nce(z1, z2, 0.3), atol=1e-6)
+
+
+def test_info_nce_matches_the_textbook_formula():
+    torch.manual_seed(1)
+    z1, z2, tau = torch.randn(5, 4), torch.randn(5, 4), 0.5
+    s = torch.nn.functional.cosine_similarity(z1[:, None], z2[None], dim=-1) / tau
+    expected = -torch.log(s.exp().diagonal() / s.exp().sum(1)).mean()
+    assert torch.allclose(info_nce(z1, z2, tau), expected, atol=1e-6)
+
+
+def _grad_ratio(d: float, tau_p=0.2, tau_e=0.09, tau_h=0.02, w_h=1.5) -> float:
+    # row 0: positive at (0,0), a hard negative at (0,1) and an easy one at (0,2), both at similarity d
+    sim = torch.tensor([[0.9, d, d], [0.1, 0.8, 0.0], [0.0, 0.2, 0.7]], requires_grad=True)
+    hard = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    la_info_nce_sim(sim, hard, tau_p, tau_e, tau_h, w_h).backward()
+    return (sim.grad[0, 1] / sim.grad[0, 2]).item()
+
+
+def test_hard_negative_gradient_exceeds_easy_by_the_factor_of_eq_34():
+    tau_e, tau_h, w_h = 0.09, 0.02, 1.5
+    for d in (0.05, 0.2, 0.4):
+        expected = w_h * tau_e / tau_h * math.exp(d * (1 / tau_h - 1 / tau_e))
+        ratio = _grad_ratio(d, tau_e=tau_e, tau_h=tau_h, w_h=w_h)
+        assert math.isclose(ratio, expected, rel_tol=1e-4)
+        assert ratio > w_h > 1  # eq. 36
+
+
+def test_la_info_nce_stays_finite_at_sharp_temperatures():
+    z = torch.randn(6, 4)
+    loss = la_info_nce(z, z, torch.zeros(6, dtype=torch.long), 0.2, 0.09, 0.002, 10.0)
+    assert torch.isfinite(loss)
+
+
+def test_l2_reg_is_half_squared_norm_per_triplet():
+    a, b = torch.ones(4, 2), torch.full((4, 2), 2.0)
+    assert math.isclose(l2_reg(a, b).item(), (8 + 32) / 8)
+
+
+def test_total_loss_weights_the_parts_as_eq_12():
+    t = total_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), torch.tensor(4.0), 0.15, 0.01)
+    assert math.isclose(t.item(), 1 + 0.15 * 5 + 0.04, rel_tol=1e-6)
