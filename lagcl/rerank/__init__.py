@@ -1,0 +1,1 @@
+"""Rerank level (eq. 13-21): dataset builder, training, inference, fusion."""

@@ -1,0 +1,172 @@
+"""Stage 6: base CF and CF + reranker side by side (eq. 19-21), all-rank Recall/NDCG, report and plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+
+from lagcl.artifacts import is_complete, read_manifest, read_table
+from lagcl.errors import LagclError
+from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
+from tasks.base import Plan, StageRef, log
+
+STAGE = "evaluate"
+
+
+def run(plan: Plan) -> StageRef:
+    cfg, rc = plan.cfg, plan.cfg.rerank
+    ref = plan.ref(STAGE)
+    ups = plan.upstream(STAGE)
+    if "gcl" not in ups:
+        raise LagclError("the evaluate stage needs the gcl stage's cf_topk: enable pipeline.stages.gcl")
+    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+        if sd.complete:
+            return ref
+        t0 = time.time()
+        prep = Path(ups["prepare"].path)
+        inter = read_table(prep, "interactions")
+        n_users, n_items = read_table(prep, "users").height, read_table(prep, "items").height
+        cf_topk = read_table(Path(ups["gcl"].path), "cf_topk")
+        rr = ups.get("rerank")
+        scores = roles = None
+        if rr is not None and is_complete(Path(rr.path), verify=False):
+            scores, roles = read_table(Path(rr.path), "rerank_scores"), read_table(Path(rr.path), "rerank_users")
+        k = rc.candidates if scores is not None and scores.height else 0
+        users = roles["user"].to_list() if roles is not None else cf_topk["user"].unique().to_list()
+        holdout = (roles.filter(pl.col("role") == "holdout")["user"].to_list() if roles is not None else [])
+        truth = {s: user_items(inter, s, n_users, n_items) for s in ("valid", "test")}
+        ks = sorted(set(cfg.evaluate.topk) | {20})
+        mat = CandidateMatrix.build(cf_topk, scores, k, users)
+        # validation numbers come from the held-out users: the reranker was trained on the others' labels
+        mat_valid = CandidateMatrix.build(cf_topk, scores, k, holdout) if holdout else mat
+        # testing ranks every item without a training or validation positive (DESIGN.md decision 12)
+        split_args = {"valid": (mat_valid, truth["valid"], None), "test": (mat, truth["test"], truth["valid"])}
+
+        variants = {"cf": (1.0, rc.tau)}
+        grid = None
+        if k:
+            variants["cf+rerank"] = (rc.alpha, rc.tau)
+            if rc.grid_search and holdout:
+                a, t, grid = grid_search(mat_valid, truth["valid"], rc.alpha_grid, rc.tau_grid)
+                variants["cf+rerank (tuned)"] = (a, t)
+                sd.write_table("grid", grid)
+            variants["rerank only"] = (0.0, rc.tau)
+        rows = []
+        for name, (alpha, tau) in variants.items():
+            for split, (m, tr, ex) in split_args.items():
+                for (metric, kk), v in fusion_metrics(m, alpha, tau, tr, ex, ks).items():
+                    rows.append({"variant": name, "split": split, "metric": metric, "k": kk, "value": v,
+                                 "alpha": alpha, "tau": tau})
+        metrics = pl.DataFrame(rows, schema={"variant": pl.String, "split": pl.String, "metric": pl.String,
+                                             "k": pl.Int32, "value": pl.Float64, "alpha": pl.Float64,
+                                             "tau": pl.Float64})
+        sd.write_table("metrics", metrics)
+
+        head = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else ("cf+rerank" if k else "cf")
+
+        def val(variant: str, split: str, metric: str, kk: int = 20) -> float:
+            return metrics.filter((pl.col("variant") == variant) & (pl.col("split") == split) &
+                                  (pl.col("metric") == metric) & (pl.col("k") == kk))["value"].item()
+
+        gcl_meta = (read_manifest(Path(ups["gcl"].path)) or {}).get("meta", {})
+        rr_meta = (read_manifest(Path(rr.path)) or {}).get("meta", {}) if rr is not None and scores is not None else {}
+        meta = {"headline_variant": head, "candidates": k, "alpha": variants[head][0], "tau": variants[head][1],
+                "config_alpha": rc.alpha, "config_tau": rc.tau, "users": len(users), "holdout_users": len(holdout),
+                "test_recall@20": val(head, "test", "recall"), "test_ndcg@20": val(head, "test", "ndcg"),
+                "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
+                "valid_ndcg@20": val(head, "valid", "ndcg"), "cf_valid_ndcg@20": val("cf", "valid", "ndcg"),
+                "reranker": rr_meta.get("model"), "backbone": gcl_meta.get("backbone")}
+        plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
+        if grid is not None:
+            plots.append(grid_plot(grid, sd.file_path("grid.png")))
+        sd.file_path("report.md").write_text(report_markdown(cfg, meta, metrics, grid, gcl_meta, rr_meta,
+                                                            [p.name for p in plots]))
+        meta["stage_seconds"] = round(time.time() - t0, 2)
+        sd.finish(meta)
+    log.info("evaluate: %s test Recall@20 %.4f NDCG@20 %.4f (CF %.4f / %.4f) over %d users, alpha %.2f tau %.2f",
+             head, meta["test_recall@20"], meta["test_ndcg@20"], meta["cf_test_recall@20"], meta["cf_test_ndcg@20"],
+             meta["users"], meta["alpha"], meta["tau"])
+    return ref
+
+
+
+# --- presentation: the report and its plots -------------------------------------------------------
+def metrics_plot(metrics: pl.DataFrame, path: Path, dataset: str) -> Path:
+    """Test Recall@N and NDCG@N per variant, grouped bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = metrics.filter(pl.col("split") == "test")
+    variants = test["variant"].unique(maintain_order=True).to_list()
+    ks = sorted(test["k"].unique().to_list())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / max(1, len(variants))
+    for ax, metric in zip(axes, ("recall", "ndcg")):
+        for i, v in enumerate(variants):
+            vals = [test.filter((pl.col("variant") == v) & (pl.col("metric") == metric) & (pl.col("k") == k))
+                    ["value"].item() for k in ks]
+            ax.bar([j + i * width for j in range(len(ks))], vals, width, label=v)
+        ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(ks))], [f"@{k}" for k in ks])
+        ax.set_title(f"{dataset} test {'Recall' if metric == 'recall' else 'NDCG'}")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def grid_plot(grid: pl.DataFrame, path: Path) -> Path:
+    """Validation NDCG@20 of the held-out users over the (alpha, tau) grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas, taus = sorted(grid["alpha"].unique().to_list()), sorted(grid["tau"].unique().to_list())
+    values = [[grid.filter((pl.col("alpha") == a) & (pl.col("tau") == t))["value"].item() for a in alphas] for t in taus]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    im = ax.imshow(values, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_yticks(range(len(taus)), [f"{t:g}" for t in taus])
+    ax.set_xlabel("alpha (weight of the CF score, eq. 19)")
+    ax.set_ylabel("tau (eq. 20)")
+    ax.set_title("validation NDCG@20, held-out users")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report_markdown(cfg, meta: dict, metrics: pl.DataFrame, grid: pl.DataFrame | None, gcl_meta: dict,
+                    rr_meta: dict, plots: list[str]) -> str:
+    ks = sorted(metrics["k"].unique().to_list())
+    lines = [f"# Evaluation: {cfg.data.name}", "",
+             f"Backbone `{gcl_meta.get('backbone')}` (rank level {'on' if gcl_meta.get('rank_level') else 'off'}), "
+             f"reranker `{rr_meta.get('model', 'none')}` over |C_u| = {meta['candidates']} CF candidates; "
+             f"{meta['users']} users evaluated ({meta['holdout_users']} held out from reranker training: the "
+             "validation rows and the grid search use only them). All-rank lists: C_u reordered by eq. 19-21, "
+             "then the other items in CF order; test excludes training and validation positives.", "",
+             "| variant | alpha | tau | split | " + " | ".join(f"R@{k} | N@{k}" for k in ks) + " |",
+             "|---|---:|---:|---|" + "---:|---:|" * len(ks)]
+    for (variant, split), grp in metrics.group_by(["variant", "split"], maintain_order=True):
+        vals = {(r["metric"], r["k"]): r["value"] for r in grp.iter_rows(named=True)}
+        first = grp.row(0, named=True)
+        lines.append(f"| {variant} | {first['alpha']:.2f} | {first['tau']:g} | {split} | "
+                     + " | ".join(f"{vals[('recall', k)]:.4f} | {vals[('ndcg', k)]:.4f}" for k in ks) + " |")
+    lines += ["", f"Headline ({meta['headline_variant']}): test Recall@20 {meta['test_recall@20']:.4f}, "
+              f"NDCG@20 {meta['test_ndcg@20']:.4f} (CF alone {meta['cf_test_recall@20']:.4f} / "
+              f"{meta['cf_test_ndcg@20']:.4f})."]
+    if grid is not None:
+        lines += ["", f"Grid search on validation (held-out users): alpha = {meta['alpha']:g}, tau = {meta['tau']:g} "
+                  f"(configured: alpha = {meta['config_alpha']:g}, tau = {meta['config_tau']:g})."]
+    if rr_meta:
+        lines += ["", f"Reranker: {rr_meta.get('train_pairs')} training pairs ({rr_meta.get('train_positives')} "
+                  f"positive), {rr_meta.get('train_seconds')} s training, {rr_meta.get('scored_pairs')} pairs scored "
+                  f"in {rr_meta.get('score_seconds')} s; prompts from {rr_meta.get('profiles')}."]
+    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    return "\n".join(lines)
