@@ -13,11 +13,13 @@ RANK ?=
 ABLATION ?=
 FROM ?=
 DRY_RUN ?=
+RERANKER ?=
 OVERRIDES ?=
 
 PIPELINE_ARGS = --data $(DATA) --engine $(ENGINE) --model $(MODEL) \
 	$(if $(RANK),--rank $(RANK)) $(if $(ABLATION),--ablation $(ABLATION)) $(if $(FROM),--from-stage $(FROM)) \
-	$(if $(DRY_RUN),--dry-run) $(foreach o,$(OVERRIDES),--set $(o))
+	$(if $(DRY_RUN),--dry-run) $(if $(RERANKER),--set rerank.model=reranker-$(RERANKER)) \
+	$(foreach o,$(OVERRIDES),--set $(o))
 
 export PREFECT_HOME ?= $(CURDIR)/cache/prefect
 export DO_NOT_TRACK := 1

@@ -134,6 +134,12 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"gcl {m['backbone']} (rank level {'on' if m['rank_level'] else 'off'}): test Recall@20 "
               f"{m['test_recall@20']:.4f}, NDCG@20 {m['test_ndcg@20']:.4f} (best epoch {m['best_epoch']}, "
               f"{m['train_seconds']:.1f} s training)")
+    if "evaluate" in done:
+        m = read_manifest(Path(done["evaluate"]))["meta"]
+        print(f"evaluate ({m['users']:,} users, |C_u| = {m['candidates']}): CF test Recall@20 "
+              f"{m['cf_test_recall@20']:.4f} NDCG@20 {m['cf_test_ndcg@20']:.4f}; {m['headline_variant']} (alpha "
+              f"{m['alpha']}, tau {m['tau']}) Recall@20 {m['test_recall@20']:.4f} NDCG@20 {m['test_ndcg@20']:.4f}; "
+              f"report: {Path(done['evaluate']) / 'report.md'}")
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
 
