@@ -240,7 +240,6 @@ class PipelineConfig(Section):
     )
     ablation: Literal["none", "no-data", "no-rank", "no-rerank"] = "none"
     from_stage: str | None = None
-    runner: Literal["local", "dask"] = "local"
 
 
 class Config(Section):
