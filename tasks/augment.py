@@ -7,7 +7,7 @@ import time
 from lagcl.augment import (AUGMENTED_SCHEMA, SCORES, SCORES_SCHEMA, augment_quality, candidate_samples, chunks,
                            cold_users, run_scoring, select_augmented)
 from lagcl.semantic import make_engine
-from tasks.base import Plan, StageRef, log
+from tasks.base import Plan, StageRef, finished, log
 
 STAGE = "augment"
 
@@ -18,9 +18,7 @@ def run(plan: Plan) -> StageRef:
     ref = plan.ref(STAGE)
     up = plan.upstream(STAGE)
     with store.stage(STAGE, ref.fingerprint) as sd:
-        old = store.manifest(STAGE, ref.fingerprint)
-        # a finished stage with failed replies is rerun: only the failed requests are sent again
-        if sd.complete and not (old or {}).get("meta", {}).get("failed"):
+        if finished(sd):
             return ref
         t0 = time.time()
         inter = store.read_table("prepare", up["prepare"].fingerprint, "interactions")

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lagcl.artifacts import ArtifactStore, fingerprint
+from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
 from lagcl.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +36,13 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "1"),
     StageSpec("evaluate", ("evaluate", "rerank"), ("prepare", "gcl", "rerank"), "1"),
 )}
+
+
+def finished(sd: StageDir) -> bool:
+    """Complete, with no failed requests left to retry: a finished stage whose manifest counts
+    failures runs again and asks only what failed (the rest is in its shards and the LLM cache)."""
+    manifest = read_manifest(sd.path)
+    return sd.complete and not (manifest or {}).get("meta", {}).get("failed")
 
 
 @dataclass(frozen=True)

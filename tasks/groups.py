@@ -9,7 +9,7 @@ import polars as pl
 from lagcl.groups import build_groups, genre_purity
 from lagcl.semantic import make_engine
 from lagcl.semantic.base import Profile
-from tasks.base import Plan, StageRef, log
+from tasks.base import Plan, StageRef, finished, log
 
 STAGE = "groups"
 
@@ -20,9 +20,7 @@ def run(plan: Plan) -> StageRef:
     ref = plan.ref(STAGE)
     up = plan.upstream(STAGE)
     with store.stage(STAGE, ref.fingerprint) as sd:
-        old = store.manifest(STAGE, ref.fingerprint)
-        # a finished stage with failed replies is rerun: only what failed is asked again
-        if sd.complete and not (old or {}).get("meta", {}).get("failed"):
+        if finished(sd):
             return ref
         t0 = time.time()
         engine = make_engine(cfg, store.root)

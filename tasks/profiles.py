@@ -6,7 +6,7 @@ import time
 
 from lagcl.profiles import profile_requests, profile_tables, run_profiles
 from lagcl.semantic import make_engine
-from tasks.base import Plan, StageRef, log
+from tasks.base import Plan, StageRef, finished, log
 
 STAGE = "profiles"
 
@@ -16,9 +16,7 @@ def run(plan: Plan) -> StageRef:
     ref = plan.ref(STAGE)
     prep = plan.upstream(STAGE)["prepare"]
     with plan.store.stage(STAGE, ref.fingerprint) as sd:
-        old = plan.store.manifest(STAGE, ref.fingerprint)
-        # a finished stage with failed replies is rerun: only the failed ids are asked again
-        if sd.complete and not (old or {}).get("meta", {}).get("failed"):
+        if finished(sd):
             return ref
         t0 = time.time()
         store = plan.store
