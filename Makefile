@@ -27,7 +27,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: ui-deps setup pipeline status server deploy test test-slow bench bench-gcl clean-venv
+.PHONY: ui-deps setup pipeline status compare server deploy test test-slow bench bench-gcl clean-venv
 
 STAMP := $(VENV)/.lagcl-setup
 
@@ -58,7 +58,11 @@ deploy: setup
 	PREFECT_API_URL=$(PREFECT_API_URL) $(PY) -m flows.deploy
 
 status: setup
-	$(PY) -m flows.cli status --data $(DATA) --engine $(ENGINE) --model $(MODEL)
+	$(PY) -m flows.cli status $(PIPELINE_ARGS)
+
+# Table 2 / Table 3 view: every finished run of $(DATA) side by side (levels on, test Recall/NDCG@20)
+compare: setup
+	$(PY) -m flows.cli compare --data $(DATA)
 
 # Debian's Chromium, for the test that loads the Prefect UI in a headless browser
 ui-deps:

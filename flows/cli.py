@@ -2,6 +2,7 @@
 
     lagcl run --data ml-100k [--model xsimgcl --rank off --set gcl.lr=0.002]
     lagcl status --data ml-100k [same options as run]
+    lagcl compare --data ml-100k      (every finished run side by side: backbone, levels on, metrics)
 """
 
 from __future__ import annotations
@@ -55,6 +56,44 @@ def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     return rows
 
 
+def comparison_rows(store) -> list[dict[str, object]]:
+    """Table 2 / Table 3 view: every finished gcl run (CF alone) and evaluate run (CF + reranker) of a
+    dataset in the artifact store, with which levels it had on."""
+    rows = []
+    for stage in ("gcl", "evaluate"):
+        for folder in store.iter_stage_dirs(stage):
+            meta = (read_manifest(folder) or {}).get("meta")
+            if not meta or "test_recall@20" not in meta:
+                continue
+            on = lambda v: "?" if v is None else ("on" if v else "off")  # noqa: E731
+            rows.append({
+                "backbone": meta.get("backbone"), "data": on(meta.get("data_level", meta.get("augmented"))),
+                "rank": on(meta.get("rank_level")), "rerank": "on" if stage == "evaluate" else "off",
+                "groups": str(meta.get("groups", "")).split(" ")[0] if stage == "gcl" else "",
+                "recall@20": meta["test_recall@20"], "ndcg@20": meta["test_ndcg@20"], "folder": folder.name,
+            })
+    return sorted(rows, key=lambda r: (str(r["backbone"]), r["data"], r["rank"], r["rerank"], r["folder"]))
+
+
+def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
+    lines = [f"finished runs of {dataset} in the store (test, all-rank):",
+             f"  {'backbone':<9} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
+             f"{'NDCG@20':>8}  folder (its manifest.json says how it was run)"]
+    for r in rows:
+        lines.append(f"  {r['backbone']!s:<9} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} {r['rerank']:<6} "
+                     f"{r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f}  {r['folder']}")
+    return "\n".join(lines)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from flows.pipeline import build_config
+    from tasks.base import make_plan
+
+    cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
+    print(format_comparison(comparison_rows(make_plan(cfg).store), cfg.data.name))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     rows = stage_rows(args)
     print(f"{'stage':<9} {'state':<18} {'fingerprint':<17} {'rows':>10} {'seconds':>8} {'spend $':>8}")
@@ -70,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     add_run_options(sub.add_parser("run", help="run the pipeline (same as make pipeline)"))
     add_run_options(sub.add_parser("status", help="each stage's state, fingerprint, rows and spend"))
+    add_run_options(sub.add_parser("compare", help="Table 2/3 view of every finished run of the dataset"))
     args = p.parse_args(argv)
     try:
         if args.cmd == "status":
             return cmd_status(args)
+        if args.cmd == "compare":
+            return cmd_compare(args)
         from flows.pipeline import run_from_args
 
         return run_from_args(args)

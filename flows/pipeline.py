@@ -142,6 +142,10 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
               f"report: {Path(done['evaluate']) / 'report.md'}")
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
+    if "gcl" in done:
+        from flows.cli import comparison_rows, format_comparison
+
+        print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
 
 
 def _local_server_settings() -> dict:

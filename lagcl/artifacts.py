@@ -105,6 +105,7 @@ class StageDir:
     path: Path
     stage: str
     fingerprint: str
+    config: dict[str, Any] | None = None  # recorded in the manifest: how this folder was made
     _lock_fh: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.time, repr=False)
 
@@ -198,6 +199,8 @@ class StageDir:
             "rows": rows,
             "meta": meta or {},
         }
+        if self.config is not None:
+            manifest["config"] = self.config
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
 

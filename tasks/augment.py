@@ -17,7 +17,7 @@ def run(plan: Plan) -> StageRef:
     a = cfg.augment
     ref = plan.ref(STAGE)
     up = plan.upstream(STAGE)
-    with store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if finished(sd):
             return ref
         t0 = time.time()

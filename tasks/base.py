@@ -83,6 +83,13 @@ class Plan:
         fp = self.fingerprints[stage]
         return StageRef(stage, fp, str(self.store.stage_path(stage, fp)))
 
+    def stage_dir(self, stage: str) -> StageDir:
+        """The stage's folder; its manifest records the config sections the fingerprint was made of."""
+        sd = self.store.stage(stage, self.fingerprints[stage])
+        sd.config = {"seed": self.cfg.seed, **{s: getattr(self.cfg, s).model_dump(mode="json")
+                                               for s in STAGES[stage].sections}}
+        return sd
+
     def upstream(self, stage: str) -> dict[str, StageRef]:
         return {u: self.ref(u) for u in STAGES[stage].upstream if u in self.fingerprints}
 

@@ -21,7 +21,7 @@ def run(plan: Plan) -> StageRef:
     ups = plan.upstream(STAGE)
     if "gcl" not in ups:
         raise LagclError("the evaluate stage needs the gcl stage's cf_topk: enable pipeline.stages.gcl")
-    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if sd.complete:
             return ref
         t0 = time.time()
@@ -77,7 +77,8 @@ def run(plan: Plan) -> StageRef:
                 "test_recall@20": val(head, "test", "recall"), "test_ndcg@20": val(head, "test", "ndcg"),
                 "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
                 "valid_ndcg@20": val(head, "valid", "ndcg"), "cf_valid_ndcg@20": val("cf", "valid", "ndcg"),
-                "reranker": rr_meta.get("model"), "backbone": gcl_meta.get("backbone")}
+                "reranker": rr_meta.get("model"), "backbone": gcl_meta.get("backbone"),
+                "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("augmented")}
         plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
         if grid is not None:
             plots.append(grid_plot(grid, sd.file_path("grid.png")))

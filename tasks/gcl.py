@@ -51,7 +51,7 @@ def run(plan: Plan) -> StageRef:
     cfg = plan.cfg
     ref = plan.ref(STAGE)
     ups = plan.upstream(STAGE)
-    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if sd.complete:
             return ref
         t_start = time.perf_counter()

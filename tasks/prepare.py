@@ -12,7 +12,7 @@ STAGE = "prepare"
 def run(plan: Plan) -> StageRef:
     cfg = plan.cfg
     ref = plan.ref(STAGE)
-    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if sd.complete:
             return ref
         raw = read_raw(cfg.data, REPO_ROOT)

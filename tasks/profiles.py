@@ -15,7 +15,7 @@ def run(plan: Plan) -> StageRef:
     cfg = plan.cfg
     ref = plan.ref(STAGE)
     prep = plan.upstream(STAGE)["prepare"]
-    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if finished(sd):
             return ref
         t0 = time.time()

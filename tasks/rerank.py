@@ -74,7 +74,7 @@ def run(plan: Plan) -> StageRef:
     ups = plan.upstream(STAGE)
     if "gcl" not in ups:
         raise LagclError("the rerank stage reranks the gcl stage's cf_topk: enable pipeline.stages.gcl")
-    with plan.store.stage(STAGE, ref.fingerprint) as sd:
+    with plan.stage_dir(STAGE) as sd:
         if sd.complete:
             return ref
         t0 = time.time()
