@@ -97,8 +97,9 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
         state = run_stage.with_options(refresh_cache=stage in forced)(stage, plan, return_state=True)
         ref = state.result()
         manifest = read_manifest(Path(ref.path))
-        if manifest is None:
-            # Prefect remembered a result whose folder was removed: recompute it
+        if manifest is None or not is_complete(Path(ref.path)):
+            # Prefect remembered a result whose folder was removed or no longer matches its checksums
+            logger.warning("%s: cached output is missing or corrupt; recomputing it", stage)
             ref = run_stage.with_options(refresh_cache=True)(stage, plan)
         elif state.is_completed() and state.name == "Cached" and manifest.get("meta", {}).get("failed"):
             # a finished stage with failed requests: a rerun asks only those again, and every stage after

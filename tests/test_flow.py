@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import polars as pl
+
+from lagcl.artifacts import is_complete, read_table
 from lagcl.data.fetch import ensure_ml100k
 
 ONLY_PREPARE = [f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")]
@@ -111,3 +114,16 @@ def test_a_run_killed_during_training_resumes_at_its_last_epoch_and_reuses_finis
     manifest = json.loads(next(gcl_dir.glob("*/manifest.json")).read_text())
     assert manifest["meta"]["resumed_from_epoch"] >= 1
     assert manifest["meta"]["epochs_run"] == 6
+
+
+def test_a_corrupted_table_in_the_cache_is_detected_and_its_stage_recomputed(repo_root, tmp_path, ml100k):
+    assert run_pipeline(repo_root, tmp_path).returncode == 0
+    table = next((tmp_path / "cache" / "ml-100k" / "prepare").glob("*/interactions.parquet"))
+    good = table.read_bytes()
+    table.write_bytes(good[: len(good) // 2])  # a truncated file, as after a disk fault
+
+    again = run_pipeline(repo_root, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "cached output is missing or corrupt; recomputing it" in again.stdout + again.stderr
+    assert is_complete(table.parent)
+    assert read_table(table.parent, "interactions").filter(pl.col("sign") > 0).height == 54413
