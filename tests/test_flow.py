@@ -3,14 +3,13 @@
 import json
 import os
 import signal
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pytest
-
 import polars as pl
+import pytest
 
 from lagcl.artifacts import is_complete, read_table
 from lagcl.data.fetch import ensure_ml100k
