@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
 from lagcl.config import Config
+from lagcl.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
@@ -94,9 +95,19 @@ class Plan:
         return {u: self.ref(u) for u in STAGES[stage].upstream if u in self.fingerprints}
 
 
+# stages that cannot run without another (the other upstreams are optional inputs)
+REQUIRES = {"augment": ("profiles",), "groups": ("profiles",), "rerank": ("gcl",), "evaluate": ("gcl",)}
+
+
 def make_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
-    for name in enabled_stages(cfg):
+    enabled = enabled_stages(cfg)
+    for name in enabled:
+        missing = [r for r in REQUIRES.get(name, ()) if r not in enabled]
+        if missing:
+            raise ConfigError(f"stage '{name}' needs stage(s) {missing}: set pipeline.stages.{missing[0]}=true "
+                              f"or pipeline.stages.{name}=false")
+    for name in enabled:
         spec = STAGES[name]
         config_hash = cfg.section_hash(*spec.sections)
         extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")

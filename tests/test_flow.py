@@ -126,3 +126,13 @@ def test_a_corrupted_table_in_the_cache_is_detected_and_its_stage_recomputed(rep
     assert "cached output is missing or corrupt; recomputing it" in again.stdout + again.stderr
     assert is_complete(table.parent)
     assert read_table(table.parent, "interactions").filter(pl.col("sign") > 0).height == 54413
+
+
+def test_a_stage_switched_on_without_the_stage_it_needs_is_a_config_error_before_any_work(repo_root, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--set", "pipeline.stages.gcl=false",
+                           "--set", f"cache_dir={tmp_path / 'cache'}"],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "stage 'rerank' needs stage(s) ['gcl']" in proc.stderr
+    assert not (tmp_path / "cache").exists()
