@@ -78,7 +78,7 @@ def comparison_rows(store) -> list[dict[str, object]]:
 def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
     lines = [f"finished runs of {dataset} in the store (test, all-rank):",
              f"  {'backbone':<9} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
-             f"{'NDCG@20':>8}  folder (its manifest.json says how it was run)"]
+             f"{'NDCG@20':>8}  folder under cache/<dataset>/gcl or /evaluate"]
     for r in rows:
         lines.append(f"  {r['backbone']!s:<9} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} {r['rerank']:<6} "
                      f"{r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f}  {r['folder']}")
