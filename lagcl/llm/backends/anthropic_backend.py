@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, PermanentError, TransientError, parse_retry_after, redact
+from lagcl.llm.backends.base import Backend, redact, translate_sdk_error
 from lagcl.llm.types import Completion, LLMRequest
 
 
@@ -71,20 +71,9 @@ class AnthropicBackend(Backend):
 
         try:
             return await coro
-        except (anthropic.AuthenticationError, anthropic.PermissionDeniedError) as exc:
-            raise LLMError(f"the Anthropic API at {self.base_url or 'api.anthropic.com'} rejected the API key "
-                           f"(HTTP {exc.status_code}); check the key in the variable named by engine.api_key_env"
-                           ) from None
-        except anthropic.APITimeoutError:
-            raise TransientError("timeout") from None
-        except anthropic.APIConnectionError as exc:
-            raise TransientError(f"connection error: {redact(str(exc), self._key)}") from None
-        except anthropic.APIStatusError as exc:
-            text = redact(f"HTTP {exc.status_code}: {exc.message}", self._key)[:500]
-            # 529 = overloaded; 408/409 = request timeout / conflict, both documented as retryable
-            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
-                raise TransientError(text, parse_retry_after(exc.response.headers)) from None
-            raise PermanentError(text) from None
+        except anthropic.APIError as exc:
+            raise translate_sdk_error(anthropic, exc, f"the Anthropic API at {self.base_url or 'api.anthropic.com'}",
+                                      self._key) from None
 
     async def complete(self, request: LLMRequest) -> Completion:
         return self._completion(await self._call(self._client.messages.create(**self.build(request))))

@@ -54,6 +54,26 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
+def translate_sdk_error(sdk: Any, exc: Exception, service: str, key: str | None) -> Exception:
+    """Map an exception of the `openai` or `anthropic` SDK (they share these class names) to ours:
+    a rejected key stops the run; timeouts, connection errors, 408/409/429/5xx are retried (honouring
+    Retry-After); any other HTTP status fails the request. The key never reaches the message."""
+    if isinstance(exc, (sdk.AuthenticationError, sdk.PermissionDeniedError)):
+        return LLMError(f"{service} rejected the API key (HTTP {exc.status_code}); check the key in the "
+                        "variable named by engine.api_key_env")
+    if isinstance(exc, sdk.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return TransientError("timeout")
+    if isinstance(exc, sdk.APIConnectionError):
+        return TransientError(f"connection error: {redact(str(exc), key)}")
+    if isinstance(exc, sdk.APIStatusError):
+        text = redact(f"HTTP {exc.status_code}: {exc.message}", key)[:500]
+        # 529 = overloaded; 408/409 = request timeout / conflict, both documented as retryable
+        if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+            return TransientError(text, parse_retry_after(exc.response.headers))
+        return PermanentError(text)
+    return exc
+
+
 class Backend:
     name: str = ""
     model: str = ""

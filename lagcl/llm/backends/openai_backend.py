@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, PermanentError, TransientError, parse_retry_after, redact
+from lagcl.llm.backends.base import Backend, TransientError, translate_sdk_error
 from lagcl.llm.types import Completion, LLMRequest
 
 RESPONSE_FORMATS = ("json_object", "json_schema", "none")
@@ -63,19 +63,9 @@ class OpenAIBackend(Backend):
 
         try:
             reply = await self._client.chat.completions.create(**self.build(request))
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMError(f"the server at {self.base_url or 'api.openai.com'} rejected the API key "
-                           f"(HTTP {exc.status_code}); check the key in the variable named by engine.api_key_env"
-                           ) from None
-        except openai.APITimeoutError:
-            raise TransientError("timeout") from None
-        except openai.APIConnectionError as exc:
-            raise TransientError(f"connection error: {redact(str(exc), self._key)}") from None
-        except openai.APIStatusError as exc:
-            text = redact(f"HTTP {exc.status_code}: {exc.message}", self._key)[:500]
-            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
-                raise TransientError(text, parse_retry_after(exc.response.headers)) from None
-            raise PermanentError(text) from None
+        except openai.APIError as exc:
+            raise translate_sdk_error(openai, exc, f"the server at {self.base_url or 'api.openai.com'}",
+                                      self._key) from None
         if not reply.choices:
             raise TransientError("reply without choices")
         choice = reply.choices[0]
