@@ -23,6 +23,9 @@ os.environ.setdefault("PREFECT_HOME", str(REPO_ROOT / "cache" / "prefect"))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# the temporary server migrates a fresh SQLite database on first start: on a loaded 2-core machine that
+# can exceed Prefect's default 20 s
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # the stages log through the "lagcl" logger: route it through Prefect's handlers (terminal and UI)
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lagcl")
 
