@@ -240,6 +240,13 @@ class PipelineConfig(Section):
     )
     ablation: Literal["none", "no-data", "no-rank", "no-rerank"] = "none"
     from_stage: str | None = None
+    runner: Literal["local", "dask"] = Field(
+        "local", description="dask: the flow runs on prefect-dask's DaskTaskRunner and the LLM/scoring "
+        "fan-out (profile and score requests) is spread over the cluster's workers")
+    dask_address: str | None = Field(None, description="scheduler of a running Dask cluster (tcp://host:8786); "
+                                     "unset = a LocalCluster on this machine for the run")
+    dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    dask_threads_per_worker: int = Field(1, ge=1)
 
 
 class Config(Section):

@@ -6,8 +6,7 @@ import time
 
 from lagcl.augment import (AUGMENTED_SCHEMA, SCORES, SCORES_SCHEMA, augment_quality, candidate_samples, chunks,
                            cold_users, run_scoring, select_augmented)
-from lagcl.semantic import make_engine
-from tasks.base import Plan, StageRef, finished, log
+from tasks.base import Plan, StageRef, finished, log, semantic_engine
 
 STAGE = "augment"
 
@@ -20,30 +19,31 @@ def run(plan: Plan) -> StageRef:
     with plan.stage_dir(STAGE) as sd:
         if finished(sd):
             return ref
-        t0 = time.time()
-        inter = store.read_table("prepare", up["prepare"].fingerprint, "interactions")
-        items = store.read_table("prepare", up["prepare"].fingerprint, "items")
-        user_profiles = store.read_table("profiles", up["profiles"].fingerprint, "user_profiles")
-        item_profiles = store.read_table("profiles", up["profiles"].fingerprint, "item_profiles")
-        users = cold_users(inter, a.cold_threshold)
-        samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed)
-        todo = chunks(samples, a.items_per_call)
-        engine = make_engine(cfg, store.root)
-        res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
-                          dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,
-                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
-        t_score = time.time() - t0
-        scores = sd.read_shards(SCORES, SCORES_SCHEMA)
-        augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
-        sd.write_table("augmented", augmented.select(list(AUGMENTED_SCHEMA)))
-        quality = augment_quality(augmented, scores, inter, items)
-        meta = {"cold_users": len(users), "requests": res.requests, "sent_this_run": res.sent,
-                "resumed": res.skipped, "failed": res.failed, "scores": scores.height,
-                "augmented_pos": int((augmented["sign"] == 1).sum()), "augmented_neg": int((augmented["sign"] == -1).sum()),
-                "quality": quality, "engine": engine.name, "model": engine.model, "approximate": engine.approximate,
-                "usage": engine.usage().__dict__, "seconds_scoring": round(t_score, 2),
-                "seconds_this_run": round(time.time() - t0, 2)}
-        sd.finish(meta)
+        with semantic_engine(plan) as engine:
+            t0 = time.time()
+            inter = store.read_table("prepare", up["prepare"].fingerprint, "interactions")
+            items = store.read_table("prepare", up["prepare"].fingerprint, "items")
+            user_profiles = store.read_table("profiles", up["profiles"].fingerprint, "user_profiles")
+            item_profiles = store.read_table("profiles", up["profiles"].fingerprint, "item_profiles")
+            users = cold_users(inter, a.cold_threshold)
+            samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed)
+            todo = chunks(samples, a.items_per_call)
+            res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
+                              dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,
+                              on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
+            t_score = time.time() - t0
+            scores = sd.read_shards(SCORES, SCORES_SCHEMA)
+            augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
+            sd.write_table("augmented", augmented.select(list(AUGMENTED_SCHEMA)))
+            quality = augment_quality(augmented, scores, inter, items)
+            meta = {"cold_users": len(users), "requests": res.requests, "sent_this_run": res.sent,
+                    "resumed": res.skipped, "failed": res.failed, "scores": scores.height,
+                    "augmented_pos": int((augmented["sign"] == 1).sum()),
+                    "augmented_neg": int((augmented["sign"] == -1).sum()),
+                    "quality": quality, "engine": engine.name, "model": engine.model, "approximate": engine.approximate,
+                    "usage": engine.usage().__dict__, "seconds_scoring": round(t_score, 2),
+                    "seconds_this_run": round(time.time() - t0, 2)}
+            sd.finish(meta)
     log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed); %d augmented positives, "
              "%d negatives; by %s/%s%s in %.1fs", len(users), res.requests, res.sent, res.skipped, res.failed,
              meta["augmented_pos"], meta["augmented_neg"], engine.name, engine.model,

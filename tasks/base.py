@@ -7,12 +7,15 @@ versions), so the flow, `lagcl status` and Prefect's cache keys all agree on the
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
 from lagcl.config import Config
 from lagcl.errors import ConfigError
+from lagcl.semantic import SemanticEngine, make_engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
@@ -114,3 +117,27 @@ def make_plan(cfg: Config) -> Plan:
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
     return plan
+
+
+@contextmanager
+def semantic_engine(plan: Plan) -> Iterator[SemanticEngine]:
+    """The run's semantic engine. With `pipeline.runner=dask` its profile and score requests fan out over
+    the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one part per worker thread; the stage
+    process stays the only writer of its folder."""
+    cfg = plan.cfg
+    if cfg.pipeline.runner != "dask":
+        yield make_engine(cfg, plan.store.root)
+        return
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    from lagcl.semantic.distributed import DistributedEngine
+
+    ctx = FlowRunContext.get()
+    if ctx is None or not isinstance(ctx.task_runner, DaskTaskRunner):
+        raise ConfigError("pipeline.runner=dask: the stages run inside the flow's `lagcl-stages-dask` subflow, "
+                          "which owns the Dask cluster; run them through `python -m flows.pipeline` / `make pipeline`")
+    client = ctx.task_runner.client
+    parts = sum(client.nthreads().values())
+    log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", client.scheduler.address, parts)
+    yield DistributedEngine(cfg, plan.store.root, client.get_executor(), parts)
