@@ -1,21 +1,42 @@
 """Stage 4: train the configured backbone (with or without the rank level) -> checkpoint, cf_topk,
-epochs, metrics (eq. 7-12)."""
+epochs, metrics (eq. 7-12).
+
+With `graph.backend: dgl` and no DGL in this Python (the main environment: PyPI's DGL 2.1.0 needs torch
+<= 2.2.1), `run` runs this same stage code in the DGL environment, `python -m tasks.gcl` under
+$LAGCL_DGL_PYTHON (default `.venv-dgl/bin/python`, built by `make setup-dgl`): the configuration and the
+fingerprints go in on stdin, the child writes the stage folder (lock, checkpoints, manifest) exactly as an
+in-process run would, and its log lines are re-emitted through this process's "lagcl" logger (so they
+reach Prefect). The parent never opens the stage folder, so it holds no lock the child would wait on.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import polars as pl
 import torch
 
 from lagcl.artifacts import is_complete, read_table
+from lagcl.config import Config
+from lagcl.errors import ConfigError, LagclError
 from lagcl.evaluate import rank_topk
 from lagcl.models import Graph, build_model
 from lagcl.train import build_train_data, category_groups, train, validate
-from tasks.base import Plan, StageRef, log, rank_enabled
+from tasks.base import REPO_ROOT, Plan, StageRef, log, rank_enabled
 
 STAGE = "gcl"
+DGL_PYTHON_ENV = "LAGCL_DGL_PYTHON"
+_LOG_PREFIX = "@lagcl-log:"  # marks the child's log records in its output, level name follows
 
 
 def _upstream_table(plan: Plan, stage: str, name: str) -> pl.DataFrame | None:
@@ -47,7 +68,78 @@ def _groups(plan: Plan, interactions: pl.DataFrame, items: pl.DataFrame, n_users
     return user_group, item_group, "categories (stand-in: first genre)"
 
 
+def dgl_python() -> Path:
+    """The interpreter of the DGL environment: $LAGCL_DGL_PYTHON, else the repository's .venv-dgl."""
+    return Path(os.environ.get(DGL_PYTHON_ENV) or REPO_ROOT / ".venv-dgl" / "bin" / "python")
+
+
+def runs_in_dgl_env(plan: Plan) -> bool:
+    """True when this stage must run in the DGL environment: DGL asked for and not importable here."""
+    return plan.cfg.graph.backend == "dgl" and importlib.util.find_spec("dgl") is None
+
+
 def run(plan: Plan) -> StageRef:
+    if runs_in_dgl_env(plan):
+        return _run_in_dgl_env(plan)
+    return _run(plan)
+
+
+def _run_in_dgl_env(plan: Plan) -> StageRef:
+    """Run `_run(plan)` under the DGL environment's Python and wait for it, streaming its output."""
+    ref = plan.ref(STAGE)
+    if is_complete(Path(ref.path)):
+        return ref
+    python = dgl_python()
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise ConfigError(f"graph.backend=dgl runs the gcl stage with {python} (${DGL_PYTHON_ENV}), which does not "
+                          "exist: run `make setup-dgl` first (it builds .venv-dgl), or set "
+                          f"{DGL_PYTHON_ENV} to a Python with dgl==2.1.0 and this project installed")
+    payload = json.dumps({"config": plan.cfg.model_dump(mode="json"), "fingerprints": plan.fingerprints,
+                          "path": ref.path})
+    log.info("gcl: graph.backend=dgl, running the stage in the DGL environment (%s)", python)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tail: deque[str] = deque(maxlen=30)
+    bar_open = False  # a progress bar is drawn on stderr's last line: end it before the next log line
+    # newline="": keep each piece's own terminator, so tqdm's "\r" redraws can be told from whole lines
+    proc = subprocess.Popen([str(python), "-m", "tasks.gcl", "--plan-from-stdin"], cwd=REPO_ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        proc.stdin.write(payload.encode())
+        proc.stdin.close()
+        for piece in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline=""):
+            line = piece.rstrip("\r\n")
+            if bar_open and not piece.endswith("\r"):
+                sys.stderr.write("\n")
+                bar_open = False
+            if line.startswith(_LOG_PREFIX):
+                level, _, msg = line[len(_LOG_PREFIX):].partition(":")
+                log.log(logging.getLevelName(level) if level.isupper() else logging.INFO, "%s", msg)
+                tail.append(msg)
+            elif piece.endswith("\r"):  # a progress-bar redraw: show it live, keep it out of the log
+                sys.stderr.write("\r" + line)
+                sys.stderr.flush()
+                bar_open = bool(line)
+            elif line.strip():
+                log.info("gcl (DGL env): %s", line)
+                tail.append(line)
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: stop the child; its checkpoint lets the next run resume
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if rc != 0:
+        raise LagclError(f"the gcl stage in the DGL environment ({python}) failed with exit status {rc}; its last "
+                         "output:\n  " + "\n  ".join(tail))
+    if not is_complete(Path(ref.path)):
+        raise LagclError(f"the gcl stage in the DGL environment ({python}) exited cleanly but {ref.path} is not a "
+                         "complete stage folder; rerun to resume it")
+    return ref
+
+
+def _run(plan: Plan) -> StageRef:
     cfg = plan.cfg
     ref = plan.ref(STAGE)
     ups = plan.upstream(STAGE)
@@ -115,3 +207,30 @@ def run(plan: Plan) -> StageRef:
              meta["test_recall@20"], meta["test_ndcg@20"], meta["valid_recall@20"], meta["train_seconds"],
              meta["seconds_per_epoch"] or 0.0)
     return ref
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tasks.gcl --plan-from-stdin`: the DGL environment's side of `_run_in_dgl_env`."""
+    p = argparse.ArgumentParser(prog="python -m tasks.gcl", description=main.__doc__)
+    p.add_argument("--plan-from-stdin", action="store_true", required=True,
+                   help='read {"config", "fingerprints", "path"} as JSON from stdin and run the gcl stage here')
+    p.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_LOG_PREFIX + "%(levelname)s:%(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        payload = json.load(sys.stdin)
+        plan = Plan(Config.model_validate(payload["config"]), dict(payload["fingerprints"]))
+        if plan.ref(STAGE).path != payload["path"]:
+            raise LagclError(f"the DGL environment resolves the gcl stage folder to {plan.ref(STAGE).path}, not "
+                             f"{payload['path']}: run both environments from the same checkout")
+        _run(plan)
+    except LagclError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -122,5 +122,5 @@ def test_same_seed_builds_the_same_model_without_moving_the_global_rng():
 
 
 def test_unknown_graph_backend_is_a_config_error():
-    with pytest.raises(ConfigError, match="graph.backend"):
-        Graph(USERS, ITEMS, N_U, N_I, backend="dgl")
+    with pytest.raises(ConfigError, match="unknown graph.backend='cugraph'; choose one of torch, dgl"):
+        Graph(USERS, ITEMS, N_U, N_I, backend="cugraph")

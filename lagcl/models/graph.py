@@ -1,17 +1,21 @@
 """Graph propagation over the symmetric-normalised user-item bipartite adjacency.
 
-All backbones propagate through this module only, so a second backend (DGL, `graph.backend`) can be
-added here without touching the models. Nodes are users 0..n_users-1 followed by items.
+All backbones propagate through this module only, so the backend (`graph.backend`) changes nothing in
+the models. Nodes are users 0..n_users-1 followed by items. `torch` (this file: CSR SpMM) is the default;
+`dgl` (graph_dgl.py: DGL message passing, numerically equal) is imported only when asked for, because
+PyPI's DGL runs only in its own environment (DESIGN.md "Graph propagation", `make setup-dgl`).
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
 
-
 from lagcl.errors import ConfigError
+
+BACKENDS = ("torch", "dgl")
 
 
 def normalized_interactions(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
@@ -40,13 +44,21 @@ class _SymmetricSpMM(torch.autograd.Function):
 
 
 class Graph:
-    """A = [[0, R_hat], [R_hat^T, 0]] stored once as CSR; `propagate(x)` is A @ x."""
+    """A = [[0, R_hat], [R_hat^T, 0]] stored once as CSR; `propagate(x)` is A @ x.
+
+    `Graph(..., backend="dgl")` builds a `graph_dgl.DGLGraph` (a subclass with the same interface:
+    propagate, edge_dropout, r_hat, n_edges, users/items), so every call site stays backend-agnostic."""
+
+    def __new__(cls, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                backend: str = "torch"):
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown graph.backend={backend!r}; choose one of {', '.join(BACKENDS)}")
+        if cls is Graph and backend == "dgl":
+            cls = _dgl_graph_class()
+        return super().__new__(cls)
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                  backend: str = "torch"):
-        if backend != "torch":
-            raise ConfigError(f"graph.backend={backend!r} is not available in this build; use graph.backend=torch "
-                              "(the DGL backend needs its own environment, see DESIGN.md 'Graph propagation')")
         self.n_users, self.n_items, self.backend = n_users, n_items, backend
         self.users, self.items = users.long(), items.long()
         self.r_hat = normalized_interactions(self.users, self.items, n_users, n_items)
@@ -72,6 +84,18 @@ class Graph:
         idx = self.r_hat.indices()
         keep = torch.rand(idx.shape[1], generator=generator) >= rate
         return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend)
+
+
+def _dgl_graph_class() -> type[Graph]:
+    """graph_dgl.DGLGraph, imported on first use: the main environment has no DGL (its torch is too new)."""
+    try:
+        from lagcl.models.graph_dgl import DGLGraph
+    except (ImportError, OSError) as exc:  # OSError: a DGL whose native libraries do not load with this torch
+        raise ConfigError(
+            f"graph.backend=dgl needs DGL 2.1.0, which this Python ({sys.executable}) cannot import ({exc}). "
+            "Run `make setup-dgl` to build .venv-dgl, then `make pipeline GRAPH=dgl` (the gcl stage runs "
+            "there), or run this code with .venv-dgl/bin/python; otherwise use graph.backend=torch") from None
+    return DGLGraph
 
 
 def light_layers(graph: Graph, ego: torch.Tensor, n_layers: int, perturb=None) -> list[torch.Tensor]:
