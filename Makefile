@@ -15,11 +15,15 @@ FROM ?=
 DRY_RUN ?=
 RERANKER ?=
 OVERRIDES ?=
+RUNNER ?=
+DASK_ADDRESS ?=
+GRAPH ?=
 
 PIPELINE_ARGS = --data $(DATA) --engine $(ENGINE) --model $(MODEL) \
 	$(if $(RANK),--rank $(RANK)) $(if $(ABLATION),--ablation $(ABLATION)) $(if $(FROM),--from-stage $(FROM)) \
 	$(if $(DRY_RUN),--dry-run) $(if $(RERANKER),--set rerank.model=reranker-$(RERANKER)) \
-	$(foreach o,$(OVERRIDES),--set $(o))
+	$(if $(RUNNER),--set pipeline.runner=$(RUNNER)) $(if $(DASK_ADDRESS),--set pipeline.dask_address=$(DASK_ADDRESS)) \
+	$(if $(GRAPH),--set graph.backend=$(GRAPH)) $(foreach o,$(OVERRIDES),--set $(o))
 
 export PREFECT_HOME ?= $(CURDIR)/cache/prefect
 export DO_NOT_TRACK := 1
@@ -27,7 +31,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: ui-deps setup pipeline status compare server deploy test test-slow bench bench-gcl clean-venv
+.PHONY: ui-deps setup pipeline status compare server deploy test test-slow bench bench-gcl clean-venv \
+	setup-dgl test-dgl bench-graph
 
 STAMP := $(VENV)/.lagcl-setup
 
@@ -40,7 +45,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-pipeline: setup
+# GRAPH=dgl: the gcl stage runs in .venv-dgl (a subprocess of the flow), the other stages here
+pipeline: setup $(if $(filter dgl,$(GRAPH)),setup-dgl)
 	$(PY) -m flows.pipeline $(PIPELINE_ARGS)
 
 # Prefect server + UI on http://127.0.0.1:4200 (SQLite under cache/prefect; PREFECT_DB_URL=postgresql+asyncpg://...
@@ -69,10 +75,48 @@ ui-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: setup ui-deps
-	$(PY) -m pytest -q -m "not slow" --timeout=900
+	$(PY) -m pytest -q -m "not slow and not dgl" --timeout=900
+
+# The DGL graph backend's own environment: PyPI's DGL stops at 2.1.0, which loads only with torch
+# 2.0.0-2.2.1; torchdata 0.7.1 without its pins, setuptools<70, numpy<2, and pandas at import. The project
+# goes in without its dependencies (no Prefect, no LLM stack): only what the gcl stage and the tests import.
+DGL_VENV ?= .venv-dgl
+DGL_PY := $(DGL_VENV)/bin/python
+DGL_STAMP := $(DGL_VENV)/.lagcl-setup
+DGL_PINS ?= torch==2.2.1 dgl==2.1.0 "setuptools<70" "numpy<2" pandas
+DGL_RUNTIME ?= "polars>=1.0" "pyarrow>=15" "pydantic>=2.6" "pyyaml>=6" "tqdm>=4.66" "pytest>=8" "pytest-timeout>=2.3"
+
+setup-dgl: $(DGL_STAMP)
+
+$(DGL_STAMP): pyproject.toml Makefile
+	test -x $(DGL_PY) || $(PYTHON) -m venv $(DGL_VENV)
+	$(DGL_PY) -m pip install --quiet --upgrade pip
+	$(DGL_PY) -m pip install --quiet $(DGL_PINS) $(DGL_RUNTIME)
+	$(DGL_PY) -m pip install --quiet --no-deps torchdata==0.7.1
+	$(DGL_PY) -m pip install --quiet --no-deps -e .
+	$(DGL_PY) -c "import dgl, torch; from lagcl.models.graph_dgl import DGLGraph; print('dgl', dgl.__version__, 'torch', torch.__version__)"
+	touch $(DGL_STAMP)
+
+# backend equivalence (propagation, losses, gradients, ML-100K metrics) and the gcl stage in .venv-dgl
+test-dgl: setup setup-dgl
+	$(DGL_PY) -m pytest -q -m dgl --timeout=1200 tests/test_graph_dgl.py
+
+# forward+backward seconds per epoch, both backends, in .venv-dgl (same torch for both columns)
+bench-graph: setup setup-dgl
+	$(DGL_PY) -m scripts.bench_graph --reference-python $(PY)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --timeout=2400
+
+# Crash-anywhere resume (RELIABILITY.md): SIGKILL the ML-100K pipeline CHAOS_KILLS times at seeded points
+# inside every stage, resume until done, compare with an uninterrupted run. CHAOS_SCALE=ci | local.
+CHAOS_SCALE ?= ci
+CHAOS_KILLS ?= $(if $(filter local,$(CHAOS_SCALE)),21,7)
+CHAOS_SEED ?= 1
+CHAOS_DIR ?= /tmp/lagcl-chaos-$(CHAOS_SCALE)
+.PHONY: chaos
+chaos: setup
+	$(PY) -m scripts.chaos --kills $(CHAOS_KILLS) --seed $(CHAOS_SEED) --scale $(CHAOS_SCALE) --workdir $(CHAOS_DIR)
 
 bench: bench-gcl
 

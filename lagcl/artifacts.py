@@ -111,16 +111,26 @@ class StageDir:
 
     def __enter__(self) -> "StageDir":
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = open(self.path / ".lock", "w")
+        # "a+": opening must not wipe what the current holder wrote into the lock file
+        self._lock_fh = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock_fh.seek(0)
+            holder = self._lock_fh.read().strip()
             self._lock_fh.close()
             self._lock_fh = None
             raise StageLockedError(
-                f"stage '{self.stage}' ({self.path}) is being written by another run; wait for it to finish "
-                "or stop it, then run again (its finished work is kept)"
+                f"stage '{self.stage}' ({self.path}) is being written by another run"
+                f"{f' ({holder})' if holder else ''}; wait for it to finish or stop it, then run the same "
+                "command again: finished stages are reused and this one resumes where that run left it"
             ) from None
+        # who holds the lock, for the message a second writer gets (the lock itself is the flock)
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"process {os.getpid()} on {os.uname().nodename}, since "
+                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}")
+        self._lock_fh.flush()
         self._clean_temp_files()
         return self
 

@@ -127,7 +127,7 @@ def run(plan: Plan) -> StageRef:
             raise LagclError(f"rerank: the reranker trains outside the pipeline (spec.launcher=deepspeed); run `{cmd}` "
                              "and rerun the pipeline")
         t_train = time.time()
-        model, tokenizer = load_reranker(rc.spec)
+        model, tokenizer = load_reranker(rc.spec, seed=cfg.seed)
         res = train_reranker(model, tokenizer, train["text"].to_list(), train["label"].to_list(), out_dir, rc.spec,
                              rc.epochs, cfg.seed, rc.deepspeed, log=log)
         train_seconds = time.time() - t_train

@@ -86,9 +86,12 @@ os.kill(os.getpid(), 9)
 def test_second_writer_of_the_same_stage_is_refused_with_a_clear_message(tmp_path):
     store = ArtifactStore(tmp_path, "toy")
     with store.stage("gcl", "fp"):
-        with pytest.raises(StageLockedError, match="another run"):
+        with pytest.raises(StageLockedError, match="another run") as refused:
             with store.stage("gcl", "fp"):
                 pass
+    # the message names the holder (this process) and what to do
+    assert f"process {os.getpid()} on {os.uname().nodename}" in str(refused.value)
+    assert "run the same command again" in str(refused.value)
     with store.stage("gcl", "fp"):  # released after the first writer leaves
         pass
 

@@ -63,7 +63,8 @@ def test_without_a_chat_template_the_conversation_is_plain_text():
     assert plain_prompt(req) == "Be brief.\n\nUser: Question?\nAssistant: {bad\nUser: Fix it.\nAssistant:"
 
 
-def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_caches_everything(tiny_model, tmp_path):
+def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_a_rerun_asks_the_model_again(tiny_model,
+                                                                                                   tmp_path):
     cfg = EngineConfig(name="transformers", model=str(tiny_model), max_tokens=8, batch_size=4)
     engine = LLMEngine(cfg, LLMConfig(), domain="movie", cache_dir=tmp_path)
 
@@ -74,9 +75,11 @@ def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_caches_eve
     usage = engine.usage()
     assert usage.requests == 4 and usage.failed == 2 and usage.cost_usd == 0 and usage.output_tokens == 32
 
+    # unusable replies are failed requests, which the response cache does not keep: the rerun that retries the
+    # failures asks the model again (one batch of requests, one of repairs); greedy decoding answers the same
     again = LLMEngine(cfg, LLMConfig(), domain="movie", cache_dir=tmp_path)
     assert again.profile([ProfileRequest("user", 1, liked=("Heat",)), ProfileRequest("item", 2, title="Up")]) == out
-    assert again.client.server_calls == 0 and again.usage().cached == 4
+    assert again.client.server_calls == 2 and again.usage().cached == 0 and again.usage().requests == 4
 
 
 def test_a_model_path_that_does_not_exist_is_a_clear_error(tmp_path):

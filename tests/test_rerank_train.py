@@ -124,3 +124,18 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert res.resumed_from.endswith("checkpoint-4")
     assert steps_run == [5, 6, 7, 8]                    # only the second epoch ran
     assert res.global_step == 8
+
+
+def test_the_fresh_head_depends_on_the_seed_not_on_what_ran_before_in_the_process():
+    """A resumed pipeline trains the reranker in a process where the earlier stages did not run (they are
+    cached): its initial head must be the one an uninterrupted run draws (scripts/chaos.py found this)."""
+    from lagcl.config import load_config
+    from lagcl.rerank.train import load_reranker
+
+    spec = load_config().rerank.spec  # the CPU default: all-MiniLM-L6-v2 + a new one-logit head
+    first, _ = load_reranker(spec, seed=7)
+    torch.rand(1000)  # an earlier stage drew random numbers in the same process
+    second, _ = load_reranker(spec, seed=7)
+    other, _ = load_reranker(spec, seed=8)
+    assert torch.equal(first.classifier.weight, second.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)

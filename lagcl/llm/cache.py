@@ -88,6 +88,14 @@ class ResponseCache:
                 (key, backend, model, completion.text, completion.input_tokens, completion.output_tokens,
                  cost_usd, completion.finish_reason, time.time()))
 
+    def delete(self, keys: Iterable[str]) -> None:
+        """Forget answers (replies that proved unusable), so the next run asks for them again."""
+        keys = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                self._db.execute(f"DELETE FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]

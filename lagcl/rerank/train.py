@@ -60,10 +60,18 @@ def resolve_model_path(spec: RerankerSpec, repo_root: Path = REPO_ROOT) -> tuple
     return path, spec.gguf_file
 
 
-def load_reranker(spec: RerankerSpec, repo_root: Path = REPO_ROOT, path: Path | None = None):
-    """(model, tokenizer): the backbone with a fresh one-logit head (or a trained reranker from `path`)."""
+def load_reranker(spec: RerankerSpec, repo_root: Path = REPO_ROOT, path: Path | None = None,
+                  seed: int | None = None):
+    """(model, tokenizer): the backbone with a fresh one-logit head (or a trained reranker from `path`).
+
+    With `seed` the fresh head is drawn from that seed, not from whatever the process's random state is
+    (which depends on the stages that ran before in the same process: a resumed run must train the same
+    reranker as an uninterrupted one)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    if seed is not None:
+        set_seed(seed)
 
     if path is None:
         folder, gguf = resolve_model_path(spec, repo_root)
@@ -289,7 +297,7 @@ def run_job(job_path: Path) -> TrainResult:
     job = json.loads(Path(job_path).read_text())
     spec = RerankerSpec.model_validate(job["spec"])
     table = pl.read_parquet(job["train_table"])
-    model, tokenizer = load_reranker(spec)
+    model, tokenizer = load_reranker(spec, seed=job["seed"])
     return train_reranker(model, tokenizer, table["text"].to_list(), table["label"].to_list(), Path(job["out_dir"]),
                           spec, job["epochs"], job["seed"], job["deepspeed"])
 

@@ -53,25 +53,34 @@ class LLMEngine:
             if not resp.ok:  # no answer at all (transport): not cached, a rerun asks again
                 results.append((None, f"no reply: {resp.error}"))
                 continue
-            results.append(_safe_parse(parse, i, resp.text, resp.finish_reason))
+            results.append(_safe_parse(parse, i, resp.text, resp.finish_reason, requests[i].max_tokens))
             if results[-1][1] is not None and self.repair:
                 retry.append(i)
+        asked: dict[int, list[LLMRequest]] = {i: [requests[i]] for i in retry}
         if retry:
-            repairs = [self.prompts.repair(requests[i], responses[i].text, results[i][1] or "") for i in retry]
+            repairs = [self.prompts.repair(requests[i], _clip(responses[i].text, requests[i].max_tokens),
+                                           results[i][1] or "") for i in retry]
+            for i, repair in zip(retry, repairs):
+                asked[i].append(repair)
             for i, resp in zip(retry, self.client.generate_sync(repairs)):
                 first_value, first_problem = results[i]
                 if not resp.ok:
                     results[i] = (first_value, f"{first_problem}; repair got no reply: {resp.error}")
                     continue
-                value, problem = _safe_parse(parse, i, resp.text, resp.finish_reason)
+                value, problem = _safe_parse(parse, i, resp.text, resp.finish_reason, requests[i].max_tokens)
                 if merge is not None and first_value is not None and value is not None:
                     value = merge(first_value, value)
                 results[i] = (value if value is not None else first_value,
                               None if problem is None else f"after one repair attempt: {problem}")
-        for value, problem in results:
+        unusable: list[str] = []
+        for i, (value, problem) in enumerate(results):
             if problem is not None:
                 self.failed += 1
                 log.warning("LLM reply recorded as failed: %s", problem[:300])
+                unusable += [self.client.key(r) for r in asked.get(i, ())]
+        # a reply still unusable after its repair is a failed request, and failed requests are not kept in
+        # the response cache: the rerun that retries the failures asks the model again instead of rereading it
+        self.client.cache.delete(unusable)
         return results
 
     # eq. 1 -------------------------------------------------------------------------------------
@@ -145,7 +154,30 @@ class LLMEngine:
                 "semantic_failures": self.failed}
 
 
-def _safe_parse(parse: Parser, i: int, text: str, finish_reason: str) -> tuple[Any, str | None]:
+# A token is about 4 characters; a reply many times longer than the tokens asked for is not an answer to
+# the request (a broken or hostile server): it is rejected before parsing, and the repair request quotes only
+# its beginning, so a 10 MB reply costs neither parse time nor a 10 MB repair prompt.
+MAX_CHARS_PER_TOKEN = 16
+REPAIR_QUOTE_CHARS = 2000
+
+
+def _too_long(text: str, max_tokens: int) -> str | None:
+    if len(text) <= MAX_CHARS_PER_TOKEN * max_tokens:
+        return None
+    return (f"the reply is {len(text):,} characters long, far more than the {max_tokens} tokens asked for; "
+            f"answer with the JSON object only")
+
+
+def _clip(text: str, max_tokens: int) -> str:
+    if _too_long(text, max_tokens) is None:
+        return text
+    return text[:REPAIR_QUOTE_CHARS] + f"... [{len(text) - REPAIR_QUOTE_CHARS:,} more characters cut]"
+
+
+def _safe_parse(parse: Parser, i: int, text: str, finish_reason: str, max_tokens: int | None = None
+                ) -> tuple[Any, str | None]:
+    if max_tokens is not None and (problem := _too_long(text, max_tokens)) is not None:
+        return None, problem
     try:
         return parse(i, text)
     except ReplyError as exc:

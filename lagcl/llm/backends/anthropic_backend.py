@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, redact, translate_sdk_error
+from lagcl.llm.backends.base import Backend, TransientError, redact, translate_sdk_error
 from lagcl.llm.types import Completion, LLMRequest
 
 
@@ -74,6 +75,8 @@ class AnthropicBackend(Backend):
         except anthropic.APIError as exc:
             raise translate_sdk_error(anthropic, exc, f"the Anthropic API at {self.base_url or 'api.anthropic.com'}",
                                       self._key) from None
+        except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
+            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})") from None
 
     async def complete(self, request: LLMRequest) -> Completion:
         return self._completion(await self._call(self._client.messages.create(**self.build(request))))

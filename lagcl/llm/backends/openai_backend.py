@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lagcl.errors import LLMError
@@ -66,6 +67,8 @@ class OpenAIBackend(Backend):
         except openai.APIError as exc:
             raise translate_sdk_error(openai, exc, f"the server at {self.base_url or 'api.openai.com'}",
                                       self._key) from None
+        except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
+            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})") from None
         if not reply.choices:
             raise TransientError("reply without choices")
         choice = reply.choices[0]
