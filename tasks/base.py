@@ -30,14 +30,15 @@ class StageSpec:
     version: str
 
 
-# the order is the execution order
+# the order is the execution order; a stage's version changes when its code changes what it writes
+# (rerank 2: the classifier head is drawn from `seed`, not from the process's random state)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", ("data",), (), "1"),
     StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
     StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "1"),
     StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
     StageSpec("gcl", ("gcl", "rank", "graph"), ("prepare", "augment", "groups"), "1"),
-    StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "1"),
+    StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "2"),
     StageSpec("evaluate", ("evaluate", "rerank"), ("prepare", "gcl", "rerank"), "1"),
 )}
 

@@ -16,7 +16,7 @@ from lagcl.rerank.data import (PromptBuilder, build_pairs, candidate_sets, fallb
                                item_titles, sample_users, split_users, training_examples, without_test)
 from lagcl.rerank.infer import score_texts
 from lagcl.rerank.train import launch_command, load_reranker, train_reranker, write_job
-from tasks.base import Plan, StageRef, log
+from tasks.base import STAGES, Plan, StageRef, log
 
 STAGE = "rerank"
 SCORES = {"user": pl.Int32, "item": pl.Int32, "score": pl.Float64}
@@ -27,9 +27,9 @@ FUSION_FIELDS = {"alpha", "tau", "grid_search", "alpha_grid", "tau_grid"}
 
 def train_key(plan: Plan) -> str:
     """Hash of everything the reranker and its scores depend on: the rerank section without the fusion
-    settings, the seed and the upstream fingerprints."""
+    settings, the seed, the upstream fingerprints and the stage's code version."""
     section = plan.cfg.rerank.model_dump(mode="json", exclude=FUSION_FIELDS)
-    payload = {"rerank": section, "seed": plan.cfg.seed,
+    payload = {"rerank": section, "seed": plan.cfg.seed, "version": STAGES[STAGE].version,
                "upstream": {k: v.fingerprint for k, v in sorted(plan.upstream(STAGE).items())}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -172,3 +172,14 @@ def test_the_gpu_reranker_prints_its_deepspeed_launch_and_resumes_after_it(plan,
 def read_table_unchecked(stage_dir: Path, name: str) -> pl.DataFrame:
     """A table of a stage that has not finished yet (no manifest): read the Parquet file directly."""
     return pl.read_parquet(stage_dir / f"{name}.parquet")
+
+
+def test_a_reranker_made_by_an_older_version_of_the_stage_code_is_never_reused(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from tasks import base
+
+    plan = make_plan(load_config(overrides=[f"cache_dir={tmp_path}"]))
+    key = rerank_stage.train_key(plan)
+    monkeypatch.setitem(base.STAGES, "rerank", replace(base.STAGES["rerank"], version="older"))
+    assert rerank_stage.train_key(plan) != key
