@@ -59,7 +59,7 @@ KEY_ENV = "LAGCL_CHAOS_API_KEY"
 # (every profile, 1024 candidates per cold-start user scored 32 per request, the default groups) with
 # shorter training (20 epochs, a 400-pair reranker on 100 users).
 SCALES: dict[str, list[str]] = {
-    "ci": ["augment.cold_threshold=6", "augment.n_candidates=32", "augment.items_per_call=16",
+    "ci": ["augment.cold_threshold=6", "augment.n_candidates=128", "augment.items_per_call=16",
            "augment.shard_size=16", "profiles.shard_size=128", "groups.batch_size=100",
            "gcl.epochs=4", "gcl.patience=50", "rerank.max_train_pairs=160", "rerank.max_users=40",
            "rerank.candidates=10"],
@@ -386,7 +386,9 @@ def chaos(args: argparse.Namespace) -> Report:
                         seen_at = time.time()
                         kills_in[target] = kills_in.get(target, 0) + 1
                         # later kills of a resumed stage aim earlier: less of it is left to do
-                        frac = rng.uniform(0.05, 0.85) / kills_in[target]
+                        # (at most 0.6 of the reference time: the same stage may run faster this time, and a
+                        # kill that comes after the stage finished lands in the next one)
+                        frac = rng.uniform(0.05, 0.6) / kills_in[target]
                         attempt.delay_s = round(frac * stage_seconds[target], 3)
                     if seen_at is not None and time.time() - seen_at >= attempt.delay_s:
                         attempt.landed = running_stage(stage_dirs)
