@@ -109,9 +109,9 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow --timeout=2400
 
 # Crash-anywhere resume (RELIABILITY.md): SIGKILL the ML-100K pipeline CHAOS_KILLS times at seeded points
-# inside every stage, resume until done, compare with an uninterrupted run. CHAOS_SCALE=ci | local.
+# inside every stage (8 stages: one kill each at CI scale), resume until done, compare with an uninterrupted run. CHAOS_SCALE=ci | local.
 CHAOS_SCALE ?= ci
-CHAOS_KILLS ?= $(if $(filter local,$(CHAOS_SCALE)),21,7)
+CHAOS_KILLS ?= $(if $(filter local,$(CHAOS_SCALE)),24,8)
 CHAOS_SEED ?= 1
 CHAOS_DIR ?= /tmp/lagcl-chaos-$(CHAOS_SCALE)
 .PHONY: chaos

@@ -57,31 +57,39 @@ def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def comparison_rows(store) -> list[dict[str, object]]:
-    """Table 2 / Table 3 view: every finished gcl run (CF alone) and evaluate run (CF + reranker) of a
-    dataset in the artifact store, with which levels it had on."""
+    """Table 2 / Table 3 view: every finished control (no level), gcl run (levels kept on validation) and
+    evaluate run (CF + reranker when kept) of a dataset in the artifact store, with which levels it kept and
+    its test change against its own control."""
     rows = []
-    for stage in ("gcl", "evaluate"):
+    for stage in ("control", "gcl", "evaluate"):
         for folder in store.iter_stage_dirs(stage):
             meta = (read_manifest(folder) or {}).get("meta")
             if not meta or "test_recall@20" not in meta:
                 continue
             on = lambda v: "?" if v is None else ("on" if v else "off")  # noqa: E731
+            control = meta.get("control_test_recall@20") if stage != "control" else meta["test_recall@20"]
             rows.append({
-                "backbone": meta.get("backbone"), "data": on(meta.get("data_level", meta.get("augmented"))),
-                "rank": on(meta.get("rank_level")), "rerank": "on" if stage == "evaluate" else "off",
+                "stage": stage, "backbone": meta.get("backbone"),
+                "data": on(meta.get("data_level", meta.get("augmented"))), "rank": on(meta.get("rank_level")),
+                "rerank": on(meta.get("rerank_level")) if stage == "evaluate" else "off",
                 "groups": str(meta.get("groups", "")).split(" ")[0] if stage == "gcl" else "",
-                "recall@20": meta["test_recall@20"], "ndcg@20": meta["test_ndcg@20"], "folder": folder.name,
+                "recall@20": meta["test_recall@20"], "ndcg@20": meta["test_ndcg@20"],
+                "vs_control": (meta["test_recall@20"] - control) / control if control else None,
+                "folder": folder.name,
             })
-    return sorted(rows, key=lambda r: (str(r["backbone"]), r["data"], r["rank"], r["rerank"], r["folder"]))
+    return sorted(rows, key=lambda r: (str(r["backbone"]), r["stage"] != "control", r["data"], r["rank"],
+                                       r["rerank"], r["folder"]))
 
 
 def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
-    lines = [f"finished runs of {dataset} in the store (test, all-rank):",
-             f"  {'backbone':<9} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
-             f"{'NDCG@20':>8}  folder under cache/<dataset>/gcl or /evaluate"]
+    lines = [f"finished runs of {dataset} in the store (test, all-rank; levels = those kept on validation; "
+             "R@20 change against the backbone's control):",
+             f"  {'backbone':<9} {'stage':<8} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
+             f"{'NDCG@20':>8} {'vs ctrl':>8}  folder under cache/<dataset>/<stage>"]
     for r in rows:
-        lines.append(f"  {r['backbone']!s:<9} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} {r['rerank']:<6} "
-                     f"{r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f}  {r['folder']}")
+        vs = f"{r['vs_control']:+.1%}" if r["vs_control"] is not None else "-"
+        lines.append(f"  {r['backbone']!s:<9} {r['stage']:<8} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} "
+                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>8}  {r['folder']}")
     return "\n".join(lines)
 
 

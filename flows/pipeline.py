@@ -37,6 +37,7 @@ from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
 from lagcl.data.formats import check_raw_files  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
+from tasks import control as control_stage  # noqa: E402
 from tasks import gcl as gcl_stage  # noqa: E402
 from tasks import augment as augment_stage  # noqa: E402
 from tasks import groups as groups_stage  # noqa: E402
@@ -51,6 +52,7 @@ RUNNERS = {
     "profiles": profiles_stage.run,
     "augment": augment_stage.run,
     "groups": groups_stage.run,
+    "control": control_stage.run,
     "gcl": gcl_stage.run,
     "rerank": rerank_stage.run,
     "evaluate": evaluate_stage.run,
@@ -165,21 +167,37 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
               f"train/valid/test {s['positives_train']:,}/{s['positives_valid']:,}/{s['positives_test']:,}")
     if "gcl" in done:
         m = read_manifest(Path(done["gcl"]))["meta"]
-        print(f"gcl {m['backbone']} (rank level {'on' if m['rank_level'] else 'off'}): test Recall@20 "
-              f"{m['test_recall@20']:.4f}, NDCG@20 {m['test_ndcg@20']:.4f} (best epoch {m['best_epoch']}, "
-              f"{m['train_seconds']:.1f} s training)")
+        print(f"gcl {m['backbone']}: chosen '{m['variant']}' (data level {'on' if m['data_level'] else 'off'}, rank "
+              f"level {'on' if m['rank_level'] else 'off'}): test Recall@20 {m['test_recall@20']:.4f}, NDCG@20 "
+              f"{m['test_ndcg@20']:.4f}; control {m['control_test_recall@20']:.4f} / {m['control_test_ndcg@20']:.4f}")
     if "evaluate" in done:
         m = read_manifest(Path(done["evaluate"]))["meta"]
         print(f"evaluate ({m['users']:,} users, |C_u| = {m['candidates']}): CF test Recall@20 "
               f"{m['cf_test_recall@20']:.4f} NDCG@20 {m['cf_test_ndcg@20']:.4f}; {m['headline_variant']} (alpha "
               f"{m['alpha']}, tau {m['tau']}) Recall@20 {m['test_recall@20']:.4f} NDCG@20 {m['test_ndcg@20']:.4f}; "
               f"report: {Path(done['evaluate']) / 'report.md'}")
+    chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
+    if chain_from:
+        from lagcl.gate import format_chain
+
+        m = read_manifest(Path(done[chain_from]))["meta"]
+        print("what each level bought (vs the control; kept only when it beats the step before it on validation):")
+        print("\n".join(format_chain(m.get("levels", []), _final_row(m))))
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         from flows.cli import comparison_rows, format_comparison
 
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def _final_row(meta: dict) -> dict:
+    """The run's headline numbers in the shape of a chain row."""
+    keys = ("valid_recall@20", "test_recall@20", "test_ndcg@20", "test_recall@20_cold", "test_recall@20_warm")
+    kept = [r for r in meta.get("levels", []) if r.get("kept")]
+    row = {k: (kept[-1].get(k) if kept else None) for k in keys}
+    row["variant"] = " + ".join(r["level"] for r in kept) or "control"
+    return row
 
 
 def _local_server_settings() -> dict:
@@ -269,6 +287,11 @@ def _publish_artifacts(plan: Plan, done: dict[str, str]) -> None:
     report = Path(done["evaluate"]) / "report.md" if "evaluate" in done else None
     if report is not None and report.is_file():
         lines += ["", report.read_text()]
+    elif "gcl" in done:
+        from lagcl.gate import format_chain
+
+        levels = (read_manifest(Path(done["gcl"])) or {}).get("meta", {}).get("levels", [])
+        lines += ["", "## What each level bought", "", "```", *format_chain(levels), "```"]
     if pngs:
         lines += ["", "## Plots", *[f"- [{p.name}](file://{p})" for p in pngs]]
     if metric_rows:

@@ -244,17 +244,21 @@ class ArtifactStore:
 
 
 def read_table(stage_dir: Path, name: str) -> pl.DataFrame:
-    """Read a table of a complete stage, checking its checksum against the manifest."""
+    """Read a table of a complete stage, checking its checksum against the manifest. A table written in
+    shards (`StageDir.write_shard`) is read as the concatenation of its shards, each checked."""
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
     if manifest is None:
         raise ArtifactError(f"{stage_dir} has no manifest: the stage did not finish; rerun the pipeline to resume it")
+    files = manifest.get("files", {})
     rel = f"{name}.parquet"
-    path = stage_dir / rel
-    digest = manifest.get("files", {}).get(rel)
-    if digest is None or not path.is_file():
-        raise ArtifactError(f"{stage_dir} has no table '{name}'; tables: {sorted(manifest.get('files', {}))}")
-    if sha256_file(path) != digest:
-        raise ArtifactError(f"{path} does not match its manifest checksum (corrupt or edited); delete "
-                            f"{stage_dir / MANIFEST} and rerun to recompute the stage")
-    return pl.read_parquet(path)
+    shards = sorted(f for f in files if f.startswith(f"shards/{name}/") and _SHARD_RE.match(Path(f).name))
+    parts = [rel] if rel in files else shards
+    if not parts:
+        raise ArtifactError(f"{stage_dir} has no table '{name}'; tables: {sorted(files)}")
+    for part in parts:
+        path = stage_dir / part
+        if not path.is_file() or sha256_file(path) != files[part]:
+            raise ArtifactError(f"{path} does not match its manifest checksum (corrupt or edited); delete "
+                                f"{stage_dir / MANIFEST} and rerun to recompute the stage")
+    return pl.concat([pl.read_parquet(stage_dir / p) for p in parts], how="vertical")

@@ -209,19 +209,22 @@ def augment_quality(augmented: pl.DataFrame, scores: pl.DataFrame, interactions:
                     items: pl.DataFrame) -> dict[str, float | int]:
     """How well the augmented interactions agree with what the data knows but the engine never saw.
 
-    - pos_precision: share of augmented positives that are among the user's valid+test positives;
+    Held-out here means the user's VALIDATION positives only: these figures may inform choices (the gate),
+    and no choice may look at test (DESIGN.md 13).
+
+    - pos_precision: share of augmented positives that are among the user's validation positives;
       pos_random_precision: the same for as many candidates drawn at random from the user's scored
       like-sample (its exact expectation: |sample & held-out| / |sample| per user, weighted by the
       user's augmented count); pos_lift = their ratio (> 1: the engine finds held-out likes).
     - neg_heldout_precision / neg_random_precision / neg_heldout_ratio: the same for augmented
-      negatives against valid+test POSITIVES; a good dislike score puts few of them there (ratio < 1).
+      negatives against validation POSITIVES; a good dislike score puts few of them there (ratio < 1).
       We cannot check augmented negatives against known dislikes: every known dislike (sign -1) is a
       training interaction and so is excluded from the candidates (DESIGN.md 5).
     - dislike_lean_{neg,pos,random}: mean, over items, of the user's genre dislike lean
       mean_g log((#train dislikes in g + 1) / (#train likes in g + 1)) over the item's genres; augmented
       negatives should lean more to the user's disliked genres than random candidates, positives less.
     """
-    held = interactions.filter((pl.col("sign") == 1) & pl.col("split").is_in(["valid", "test"])).select(
+    held = interactions.filter((pl.col("sign") == 1) & (pl.col("split") == "valid")).select(
         "user", "item").with_columns(pl.lit(True).alias("heldout"))
     out: dict[str, float | int] = {"users": int(augmented["user"].n_unique()) if augmented.height else 0}
     for sign, pol in ((1, "pos"), (-1, "neg")):

@@ -124,10 +124,16 @@ class GCLConfig(Section):
     lambda_reg: float = Field(1e-4, ge=0)
     lambda_cl: float = Field(0.0, ge=0)
     cl_temperature: float = Field(0.2, gt=0)
+    cl_loss: Literal["reference", "cosine"] = Field(
+        "reference", description="the backbone's contrastive loss without the rank level: `reference` = as the "
+        "backbone's reference code computes it (LightGCL: dot products against all nodes, clamped positive); "
+        "`cosine` = cosine InfoNCE over in-batch nodes (what SGL and XSimGCL use either way)")
     eps: float = Field(0.1, ge=0, description="XSimGCL noise magnitude")
     l_star: int = Field(1, ge=1, description="XSimGCL contrast layer")
     drop_rate: float = Field(0.1, ge=0, lt=1, description="SGL edge dropout")
     svd_q: int = Field(5, ge=1, description="LightGCL SVD rank")
+    min_epochs: int = Field(0, ge=0, description="no early stop before this epoch (contrastive backbones can sit "
+                            "in an early validation trough)")
     eval_batch_users: int = Field(1024, ge=1)
     topk_out: int = Field(100, ge=1, description="cf_topk candidates kept per user")
     num_threads: int = Field(1, ge=0, description="torch CPU threads while training (0 = torch's default); "
@@ -146,6 +152,43 @@ class RankConfig(Section):
     lambda_cl: float = Field(0.15, ge=0)
     dislike_sample_prob: float = Field(0.2, ge=0, le=1)
     groups_from: Literal["groups", "categories"] = "groups"
+    hard_neg_share: float = Field(0.0, ge=0, le=1, description="share of LABPR negatives drawn from the "
+                                  "positive's item group (hard, eq. 7); 0 = uniform draws only")
+    item_side: float = Field(0.0, ge=0, description="weight of LABPR's item -> user half (negative users, hard "
+                             "when in the positive user's group); 0 = off")
+
+
+class DataLevelConfig(Section):
+    """How the gcl stage turns the augment stage's like scores into training signal (DESIGN.md 13).
+
+    `calibrated` (default): item-centred scores (a user's like score minus the item's mean over the scored
+    users: hub items stop winning for everyone), at most `max_per_user` and `cap_ratio` x the user's real
+    training positives, only items the control ranks within `prune_rank`, on `channel`, at an edge/triplet
+    weight from `weights`, chosen on validation by the gate. `paper`: the augment stage's top `top_fraction`
+    as full-weight graph edges and BPR positives (eq. 2-4 as written)."""
+
+    reading: Literal["calibrated", "paper"] = "calibrated"
+    centre: bool = True
+    max_per_user: int = Field(5, ge=1)
+    cap_ratio: float = Field(0.25, gt=0)
+    prune_rank: int | None = Field(100, ge=1, description="keep augmented items within the control's top-N for "
+                                   "the user (at most gcl.topk_out); null = no pruning")
+    channel: Literal["graph", "bpr", "both"] = "both"
+    weights: list[float] = Field(default_factory=lambda: [0.25, 1.0], description="strengths tried on validation "
+                                 "(edge and triplet weight of an augmented positive); off is always a choice")
+    dislike_prob: float = Field(0.0, ge=0, le=1, description="while the level is on: probability that a BPR "
+                                "negative is one of the user's known or augmented dislikes (eq. 4)")
+
+
+class GateConfig(Section):
+    """The validation gate (DESIGN.md 13): each level is kept only when it beats the step before it on
+    validation Recall@20; test is only reported."""
+
+    enabled: bool = Field(True, description="false: every configured level is kept whatever validation says")
+    min_gain: float = Field(0.0, ge=0, description="relative validation Recall@20 gain a level must bring")
+    min_precision_ratio: float = Field(1.0, ge=0, description="the data level is trained only when its augmented "
+                                       "positives hit validation positives of cold users at least this many "
+                                       "times as often as the control's own top-k for them")
 
 
 class LoraSpec(Section):
@@ -235,8 +278,9 @@ class EvaluateConfig(Section):
 
 
 class PipelineConfig(Section):
-    stages: dict[Literal["profiles", "augment", "groups", "gcl", "rerank", "evaluate"], bool] = Field(
-        default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")}
+    stages: dict[Literal["profiles", "augment", "groups", "control", "gcl", "rerank", "evaluate"], bool] = Field(
+        default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "control", "gcl", "rerank",
+                                                   "evaluate")}
     )
     ablation: Literal["none", "no-data", "no-rank", "no-rerank"] = "none"
     from_stage: str | None = None
@@ -261,6 +305,8 @@ class Config(Section):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     gcl: GCLConfig = Field(default_factory=GCLConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
+    data_level: DataLevelConfig = Field(default_factory=DataLevelConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

@@ -99,9 +99,16 @@ def metrics_from_ranked(ranked: torch.Tensor, users: torch.Tensor, truth: UserIt
 
 
 def evaluate(score_fn: ScoreFn, truth: UserItems, exclude: UserItems | None, ks: Iterable[int] = (10, 20, 50),
-             batch_size: int = 1024) -> dict[tuple[str, int], float]:
-    """All-rank Recall@k / NDCG@k over the users that have truth items."""
+             batch_size: int = 1024, users: torch.Tensor | None = None) -> dict[tuple[str, int], float]:
+    """All-rank Recall@k / NDCG@k over the users that have truth items (of `users`, when given)."""
     ks = list(ks)
-    users = torch.nonzero(truth.counts() > 0).flatten()
+    has_truth = truth.counts() > 0
+    if users is not None:
+        keep = torch.zeros_like(has_truth)
+        keep[users.long()] = True
+        has_truth &= keep
+    users = torch.nonzero(has_truth).flatten()
+    if users.numel() == 0:  # an empty segment
+        return {(m, k): 0.0 for m in ("recall", "ndcg") for k in ks}
     ranked, _ = rank_topk(score_fn, users, max(ks), exclude, batch_size)
     return metrics_from_ranked(ranked, users, truth, ks)

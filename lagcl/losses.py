@@ -11,17 +11,21 @@ import torch
 import torch.nn.functional as F
 
 
-def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """-mean ln sigma(r_ui - r_uj) (Rendle et al., 2009)."""
-    return F.softplus(neg - pos).mean()
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """-mean ln sigma(r_ui - r_uj) (Rendle et al., 2009); `weight` scales each triplet (an augmented
+    positive weighs less than an observed one, DESIGN.md 13)."""
+    loss = F.softplus(neg - pos)
+    return (loss if weight is None else weight * loss).mean()
 
 
-def labpr_loss(pos: torch.Tensor, neg: torch.Tensor, hard: torch.Tensor, w_h: float) -> torch.Tensor:
+def labpr_loss(pos: torch.Tensor, neg: torch.Tensor, hard: torch.Tensor, w_h: float,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """LABPR, eq. 9: BPR whose hard triplets (negative j in the positive i's item group, eq. 7) weigh
     w_h and easy ones (eq. 8) weigh 1. Its gradient w.r.t. a hard margin is exactly w_h times that of
-    an easy one with the same margin (Appendix B.2, eq. 27-29)."""
-    weight = torch.where(hard, torch.as_tensor(w_h, dtype=pos.dtype), torch.ones((), dtype=pos.dtype))
-    return (weight * F.softplus(neg - pos)).mean()
+    an easy one with the same margin (Appendix B.2, eq. 27-29). The same form serves the item -> user
+    half (negative user in the positive user's group). `weight` as in `bpr_loss`."""
+    w = torch.where(hard, torch.as_tensor(w_h, dtype=pos.dtype), torch.ones((), dtype=pos.dtype))
+    return ((w if weight is None else w * weight) * F.softplus(neg - pos)).mean()
 
 
 def _cosine(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -33,6 +37,17 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:
     cosine similarity, one temperature (the backbones' own contrastive loss)."""
     logits = _cosine(z1, z2) / tau
     return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def lightgcl_info_nce(z_svd: torch.Tensor, z_gcn: torch.Tensor, nodes: torch.Tensor, tau: float) -> torch.Tensor:
+    """LightGCL's contrastive loss as its reference code computes it (Cai et al., 2023, eq. 8): dot-product
+    scores (no normalisation) of the batch nodes' SVD view against the GCN view of EVERY node (not only the
+    batch), the positive (same node) clamped to [-5, 5] after the temperature:
+    mean_i [log sum_j exp(g_i . e_j / tau) - clamp(g_i . e_i / tau, -5, 5)]."""
+    g = z_svd[nodes]
+    neg = torch.logsumexp(g @ z_gcn.T / tau, dim=1).mean()
+    pos = ((g * z_gcn[nodes]).sum(-1) / tau).clamp(-5.0, 5.0).mean()
+    return neg - pos
 
 
 def la_info_nce_sim(sim: torch.Tensor, hard: torch.Tensor, tau_p: float, tau_e: float, tau_h: float,

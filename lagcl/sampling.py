@@ -2,7 +2,10 @@
 
 With probability `dislike_prob` (and when the user has any) the negative is one of the user's known
 dislikes (ratings <= threshold and LLM-augmented negatives); otherwise it is uniform over the items
-that are not the user's positives (training positives and augmented positives, i.e. graph edges).
+that are not the user's positives (training positives and augmented positives). With `hard_share` and
+item groups, that share of the uniform draws is instead drawn from the positive item's own group: a
+hard negative of eq. 7. Uniform draws alone make hard triplets as rare as a random pair sharing a group
+(~2% with ~50 groups), which leaves LABPR's w_h almost without effect.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ def _csr(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -
 class NegativeSampler:
     def __init__(self, n_users: int, n_items: int, pos_users: torch.Tensor, pos_items: torch.Tensor,
                  dislike_users: torch.Tensor | None = None, dislike_items: torch.Tensor | None = None,
-                 dislike_prob: float = 0.0):
+                 dislike_prob: float = 0.0, item_group: torch.Tensor | None = None, hard_share: float = 0.0):
         self.n_users, self.n_items, self.dislike_prob = n_users, n_items, dislike_prob
+        self.hard_share = hard_share if item_group is not None else 0.0
+        if self.hard_share > 0:
+            order = torch.argsort(item_group, stable=True)
+            self.group_items = order
+            counts = torch.bincount(item_group, minlength=int(item_group.max()) + 1)
+            self.group_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+            self.item_group = item_group
         self.pos_keys = torch.unique(pos_users.long() * n_items + pos_items.long())
         if dislike_users is None or dislike_users.numel() == 0:
             dislike_users = dislike_items = torch.zeros(0, dtype=torch.long)
@@ -43,8 +53,24 @@ class NegativeSampler:
         at = torch.searchsorted(self.pos_keys, key).clamp(max=self.pos_keys.numel() - 1)
         return self.pos_keys[at] == key
 
-    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One negative item per entry of `users`; never one of that user's positives."""
+    def sample_users(self, items: torch.Tensor, generator: torch.Generator, max_rounds: int = 50) -> torch.Tensor:
+        """One negative user per entry of `items` (the item -> user half of LABPR): uniform over the users
+        that do not have that item as a positive (after `max_rounds` rejections a draw is kept as is)."""
+        items = items.long()
+        neg = torch.randint(self.n_users, (items.numel(),), generator=generator)
+        bad = self.is_positive(neg, items)
+        for _ in range(max_rounds):
+            if not bool(bad.any()):
+                break
+            idx = torch.nonzero(bad).flatten()
+            neg[idx] = torch.randint(self.n_users, (idx.numel(),), generator=generator)
+            bad[idx] = self.is_positive(neg[idx], items[idx])
+        return neg
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator,
+               pos_items: torch.Tensor | None = None) -> torch.Tensor:
+        """One negative item per entry of `users`; never one of that user's positives. `pos_items` (the
+        triplets' positives) is needed for the hard share: a negative from the positive's item group."""
         users = users.long()
         n = users.numel()
         neg = torch.randint(self.n_items, (n,), generator=generator)
@@ -54,6 +80,22 @@ class NegativeSampler:
             idx = torch.nonzero(bad).flatten()
             neg[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
             bad[idx] = self.is_positive(users[idx], neg[idx])
+        if self.hard_share > 0 and pos_items is not None:
+            g = self.item_group[pos_items.long()]
+            size = self.group_ptr[g + 1] - self.group_ptr[g]
+            take = torch.rand(n, generator=generator) < self.hard_share
+            hard = neg.clone()
+            todo = take.clone()
+            # a same-group item the user already likes is no negative: draw again (a few rounds; a row still
+            # without one, e.g. a group made only of the user's positives, keeps its uniform draw)
+            for _ in range(10):
+                idx = torch.nonzero(todo).flatten()
+                if idx.numel() == 0:
+                    break
+                offset = (torch.rand(idx.numel(), generator=generator) * size[idx]).long()
+                hard[idx] = self.group_items[self.group_ptr[g[idx]] + offset.clamp(max=(size[idx] - 1).clamp(min=0))]
+                todo[idx] = self.is_positive(users[idx], hard[idx])
+            neg = torch.where(take & ~todo, hard, neg)
         if self.dislike_prob > 0 and self.d_items.numel() > 0:
             cnt = self.d_count[users]
             take = (torch.rand(n, generator=generator) < self.dislike_prob) & (cnt > 0)

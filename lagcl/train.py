@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lagcl.config import GCLConfig, RankConfig
 from lagcl.evaluate import UserItems, evaluate
-from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, total_loss
+from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce, total_loss
 from lagcl.models import Backbone
 from lagcl.sampling import NegativeSampler
 
@@ -30,7 +30,7 @@ CKPT_VERSION = 1
 class TrainData:
     n_users: int
     n_items: int
-    edge_users: torch.Tensor      # graph edges: training positives (+ augmented positives)
+    edge_users: torch.Tensor      # graph edges: training positives (+ augmented positives on the graph channel)
     edge_items: torch.Tensor
     train_pos: UserItems          # real training positives: masked when ranking
     valid: UserItems
@@ -39,6 +39,15 @@ class TrainData:
     user_group: torch.Tensor | None = None
     item_group: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    edge_weight: torch.Tensor | None = None   # per graph edge (None: all 1)
+    pair_users: torch.Tensor | None = None    # BPR positives (None: the graph edges)
+    pair_items: torch.Tensor | None = None
+    pair_weight: torch.Tensor | None = None   # per BPR positive (None: all 1)
+    train_neg: UserItems | None = None        # real training dislikes (ratings <= threshold): the masked protocol
+
+    def __post_init__(self) -> None:
+        if self.pair_users is None:
+            self.pair_users, self.pair_items = self.edge_users, self.edge_items
 
 
 def _t(df: pl.DataFrame, col: str) -> torch.Tensor:
@@ -62,37 +71,59 @@ def category_groups(interactions: pl.DataFrame, items: pl.DataFrame, n_users: in
     return counts.argmax(1), item_group
 
 
+def _with_augmented(real: torch.Tensor, aug: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sorted unique keys of real + augmented pairs and their weights (1 real, `weight` augmented-only)."""
+    keys = torch.unique(torch.cat([real, aug]))
+    if aug.numel() == 0 or weight == 1.0:
+        return keys, None
+    w = torch.where(torch.isin(keys, real), 1.0, float(weight))
+    return keys, w
+
+
 def build_train_data(interactions: pl.DataFrame, n_users: int, n_items: int,
                      augmented: pl.DataFrame | None = None, user_group: torch.Tensor | None = None,
-                     item_group: torch.Tensor | None = None, dislike_prob: float = 0.0) -> TrainData:
-    """Graph = training positives + augmented positives; dislikes = training negatives + augmented
-    negatives (never graph edges, never evaluation targets)."""
+                     item_group: torch.Tensor | None = None, dislike_prob: float = 0.0, aug_weight: float = 1.0,
+                     channel: str = "both", hard_share: float = 0.0) -> TrainData:
+    """Graph = training positives (+ augmented positives on the `graph` channel, edges of weight
+    `aug_weight`); BPR positives = training positives (+ augmented ones on the `bpr` channel, triplets of
+    weight `aug_weight`); dislikes = training negatives + augmented negatives (never graph edges, never
+    evaluation targets). `aug_weight` 0 or no `augmented` gives exactly the data of a run without the data
+    level (the control). Augmented positives are never drawn as negatives while the level is on."""
     def pairs(df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         return _t(df, "user"), _t(df, "item")
 
+    if channel not in ("graph", "bpr", "both"):
+        raise ValueError(f"unknown augmentation channel {channel!r}: graph, bpr or both")
     train = interactions.filter(pl.col("split") == "train")
     pos = train.filter(pl.col("sign") > 0)
     neg = train.filter(pl.col("sign") < 0)
     aug_pos = aug_neg = pos.head(0)
-    if augmented is not None and augmented.height:
+    if augmented is not None and augmented.height and aug_weight > 0:
         aug_pos = augmented.filter(pl.col("sign") > 0)
         aug_neg = augmented.filter(pl.col("sign") < 0)
-    eu = torch.cat([_t(pos, "user"), _t(aug_pos, "user")])
-    ei = torch.cat([_t(pos, "item"), _t(aug_pos, "item")])
-    key = torch.unique(eu * n_items + ei)
-    eu, ei = key // n_items, key % n_items
+    real = torch.unique(_t(pos, "user") * n_items + _t(pos, "item"))
+    aug = torch.unique(_t(aug_pos, "user") * n_items + _t(aug_pos, "item"))
+    none = aug[:0]
+    g_key, g_w = _with_augmented(real, aug if channel in ("graph", "both") else none, aug_weight)
+    p_key, p_w = _with_augmented(real, aug if channel in ("bpr", "both") else none, aug_weight)
+    all_pos = torch.unique(torch.cat([real, aug]))
     du = torch.cat([_t(neg, "user"), _t(aug_neg, "user")])
     di = torch.cat([_t(neg, "item"), _t(aug_neg, "item")])
     split = {s: interactions.filter((pl.col("split") == s) & (pl.col("sign") > 0)) for s in ("valid", "test")}
     return TrainData(
-        n_users, n_items, eu, ei,
+        n_users, n_items, g_key // n_items, g_key % n_items,
         train_pos=UserItems.from_pairs(*pairs(pos), n_users, n_items),
         valid=UserItems.from_pairs(*pairs(split["valid"]), n_users, n_items),
         test=UserItems.from_pairs(*pairs(split["test"]), n_users, n_items),
-        sampler=NegativeSampler(n_users, n_items, eu, ei, du, di, dislike_prob),
+        sampler=NegativeSampler(n_users, n_items, all_pos // n_items, all_pos % n_items, du, di, dislike_prob,
+                                item_group=item_group, hard_share=hard_share),
         user_group=user_group, item_group=item_group,
-        info={"graph_edges": int(key.numel()), "train_positives": pos.height, "augmented_positives": aug_pos.height,
+        info={"graph_edges": int(g_key.numel()), "bpr_positives": int(p_key.numel()),
+              "train_positives": pos.height, "augmented_positives": int(aug.numel()),
+              "augmented_weight": float(aug_weight) if aug.numel() else 0.0, "channel": channel,
               "dislikes": int(du.numel()), "augmented_negatives": aug_neg.height},
+        edge_weight=g_w, pair_users=p_key // n_items, pair_items=p_key % n_items, pair_weight=p_w,
+        train_neg=UserItems.from_pairs(*pairs(neg), n_users, n_items),
     )
 
 
@@ -115,15 +146,33 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 
 def batch_losses(model: Backbone, data: TrainData, users: torch.Tensor, items: torch.Tensor, negs: torch.Tensor,
-                 gcl: GCLConfig, rank: RankConfig | None, generator: torch.Generator) -> dict[str, torch.Tensor]:
+                 gcl: GCLConfig, rank: RankConfig | None, generator: torch.Generator,
+                 weight: torch.Tensor | None = None, neg_users: torch.Tensor | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Eq. 12 for one batch of (user, positive, negative) triplets. `weight`: per-triplet weight (augmented
+    positives); `neg_users`: one negative user per triplet for the item -> user half of LABPR
+    (`rank.item_side` > 0). Also returns `hard` (share of hard triplets) and `hard_loss` (share of the
+    recommendation loss that the hard triplets carry: what w_h did)."""
     enc = model.encode(generator)
     u, i, j = enc.user[users], enc.item[items], enc.item[negs]
     pos, neg = (u * i).sum(-1), (u * j).sum(-1)
+    zero = pos.new_zeros(())
+    hard_share = hard_loss = zero
     if rank is not None and data.item_group is not None:
-        rec = labpr_loss(pos, neg, data.item_group[items] == data.item_group[negs], rank.w_h)
+        hard = data.item_group[items] == data.item_group[negs]
+        rec = labpr_loss(pos, neg, hard, rank.w_h, weight)
+        with torch.no_grad():
+            terms = torch.nn.functional.softplus(neg - pos) * torch.where(hard, rank.w_h, 1.0)
+            hard_share = hard.float().mean()
+            hard_loss = (terms * hard).sum() / terms.sum().clamp(min=1e-12)
+        if neg_users is not None and rank.item_side > 0 and data.user_group is not None:
+            # eq. 9 from the item's side ("similar definitions apply"): user u should outrank a user v
+            # for item i, v hard when it shares u's user group
+            neg_u = (enc.user[neg_users] * i).sum(-1)
+            rec = rec + rank.item_side * labpr_loss(pos, neg_u, data.user_group[users] == data.user_group[neg_users],
+                                                    rank.w_h, weight)
     else:
-        rec = bpr_loss(pos, neg)
-    zero = rec.new_zeros(())
+        rec = bpr_loss(pos, neg, weight)
     cl_u = cl_i = zero
     lambda_cl = 0.0
     if enc.views is not None:
@@ -135,26 +184,50 @@ def batch_losses(model: Backbone, data: TrainData, users: torch.Tensor, items: t
                      w_h=rank.w_h)
             cl_u = la_info_nce(u1[uu], u2[uu], data.user_group[uu], **t)
             cl_i = la_info_nce(i1[ii], i2[ii], data.item_group[ii], **t)
+        elif model.reference_cl == "lightgcl" and gcl.cl_loss == "reference":
+            lambda_cl = gcl.lambda_cl
+            cl_u = lightgcl_info_nce(u2, u1, uu, gcl.cl_temperature)  # views = (GCN, SVD)
+            cl_i = lightgcl_info_nce(i2, i1, ii, gcl.cl_temperature)
         else:
             lambda_cl = gcl.lambda_cl
             cl_u = info_nce(u1[uu], u2[uu], gcl.cl_temperature)
             cl_i = info_nce(i1[ii], i2[ii], gcl.cl_temperature)
     reg = l2_reg(model.user_emb[users], model.item_emb[items], model.item_emb[negs])
     loss = total_loss(rec, cl_u, cl_i, reg, lambda_cl, gcl.lambda_reg)
-    return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg}
+    return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg, "hard": hard_share, "hard_loss": hard_loss}
 
 
-def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", batch_size: int = 1024
-             ) -> dict[tuple[str, int], float]:
-    """Validation masks training positives; test masks training and validation positives."""
+def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", batch_size: int = 1024,
+             users: torch.Tensor | None = None, mask_dislikes: bool = False) -> dict[tuple[str, int], float]:
+    """Validation masks training positives; test masks training and validation positives. `users`: only
+    these users (a segment, e.g. cold-start); `mask_dislikes`: also mask the known training dislikes (the
+    second protocol: a known dislike is not recommended again)."""
     model.eval()
     with torch.no_grad():
         cache = model.embeddings()
     exclude = data.train_pos if split == "valid" else data.train_pos.union(data.valid)
+    if mask_dislikes and data.train_neg is not None:
+        exclude = exclude.union(data.train_neg)
     truth = data.valid if split == "valid" else data.test
-    out = evaluate(lambda users: model.score(users, cache), truth, exclude, ks, batch_size)
+    out = evaluate(lambda u: model.score(u, cache), truth, exclude, ks, batch_size, users=users)
     model.train()
     return out
+
+
+PROTOCOLS = {"all": False, "dislikes masked": True}
+
+
+def metric_rows(model: Backbone, data: TrainData, ks, segments: dict[str, torch.Tensor], batch_size: int = 1024
+                ) -> list[dict]:
+    """Every (split, protocol, segment, metric, k) of a trained model, as rows for a `metrics` table."""
+    rows = []
+    for split in ("valid", "test"):
+        for protocol, mask in PROTOCOLS.items():
+            for segment, users in segments.items():
+                m = validate(model, data, ks, split, batch_size, users=users, mask_dislikes=mask)
+                rows += [{"split": split, "protocol": protocol, "segment": segment, "metric": metric, "k": k,
+                          "value": v} for (metric, k), v in m.items()]
+    return rows
 
 
 def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
@@ -163,8 +236,10 @@ def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | N
 
     With `ckpt_dir`, `last.pt` is written after every epoch and a rerun resumes from it, giving the
     same result as an uninterrupted run. `stop_after=k` returns after epoch k (as if killed there)."""
-    if rank is not None and (data.item_group is None or (model.contrastive and data.user_group is None)):
-        raise ValueError("the rank level needs item groups (and user groups for contrastive backbones)")
+    if rank is not None and (data.item_group is None or ((model.contrastive or rank.item_side > 0)
+                                                          and data.user_group is None)):
+        raise ValueError("the rank level needs item groups (and user groups for contrastive backbones and "
+                         "the item-side LABPR term)")
     threads = torch.get_num_threads()
     if gcl.num_threads:
         torch.set_num_threads(gcl.num_threads)
@@ -189,8 +264,9 @@ def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | 
         start, best, best_epoch, bad = ck["epoch"], ck["best"], ck["best_epoch"], ck["bad"]
         rows, spent, best_state = ck["rows"], ck["train_seconds"], ck["best_state"]
     resumed_from = start
-    n_edges = data.edge_users.numel()
-    done = bad >= gcl.patience
+    n_edges = data.pair_users.numel()
+    done = bad >= gcl.patience and start >= gcl.min_epochs
+    item_side = rank is not None and rank.item_side > 0
     bar = tqdm(range(start, gcl.epochs), disable=not progress or done, desc=f"gcl {type(model).__name__}",
                initial=start, total=gcl.epochs, dynamic_ncols=True)
     model.train()
@@ -200,13 +276,15 @@ def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | 
         t0 = time.perf_counter()
         model.new_epoch(generator)
         perm = torch.randperm(n_edges, generator=generator)
-        sums = {"loss": 0.0, "rec": 0.0, "cl": 0.0, "reg": 0.0}
+        sums = {"loss": 0.0, "rec": 0.0, "cl": 0.0, "reg": 0.0, "hard": 0.0, "hard_loss": 0.0}
         n_batches = 0
         for b in range(0, n_edges, gcl.batch_size):
             idx = perm[b:b + gcl.batch_size]
-            users, items = data.edge_users[idx], data.edge_items[idx]
-            negs = data.sampler.sample(users, generator)
-            parts = batch_losses(model, data, users, items, negs, gcl, rank, generator)
+            users, items = data.pair_users[idx], data.pair_items[idx]
+            negs = data.sampler.sample(users, generator, items)
+            neg_users = data.sampler.sample_users(items, generator) if item_side else None
+            weight = data.pair_weight[idx] if data.pair_weight is not None else None
+            parts = batch_losses(model, data, users, items, negs, gcl, rank, generator, weight, neg_users)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -231,7 +309,8 @@ def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | 
         bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", rec=f"{sums['rec'] / n_batches:.4f}",
                         cl=f"{sums['cl'] / n_batches:.3f}", R20=f"{recall:.4f}", N20=f"{ndcg:.4f}",
                         best=best_epoch)
-        done = bad >= gcl.patience
+        # contrastive backbones can sit in an early validation trough: no stop before gcl.min_epochs
+        done = bad >= gcl.patience and epoch + 1 >= gcl.min_epochs
         if last is not None:
             _save_atomic({"version": CKPT_VERSION, "epoch": epoch + 1, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "best": best,

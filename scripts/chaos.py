@@ -1,8 +1,8 @@
 """Crash-anywhere resume: SIGKILL the ML-100K pipeline at seeded random points inside every stage, restart it
 until it finishes, and check that nothing was lost or paid twice (RELIABILITY.md).
 
-    python -m scripts.chaos --kills 7 --seed 1 --scale ci       # `make chaos`
-    python -m scripts.chaos --kills 21 --seed 7 --scale local   # `make chaos CHAOS_SCALE=local CHAOS_KILLS=21`
+    python -m scripts.chaos --kills 8 --seed 1 --scale ci       # `make chaos`
+    python -m scripts.chaos --kills 24 --seed 7 --scale local   # `make chaos CHAOS_SCALE=local`
 
 It starts the local LLM protocol server of the tests (tests/llm_server.py, with `pipeline_model`: a valid,
 deterministic answer to every prompt) and runs `python -m flows.pipeline --engine openai` against it, with a
@@ -293,7 +293,7 @@ def compare_stages(ref_cache: Path, got_cache: Path, stages: dict[str, str], dat
 
 def metrics(cache: Path, dataset: str, stages: dict[str, str]) -> dict[str, list]:
     out = {}
-    for stage in ("gcl", "evaluate"):
+    for stage in ("control", "gcl", "evaluate"):
         if stage in stages:
             path = cache / dataset / stage / stages[stage] / "metrics.parquet"
             out[stage] = pl.read_parquet(path).rows() if path.is_file() else None

@@ -1,4 +1,7 @@
-"""Stage 6: base CF and CF + reranker side by side (eq. 19-21), all-rank Recall/NDCG, report and plots."""
+"""Stage 6: base CF and CF + reranker side by side (eq. 19-21), all-rank Recall/NDCG, report and plots.
+
+The reranker is kept (the headline) only when the tuned fusion beats CF on the held-out users' validation
+NDCG@20 (DESIGN.md 13); the report shows the whole chain control -> + data -> + rank -> + rerank."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.artifacts import is_complete, read_manifest, read_table
+from lagcl.augment import cold_users
 from lagcl.errors import LagclError
+from lagcl.gate import Step, beats, format_chain, gain
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
 from tasks.base import Plan, StageRef, log
 
@@ -64,11 +69,31 @@ def run(plan: Plan) -> StageRef:
                                              "tau": pl.Float64})
         sd.write_table("metrics", metrics)
 
-        head = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else ("cf+rerank" if k else "cf")
-
         def val(variant: str, split: str, metric: str, kk: int = 20) -> float:
             return metrics.filter((pl.col("variant") == variant) & (pl.col("split") == split) &
                                   (pl.col("metric") == metric) & (pl.col("k") == kk))["value"].item()
+
+        head, step = "cf", Step("rerank", "off", False, False, "the rerank stage is not part of this run")
+        if k:
+            fused = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else "cf+rerank"
+            cand, base = val(fused, "valid", "ndcg"), val("cf", "valid", "ndcg")
+            ok = beats(cand, base, cfg.gate.min_gain)
+            reason = (f"validation NDCG@20 of {len(holdout)} held-out users {cand:.4f} vs CF {base:.4f} "
+                      f"({gain(cand, base):+.2%})")
+            if ok or not cfg.gate.enabled:
+                head = fused
+                reason += "" if ok else "; kept because gate.enabled is false"
+            else:
+                reason += ": reranker left out"
+            seg = {"": users, **_segments(inter, users, cfg.augment.cold_threshold)}
+            numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand}
+            for name, us in seg.items():
+                if not us:
+                    continue
+                m = fusion_metrics(CandidateMatrix.build(cf_topk, scores, k, us), variants[fused][0],
+                                   variants[fused][1], truth["test"], truth["valid"], [20])
+                numbers[f"test_recall@20{name}"], numbers[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
+            step = Step("rerank", fused, True, head != "cf", reason, numbers)
 
         gcl_meta = (read_manifest(Path(ups["gcl"].path)) or {}).get("meta", {})
         rr_meta = (read_manifest(Path(rr.path)) or {}).get("meta", {}) if rr is not None and scores is not None else {}
@@ -78,19 +103,55 @@ def run(plan: Plan) -> StageRef:
                 "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
                 "valid_ndcg@20": val(head, "valid", "ndcg"), "cf_valid_ndcg@20": val("cf", "valid", "ndcg"),
                 "reranker": rr_meta.get("model"), "backbone": gcl_meta.get("backbone"),
-                "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("augmented")}
+                "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("data_level"),
+                "rerank_level": head != "cf", "levels": [*gcl_meta.get("levels", []), step.as_row()],
+                "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
+                "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20")}
         plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
         if grid is not None:
             plots.append(grid_plot(grid, sd.file_path("grid.png")))
-        sd.file_path("report.md").write_text(report_markdown(cfg, meta, metrics, grid, gcl_meta, rr_meta,
-                                                            [p.name for p in plots]))
+        report = report_markdown(cfg, meta, metrics, grid, gcl_meta, rr_meta, [p.name for p in plots])
+        if "metrics.parquet" in (read_manifest(Path(ups["gcl"].path)) or {}).get("files", {}):
+            report += protocols_markdown(read_table(Path(ups["gcl"].path), "metrics"), gcl_meta.get("variant"))
+        sd.file_path("report.md").write_text(report)
         meta["stage_seconds"] = round(time.time() - t0, 2)
         sd.finish(meta)
+    for line in format_chain(meta["levels"]):
+        log.info("evaluate chain:%s", line)
     log.info("evaluate: %s test Recall@20 %.4f NDCG@20 %.4f (CF %.4f / %.4f) over %d users, alpha %.2f tau %.2f",
              head, meta["test_recall@20"], meta["test_ndcg@20"], meta["cf_test_recall@20"], meta["cf_test_ndcg@20"],
              meta["users"], meta["alpha"], meta["tau"])
     return ref
 
+
+
+def protocols_markdown(gcl_metrics: pl.DataFrame, chosen: str | None) -> str:
+    """Test Recall/NDCG@20 of the control and the chosen CF model under both protocols (today's, and with
+    the known training dislikes masked from the ranking), for all, cold-start and warm users."""
+    if "protocol" not in gcl_metrics.columns:
+        return ""
+    variants = ["control"] + ([chosen] if chosen and chosen != "control" else [])
+    lines = ["", "## Both protocols (CF models, test)", "",
+             "`all`: every item without a training (or validation) positive is ranked; `dislikes masked`: the "
+             "user's known training dislikes (ratings <= threshold) are not ranked either.", "",
+             "| model | protocol | R@20 all | N@20 all | R@20 cold | N@20 cold | R@20 warm | N@20 warm |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    test = gcl_metrics.filter((pl.col("split") == "test") & (pl.col("k") == 20))
+    for v in variants:
+        for protocol in ("all", "dislikes masked"):
+            cells = []
+            for seg in ("all", "cold", "warm"):
+                for metric in ("recall", "ndcg"):
+                    x = test.filter((pl.col("variant") == v) & (pl.col("protocol") == protocol) &
+                                    (pl.col("segment") == seg) & (pl.col("metric") == metric))["value"]
+                    cells.append(f"{x[0]:.4f}" if len(x) else "-")
+            lines.append(f"| {v} | {protocol} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _segments(inter: pl.DataFrame, users: list[int], threshold: int) -> dict[str, list[int]]:
+    cold = set(cold_users(inter, threshold))
+    return {"_cold": [u for u in users if u in cold], "_warm": [u for u in users if u not in cold]}
 
 
 # --- presentation: the report and its plots -------------------------------------------------------
@@ -146,7 +207,11 @@ def grid_plot(grid: pl.DataFrame, path: Path) -> Path:
 def report_markdown(cfg, meta: dict, metrics: pl.DataFrame, grid: pl.DataFrame | None, gcl_meta: dict,
                     rr_meta: dict, plots: list[str]) -> str:
     ks = sorted(metrics["k"].unique().to_list())
-    lines = [f"# Evaluation: {cfg.data.name}", "",
+    lines = [f"# Evaluation: {cfg.data.name}", "", "## What each level bought", "",
+             "Each level against the control (same backbone, seed and data, no level on), kept only when it "
+             "beats the step before it on validation (test is only reported). Changes in % are against the "
+             "control; the rerank row's validation figure is over the held-out users.", "", "```",
+             *format_chain(meta.get("levels", [])), "```", "", "## CF and CF + reranker", "",
              f"Backbone `{gcl_meta.get('backbone')}` (rank level {'on' if gcl_meta.get('rank_level') else 'off'}), "
              f"reranker `{rr_meta.get('model', 'none')}` over |C_u| = {meta['candidates']} CF candidates; "
              f"{meta['users']} users evaluated ({meta['holdout_users']} held out from reranker training: the "

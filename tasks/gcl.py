@@ -1,5 +1,8 @@
-"""Stage 4: train the configured backbone (with or without the rank level) -> checkpoint, cf_topk,
-epochs, metrics (eq. 7-12).
+"""Stage 4: the levels, chosen on validation against the control (DESIGN.md 13) -> the chosen model's
+checkpoint and cf_topk, `levels` (the chain control -> + data -> + rank, each step kept or turned down with
+its reason), `metrics` of every trained variant (valid/test, both protocols, all/cold/warm users), `epochs`
+(eq. 7-12). The data level is tried at each `data_level.weights` strength with the rank level off, the rank
+level on top of what was kept (lagcl/gate.py).
 
 With `graph.backend: dgl` and no DGL in this Python (the main environment: PyPI's DGL 2.1.0 needs torch
 <= 2.2.1), `run` runs this same stage code in the DGL environment, `python -m tasks.gcl` under
@@ -17,6 +20,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,9 +33,9 @@ import torch
 from lagcl.artifacts import is_complete, read_table
 from lagcl.config import Config
 from lagcl.errors import ConfigError, LagclError
-from lagcl.evaluate import rank_topk
-from lagcl.models import Graph, build_model
-from lagcl.train import build_train_data, category_groups, train, validate
+from lagcl.augment import cold_users
+from lagcl.gate import FitContext, Fitted, Variant, choose_levels, data_level_plan, fit_variant, topk_table
+from lagcl.train import category_groups
 from tasks.base import REPO_ROOT, Plan, StageRef, log, rank_enabled
 
 STAGE = "gcl"
@@ -80,28 +84,30 @@ def runs_in_dgl_env(plan: Plan) -> bool:
 
 def run(plan: Plan) -> StageRef:
     if runs_in_dgl_env(plan):
-        return _run_in_dgl_env(plan)
+        return run_in_dgl_env(plan, STAGE)
     return _run(plan)
 
 
-def _run_in_dgl_env(plan: Plan) -> StageRef:
-    """Run `_run(plan)` under the DGL environment's Python and wait for it, streaming its output."""
-    ref = plan.ref(STAGE)
+def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
+    """Run the training stage `stage` (control or gcl) under the DGL environment's Python and wait for it,
+    streaming its output."""
+    ref = plan.ref(stage)
     if is_complete(Path(ref.path)):
         return ref
     python = dgl_python()
     if not (python.is_file() and os.access(python, os.X_OK)):
-        raise ConfigError(f"graph.backend=dgl runs the gcl stage with {python} (${DGL_PYTHON_ENV}), which does not "
+        raise ConfigError(f"graph.backend=dgl runs the {stage} stage with {python} (${DGL_PYTHON_ENV}), which does not "
                           "exist: run `make setup-dgl` first (it builds .venv-dgl), or set "
                           f"{DGL_PYTHON_ENV} to a Python with dgl==2.1.0 and this project installed")
     payload = json.dumps({"config": plan.cfg.model_dump(mode="json"), "fingerprints": plan.fingerprints,
                           "path": ref.path})
-    log.info("gcl: graph.backend=dgl, running the stage in the DGL environment (%s)", python)
+    log.info("%s: graph.backend=dgl, running the stage in the DGL environment (%s)", stage, python)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=30)
     bar_open = False  # a progress bar is drawn on stderr's last line: end it before the next log line
     # newline="": keep each piece's own terminator, so tqdm's "\r" redraws can be told from whole lines
-    proc = subprocess.Popen([str(python), "-m", "tasks.gcl", "--plan-from-stdin"], cwd=REPO_ROOT, env=env,
+    proc = subprocess.Popen([str(python), "-m", "tasks.gcl", "--plan-from-stdin", "--stage", stage], cwd=REPO_ROOT,
+                            env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         proc.stdin.write(payload.encode())
@@ -120,7 +126,7 @@ def _run_in_dgl_env(plan: Plan) -> StageRef:
                 sys.stderr.flush()
                 bar_open = bool(line)
             elif line.strip():
-                log.info("gcl (DGL env): %s", line)
+                log.info("%s (DGL env): %s", stage, line)
                 tail.append(line)
         rc = proc.wait()
     finally:
@@ -131,90 +137,147 @@ def _run_in_dgl_env(plan: Plan) -> StageRef:
             except subprocess.TimeoutExpired:
                 proc.kill()
     if rc != 0:
-        raise LagclError(f"the gcl stage in the DGL environment ({python}) failed with exit status {rc}; its last "
+        raise LagclError(f"the {stage} stage in the DGL environment ({python}) failed with exit status {rc}; its last "
                          "output:\n  " + "\n  ".join(tail))
     if not is_complete(Path(ref.path)):
-        raise LagclError(f"the gcl stage in the DGL environment ({python}) exited cleanly but {ref.path} is not a "
+        raise LagclError(f"the {stage} stage in the DGL environment ({python}) exited cleanly but {ref.path} is not a "
                          "complete stage folder; rerun to resume it")
     return ref
+
+
+def cold_warm_segments(interactions: pl.DataFrame, n_users: int, threshold: int) -> dict[str, torch.Tensor | None]:
+    """Evaluation segments: all users, cold-start users (< `threshold` training positives, DESIGN.md 4), warm."""
+    cold = torch.tensor(cold_users(interactions, threshold), dtype=torch.long)
+    is_cold = torch.zeros(n_users, dtype=torch.bool)
+    is_cold[cold] = True
+    return {"all": None, "cold": cold, "warm": torch.nonzero(~is_cold).flatten()}
+
+
+def fit_context(plan: Plan, interactions: pl.DataFrame, items: pl.DataFrame, n_users: int, n_items: int,
+                ckpt_root: Path, with_groups: bool) -> tuple[FitContext, str]:
+    cfg = plan.cfg
+    user_group = item_group = None
+    groups_source = "none (rank level off)"
+    if with_groups:
+        user_group, item_group, groups_source = _groups(plan, interactions, items, n_users, n_items)
+    ctx = FitContext(interactions, n_users, n_items, cfg.gcl, cfg.rank, cfg.data_level, cfg.graph.backend, cfg.seed,
+                     cold_warm_segments(interactions, n_users, cfg.augment.cold_threshold),
+                     sorted(set(cfg.evaluate.topk) | {20}), user_group, item_group, ckpt_root)
+    return ctx, groups_source
+
+
+METRICS_SCHEMA = {"variant": pl.String, "split": pl.String, "protocol": pl.String, "segment": pl.String,
+                  "metric": pl.String, "k": pl.Int32, "value": pl.Float64}
+
+
+def metrics_table(fitted: list[Fitted]) -> pl.DataFrame:
+    return pl.DataFrame([{"variant": f.variant.name, **r} for f in fitted for r in f.rows], schema=METRICS_SCHEMA)
+
+
+def write_model(sd, plan: Plan, f: Fitted) -> None:
+    """model.pt and cf_topk (top `gcl.topk_out` per user, training positives masked) of a trained variant."""
+    cfg, data = plan.cfg, f.data
+    torch.save({"backbone": cfg.gcl.backbone, "state_dict": f.result.best_state, "n_users": data.n_users,
+                "n_items": data.n_items, "best_epoch": f.result.best_epoch, "gcl": cfg.gcl.model_dump(),
+                "variant": f.variant.name, "rank": cfg.rank.model_dump() if f.variant.rank else None},
+               sd.file_path("model.pt"))
+    sd.write_table("cf_topk", topk_table(f, cfg.gcl.topk_out, cfg.gcl.eval_batch_users))
+
+
+def epochs_table(fitted: list[Fitted]) -> pl.DataFrame:
+    frames = [f.result.epochs.with_columns(pl.lit(f.variant.name).alias("variant"))
+              for f in fitted if f.result is not None and f.result.epochs.height]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def fitted_from_stage(folder: Path, name: str = "control") -> Fitted:
+    """A variant trained by an earlier stage (the control), from its metrics table."""
+    m = read_table(folder, "metrics").filter(pl.col("variant") == name)
+    return Fitted(Variant(name), m.drop("variant").to_dicts())
 
 
 def _run(plan: Plan) -> StageRef:
     cfg = plan.cfg
     ref = plan.ref(STAGE)
     ups = plan.upstream(STAGE)
+    if "control" not in ups:
+        raise ConfigError("the gcl stage measures every level against the control stage: enable "
+                          "pipeline.stages.control")
     with plan.stage_dir(STAGE) as sd:
         if sd.complete:
             return ref
         t_start = time.perf_counter()
-        prep = Path(ups["prepare"].path)
+        prep, ctrl = Path(ups["prepare"].path), Path(ups["control"].path)
         interactions = read_table(prep, "interactions")
         items = read_table(prep, "items")
         n_users, n_items = read_table(prep, "users").height, items.height
-        augmented = _upstream_table(plan, "augment", "augmented")
-        rank = cfg.rank if rank_enabled(cfg) else None
-        user_group = item_group = None
-        groups_source = "none (rank level off)"
-        if rank is not None:
-            user_group, item_group, groups_source = _groups(plan, interactions, items, n_users, n_items)
-        data = build_train_data(interactions, n_users, n_items, augmented, user_group, item_group,
-                                dislike_prob=rank.dislike_sample_prob if rank is not None else 0.0)
-        graph = Graph(data.edge_users, data.edge_items, n_users, n_items, cfg.graph.backend)
-        model = build_model(cfg.gcl, graph, cfg.seed)
-        log.info("gcl: %s (rank level %s), %d users, %d items, %d graph edges (%d augmented), %d dislikes, "
-                 "groups: %s", cfg.gcl.backbone, "on" if rank else "off", n_users, n_items,
-                 data.info["graph_edges"], data.info["augmented_positives"], data.info["dislikes"], groups_source)
-        result = train(model, data, cfg.gcl, rank, cfg.seed, ckpt_dir=sd.file_path("checkpoints"))
-        torch.save({"backbone": cfg.gcl.backbone, "state_dict": result.best_state, "n_users": n_users,
-                    "n_items": n_items, "best_epoch": result.best_epoch, "gcl": cfg.gcl.model_dump(),
-                    "rank": cfg.rank.model_dump() if rank else None}, sd.file_path("model.pt"))
-
-        ks = sorted(set(cfg.evaluate.topk) | {20})
-        metrics = {s: validate(model, data, ks=ks, split=s, batch_size=cfg.gcl.eval_batch_users)
-                   for s in ("valid", "test")}
-        sd.write_table("metrics", pl.DataFrame(
-            [{"split": s, "metric": m, "k": k, "value": v} for s, ms in metrics.items() for (m, k), v in ms.items()],
-            schema={"split": pl.String, "metric": pl.String, "k": pl.Int32, "value": pl.Float64}))
-
-        model.eval()
-        with torch.no_grad():
-            cache = model.embeddings()
-        users = torch.arange(n_users)
-        top_items, top_scores = rank_topk(lambda u: model.score(u, cache), users, cfg.gcl.topk_out,
-                                          data.train_pos, cfg.gcl.eval_batch_users)
-        k = top_items.shape[1]
-        sd.write_table("cf_topk", pl.DataFrame({
-            "user": users.repeat_interleave(k).numpy().astype("int32"),
-            "item": top_items.flatten().numpy().astype("int32"),
-            "score": top_scores.flatten().double().numpy(),
-            "rank": torch.arange(1, k + 1, dtype=torch.int32).repeat(n_users).numpy(),
-        }))
-        sd.write_table("epochs", result.epochs)
-        epochs = result.epochs.height
+        rank_on = rank_enabled(cfg)
+        ctx, groups_source = fit_context(plan, interactions, items, n_users, n_items, sd.file_path("checkpoints"),
+                                         with_groups=rank_on)
+        control = fitted_from_stage(ctrl)
+        control_topk = read_table(ctrl, "cf_topk")
+        variants, blocked, check = data_level_plan(cfg.data_level, cfg.gate, _upstream_table(plan, "augment", "scores"),
+                                                   _upstream_table(plan, "augment", "augmented"), interactions,
+                                                   control_topk)
+        if check:
+            log.info("gcl data level: engine precision %.4f vs control %.4f on validation positives of %d cold "
+                     "users (%d augmented positives, %s reading)", check["engine_precision"],
+                     check["control_precision"], check["users"], check["positives"], cfg.data_level.reading)
+        log.info("gcl: %s, %d users, %d items; levels to try: data %s, rank %s (groups: %s)", cfg.gcl.backbone,
+                 n_users, n_items, blocked or ", ".join(v.name for v in variants) or "none",
+                 "on" if rank_on else "off", groups_source)
+        chosen, steps, trained = choose_levels(control, lambda v: fit_variant(ctx, v), variants, blocked, rank_on,
+                                               cfg.gate)
+        for st in steps:
+            log.info("gcl gate: %-6s %-28s %s: %s", st.level, st.variant, "KEPT" if st.kept else "off", st.reason)
+        if chosen is control:  # no level kept: this stage's model is the control's
+            for name in ("model.pt",):
+                shutil.copyfile(ctrl / name, sd.file_path(name))
+            sd.write_table("cf_topk", control_topk)
+        else:
+            write_model(sd, plan, chosen)
+        sd.write_table("levels", pl.DataFrame([st.as_row() for st in steps]))
+        sd.write_table("metrics", metrics_table([control, *trained]))
+        sd.write_table("epochs", epochs_table(trained))
+        kept = {st.level for st in steps if st.kept}
+        ranked = next((f for f in trained if f.variant.rank), None)
+        chosen_data = chosen.data.info if chosen.data is not None else {}
         meta = {
-            "backbone": cfg.gcl.backbone, "rank_level": rank is not None, "groups": groups_source,
-            "augmented": augmented is not None, "data": data.info,
-            "best_epoch": result.best_epoch, "epochs_run": epochs, "resumed_from_epoch": result.resumed_from,
-            "test_recall@20": metrics["test"][("recall", 20)], "test_ndcg@20": metrics["test"][("ndcg", 20)],
-            "valid_recall@20": metrics["valid"][("recall", 20)], "valid_ndcg@20": metrics["valid"][("ndcg", 20)],
-            "train_seconds": round(result.train_seconds, 3),
-            "seconds_per_epoch": round(float(result.epochs["train_seconds"].mean()), 4) if epochs else None,
+            "backbone": cfg.gcl.backbone, "variant": chosen.variant.name, "groups": groups_source,
+            "rank_level": "rank" in kept, "data_level": "data" in kept, "rank_tried": rank_on,
+            "data_tried": blocked is None and bool(variants), "data_check": check, "data": chosen_data,
+            "levels": [st.as_row() for st in steps], "gate": cfg.gate.model_dump(),
+            "best_epoch": chosen.result.best_epoch if chosen.result else None,
+            "test_recall@20": chosen.value("test"), "test_ndcg@20": chosen.value("test", "ndcg"),
+            "valid_recall@20": chosen.valid, "valid_ndcg@20": chosen.value("valid", "ndcg"),
+            "control_test_recall@20": control.value("test"), "control_test_ndcg@20": control.value("test", "ndcg"),
+            "control_valid_recall@20": control.valid,
+            "train_seconds": round(sum(f.result.train_seconds for f in trained if f.result), 3),
+            # of the rank-level variant, kept or not: how many LABPR negatives were hard and what w_h did
+            "hard_negative_share": _mean_epoch(ranked, "hard") if ranked else None,
+            "hard_loss_share": _mean_epoch(ranked, "hard_loss") if ranked else None,
             "stage_seconds": round(time.perf_counter() - t_start, 3),
         }
         sd.finish(meta)
-    log.info("gcl %s: best epoch %d of %d, test Recall@20 %.4f NDCG@20 %.4f, valid Recall@20 %.4f; "
-             "%.1f s training (%.3f s/epoch)", cfg.gcl.backbone, meta["best_epoch"], epochs,
-             meta["test_recall@20"], meta["test_ndcg@20"], meta["valid_recall@20"], meta["train_seconds"],
-             meta["seconds_per_epoch"] or 0.0)
+    log.info("gcl %s: chosen '%s', test Recall@20 %.4f NDCG@20 %.4f (control %.4f / %.4f), valid Recall@20 %.4f",
+             cfg.gcl.backbone, meta["variant"], meta["test_recall@20"], meta["test_ndcg@20"],
+             meta["control_test_recall@20"], meta["control_test_ndcg@20"], meta["valid_recall@20"])
     return ref
+
+
+def _mean_epoch(f: Fitted, col: str) -> float | None:
+    if f.result is None or not f.result.epochs.height or col not in f.result.epochs.columns:
+        return None
+    return round(float(f.result.epochs[col].mean()), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tasks.gcl --plan-from-stdin`: the DGL environment's side of `_run_in_dgl_env`."""
     p = argparse.ArgumentParser(prog="python -m tasks.gcl", description=main.__doc__)
     p.add_argument("--plan-from-stdin", action="store_true", required=True,
-                   help='read {"config", "fingerprints", "path"} as JSON from stdin and run the gcl stage here')
-    p.parse_args(argv)
+                   help='read {"config", "fingerprints", "path"} as JSON from stdin and run the stage here')
+    p.add_argument("--stage", choices=["control", "gcl"], default=STAGE)
+    args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_LOG_PREFIX + "%(levelname)s:%(message)s"))
     log.addHandler(handler)
@@ -222,10 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         payload = json.load(sys.stdin)
         plan = Plan(Config.model_validate(payload["config"]), dict(payload["fingerprints"]))
-        if plan.ref(STAGE).path != payload["path"]:
-            raise LagclError(f"the DGL environment resolves the gcl stage folder to {plan.ref(STAGE).path}, not "
+        if plan.ref(args.stage).path != payload["path"]:
+            raise LagclError(f"the DGL environment resolves the {args.stage} stage folder to {plan.ref(args.stage).path}, not "
                              f"{payload['path']}: run both environments from the same checkout")
-        _run(plan)
+        if args.stage == "control":
+            from tasks import control
+
+            control._run(plan)
+        else:
+            _run(plan)
     except LagclError as exc:
         log.error("%s", exc)
         return 2

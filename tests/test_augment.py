@@ -190,16 +190,19 @@ def test_bad_replies_are_recorded_as_failed_never_guessed_and_a_rerun_asks_only_
         assert chosen["score"].min() >= rest["score"].max()
 
 
-def test_quality_compares_augmented_positives_with_random_candidates_and_negatives_with_held_out_likes():
+def test_quality_compares_augmented_items_with_random_candidates_on_validation_positives_only():
     inter = interactions([(0, 0, 1, "train"), (0, 1, -1, "train"), (0, 2, 1, "test"), (0, 3, 1, "valid")])
     items = pl.DataFrame({"item": [0, 1, 2, 3, 4, 5], "categories": [["A"], ["B"], ["A"], ["A"], ["B"], ["B"]]})
     scores = pl.DataFrame({"user": [0] * 8, "item": [2, 3, 4, 5] * 2, "polarity": ["pos"] * 4 + ["neg"] * 4,
                            "score": [1.0] * 8, "engine": ["x"] * 8}, schema=SCORES_SCHEMA)
-    aug = pl.DataFrame({"user": [0, 0, 0], "item": [2, 4, 5], "sign": [1, -1, -1], "score": [1.0] * 3},
+    aug = pl.DataFrame({"user": [0, 0, 0], "item": [3, 4, 5], "sign": [1, -1, -1], "score": [1.0] * 3},
                        schema={"user": pl.Int32, "item": pl.Int32, "sign": pl.Int8, "score": pl.Float64})
     q = augment_quality(aug, scores, inter, items)
-    assert (q["pos_count"], q["pos_precision"], q["pos_random_precision"], q["pos_lift"]) == (1, 1.0, 0.5, 2.0)
-    assert (q["neg_count"], q["neg_heldout_precision"], q["neg_random_precision"], q["neg_heldout_ratio"]) == (2, 0.0, 0.5, 0.0)
+    assert (q["pos_count"], q["pos_precision"], q["pos_random_precision"], q["pos_lift"]) == (1, 1.0, 0.25, 4.0)
+    assert (q["neg_count"], q["neg_heldout_precision"], q["neg_random_precision"], q["neg_heldout_ratio"]) == (2, 0.0, 0.25, 0.0)
+    # a test positive is never looked at: as an augmented positive it counts as a miss
+    on_test = aug.with_columns(pl.when(pl.col("sign") == 1).then(2).otherwise(pl.col("item")).cast(pl.Int32).alias("item"))
+    assert augment_quality(on_test, scores, inter, items)["pos_precision"] == 0.0
     # user 0 liked A once and disliked B once: lean(A) = log(1/2), lean(B) = log(2/1)
     assert q["dislike_lean_neg"] == pytest.approx(math.log(2), abs=1e-4)
     assert q["dislike_lean_pos"] == pytest.approx(math.log(0.5), abs=1e-4)

@@ -14,7 +14,8 @@ import pytest
 from lagcl.artifacts import is_complete, read_table
 from lagcl.data.fetch import ensure_ml100k
 
-ONLY_PREPARE = [f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")]
+ONLY_PREPARE = [f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups", "control", "gcl", "rerank",
+                                                           "evaluate")]
 
 
 def run_pipeline(repo: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -86,7 +87,8 @@ def test_dry_run_prints_the_llm_cost_per_stage_and_makes_no_call(repo_root, tmp_
 
 def test_a_run_killed_during_training_resumes_at_its_last_epoch_and_reuses_finished_stages(repo_root, tmp_path,
                                                                                            ml100k):
-    """kill -9 in the middle of the gcl stage; the same command then resumes it (not from epoch 0)."""
+    """kill -9 in the middle of a training stage (the control); the same command then resumes it (not from
+    epoch 0)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
     sets = [f"cache_dir={tmp_path / 'cache'}", f"data.path={ml100k}", "gcl.epochs=6", "gcl.patience=50",
@@ -97,9 +99,9 @@ def test_a_run_killed_during_training_resumes_at_its_last_epoch_and_reuses_finis
         args += ["--set", s]
     proc = subprocess.Popen(args, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    gcl_dir = tmp_path / "cache" / "ml-100k" / "gcl"
+    gcl_dir = tmp_path / "cache" / "ml-100k" / "control"
     deadline = time.time() + 400
-    while time.time() < deadline and not list(gcl_dir.glob("*/checkpoints/last.pt")):
+    while time.time() < deadline and not list(gcl_dir.glob("*/checkpoints/*/last.pt")):
         assert proc.poll() is None, "the run ended before its first training checkpoint"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ from test_train import tiny_tables
 from lagcl.config import load_config
 from lagcl.errors import ConfigError, LagclError
 from lagcl.models import Graph
+from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
 
@@ -38,10 +39,10 @@ def tiny_plan(tmp_path, backend="dgl"):
     return plan
 
 
-def test_graph_backend_changes_the_gcl_fingerprint_and_those_after_it_only():
+def test_graph_backend_changes_the_training_stages_fingerprints_and_those_after_them_only():
     torch_fp = make_plan(load_config()).fingerprints
     dgl_fp = make_plan(load_config(overrides=["graph.backend=dgl"])).fingerprints
-    assert [s for s in torch_fp if torch_fp[s] != dgl_fp[s]] == ["gcl", "rerank", "evaluate"]
+    assert [s for s in torch_fp if torch_fp[s] != dgl_fp[s]] == ["control", "gcl", "rerank", "evaluate"]
 
 
 def test_a_dgl_graph_without_dgl_installed_says_to_run_make_setup_dgl():
@@ -59,12 +60,13 @@ def test_gcl_stage_with_a_missing_dgl_interpreter_says_to_run_make_setup_dgl_and
     assert not Path(plan.ref("gcl").path).exists()
 
 
-def test_gcl_stage_reports_the_dgl_environments_own_error_when_that_python_has_no_dgl(tmp_path, monkeypatch):
+def test_a_training_stage_reports_the_dgl_environments_own_error_when_that_python_has_no_dgl(tmp_path, monkeypatch):
     plan = tiny_plan(tmp_path)
     monkeypatch.setenv("LAGCL_DGL_PYTHON", sys.executable)  # a real interpreter, but without DGL
-    with pytest.raises(LagclError, match=r"(?s)failed with exit status 2.*needs DGL 2.1.0.*make setup-dgl"):
-        gcl_stage.run(plan)
-    assert not (Path(plan.ref("gcl").path) / "manifest.json").exists()
+    with pytest.raises(LagclError, match=r"(?s)control stage in the DGL environment.*failed with exit status 2"
+                                         r".*needs DGL 2.1.0.*make setup-dgl"):
+        control_stage.run(plan)
+    assert not (Path(plan.ref("control").path) / "manifest.json").exists()
 
 
 def test_the_default_dgl_interpreter_is_the_repositorys_venv_dgl(monkeypatch):

@@ -21,6 +21,7 @@ from lagcl.artifacts import is_complete, read_table
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.train import batch_losses, build_train_data, category_groups, train, validate
+from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
 
@@ -245,12 +246,14 @@ def test_gcl_stage_with_graph_backend_dgl_trains_here_and_matches_the_torch_back
         plan = make_plan(tiny_gcl_config(tmp_path, backend))
         write_tiny_prepare(plan)
         assert not gcl_stage.runs_in_dgl_env(plan)  # DGL is importable here: no subprocess
+        control_stage.run(plan)
         refs[backend] = Path(gcl_stage.run(plan).path)
     assert refs["torch"] != refs["dgl"]  # graph.backend is part of the gcl fingerprint
     manifest = json.loads((refs["dgl"] / "manifest.json").read_text())
     assert is_complete(refs["dgl"]) and manifest["config"]["graph"] == {"backend": "dgl"}
-    assert manifest["meta"]["epochs_run"] == 3
-    m = {b: read_table(p, "metrics").sort("split", "metric", "k") for b, p in refs.items()}
+    assert read_table(refs["dgl"], "epochs").height == 3  # the rank variant; the control is its own stage
+    m = {b: read_table(p, "metrics").sort("variant", "split", "protocol", "segment", "metric", "k")
+         for b, p in refs.items()}
     assert m["dgl"]["value"].to_list() == pytest.approx(m["torch"]["value"].to_list(), abs=1e-4)
 
 
@@ -267,10 +270,11 @@ def test_main_environment_runs_the_gcl_stage_in_this_environment_and_gets_a_comp
         "import json, logging, sys\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "from lagcl.config import Config\n"
-        "from tasks import gcl\n"
+        "from tasks import control, gcl\n"
         "from tasks.base import make_plan\n"
         "plan = make_plan(Config.model_validate(json.loads(sys.argv[1])))\n"
         "assert gcl.runs_in_dgl_env(plan), 'the main environment was expected to have no DGL'\n"
+        "control.run(plan)\n"
         "print('REF', gcl.run(plan).path)\n"
     )
     env = {**os.environ, "LAGCL_DGL_PYTHON": sys.executable}
@@ -280,7 +284,8 @@ def test_main_environment_runs_the_gcl_stage_in_this_environment_and_gets_a_comp
     path = Path(next(ln for ln in proc.stdout.splitlines() if ln.startswith("REF "))[4:])
     assert path == Path(plan.ref("gcl").path) and is_complete(path)
     assert "running the stage in the DGL environment" in proc.stderr
-    assert "gcl lightgcn: best epoch" in proc.stderr  # the child's log lines came through the parent's logger
+    # the children's log lines came through the parent's logger
+    assert "control lightgcn: best epoch" in proc.stderr and "gcl lightgcn: chosen" in proc.stderr
     assert read_table(path, "epochs").height == 3
     assert read_table(path, "cf_topk").height == 30 * 5
-    assert (path / "checkpoints" / "last.pt").is_file() and (path / "model.pt").is_file()
+    assert (path / "checkpoints" / "rank" / "last.pt").is_file() and (path / "model.pt").is_file()

@@ -16,7 +16,7 @@ import yaml
 from lagcl.data.fetch import ensure_ml100k
 
 CHROMIUM = shutil.which("chromium") or "chromium (not installed: run `make ui-deps`)"
-OFF = ("profiles", "augment", "groups", "gcl", "rerank", "evaluate")
+OFF = ("profiles", "augment", "groups", "control", "gcl", "rerank", "evaluate")
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from tasks import prepare as prepare_stage
 from tasks import profiles as profiles_stage
 from tasks.base import make_plan
 
-ONLY_PROFILES = [f"pipeline.stages.{s}=false" for s in ("augment", "groups", "gcl", "rerank", "evaluate")]
+ONLY_PROFILES = [f"pipeline.stages.{s}=false" for s in ("augment", "groups", "control", "gcl", "rerank", "evaluate")]
 FAKE_KEY = "sk-lagcl-FAKE-0123456789abcdef"
 
 
@@ -152,7 +152,7 @@ def test_llm_stages_finish_against_a_server_with_errors_garbage_latency_and_429_
             f"engine.base_url={server.base_url}/v1", "engine.model=chaos-model", "engine.requests_per_minute=null",
             "engine.max_concurrency=16", "engine.timeout_s=30", "engine.retry_base_s=0.05", "engine.retry_max_s=0.5",
             "llm.prices.chaos-model=[1.0,2.0]", "augment.items_per_call=5",
-            *[f"pipeline.stages.{s}=false" for s in ("groups", "gcl", "rerank", "evaluate")]])
+            *[f"pipeline.stages.{s}=false" for s in ("groups", "control", "gcl", "rerank", "evaluate")]])
         plan = make_plan(cfg)
         prepare_stage.run(plan)
         start = time.monotonic()

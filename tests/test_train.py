@@ -12,6 +12,7 @@ from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.sampling import NegativeSampler
 from lagcl.train import build_train_data, category_groups, train
+from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
 
@@ -131,15 +132,17 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert result.epochs["valid_recall@20"].max() == result.epochs.filter(pl.col("epoch") == best)["valid_recall@20"][0]
 
 
-def test_gcl_stage_writes_checkpoint_topk_epochs_and_metrics(tmp_path):
+def test_gcl_stage_writes_the_chosen_models_checkpoint_topk_levels_epochs_and_metrics(tmp_path):
     cfg = load_config(model="xsimgcl", overrides=[f"cache_dir={tmp_path}", "gcl.epochs=2", "gcl.emb_dim=8",
-                                                  "gcl.topk_out=5", "rank.groups_from=categories"])
+                                                  "gcl.topk_out=5", "rank.groups_from=categories",
+                                                  "gate.enabled=false"])
     plan = make_plan(cfg)
     inter, users, items = tiny_tables()
     with plan.store.stage("prepare", plan.fingerprints["prepare"]) as sd:
         for name, df in (("interactions", inter), ("users", users), ("items", items)):
             sd.write_table(name, df)
         sd.finish({})
+    control_stage.run(plan)
     ref = gcl_stage.run(plan)
     path = Path(ref.path)
     topk = read_table(path, "cf_topk")
@@ -148,8 +151,12 @@ def test_gcl_stage_writes_checkpoint_topk_epochs_and_metrics(tmp_path):
     assert topk.join(train_pos, on=["user", "item"]).height == 0
     metrics = read_table(path, "metrics")
     assert set(metrics["split"]) == {"valid", "test"} and set(metrics["k"]) == {10, 20, 50}
+    assert set(metrics["variant"]) == {"control", "rank"} and set(metrics["protocol"]) == {"all", "dislikes masked"}
     assert read_table(path, "epochs").height == 2
     meta = json.loads((path / "manifest.json").read_text())["meta"]
-    test_r20 = metrics.filter((pl.col("split") == "test") & (pl.col("metric") == "recall") & (pl.col("k") == 20))
+    test_r20 = metrics.filter((pl.col("variant") == "rank") & (pl.col("split") == "test") & (pl.col("protocol") == "all")
+                              & (pl.col("segment") == "all") & (pl.col("metric") == "recall") & (pl.col("k") == 20))
+    # gate.enabled=false: the rank level is kept whatever validation says
     assert meta["test_recall@20"] == test_r20["value"][0] and meta["rank_level"] is True
+    assert read_table(path, "levels")["kept"].to_list() == [True, False, True]
     assert torch.load(path / "model.pt", weights_only=False)["backbone"] == "xsimgcl"

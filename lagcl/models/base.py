@@ -25,6 +25,7 @@ class Encoded:
 
 class Backbone(nn.Module):
     contrastive = False
+    reference_cl: str | None = None  # a backbone whose reference code has its own contrastive loss form
 
     def __init__(self, graph: Graph, emb_dim: int):
         super().__init__()

@@ -18,13 +18,23 @@ from lagcl.errors import ConfigError
 BACKENDS = ("torch", "dgl")
 
 
-def normalized_interactions(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
-    """R_hat = D_u^-1/2 R D_i^-1/2 as a sparse COO (n_users x n_items); duplicate edges count once."""
-    key = torch.unique(users.long() * n_items + items.long())
+def normalized_interactions(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
+                            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """R_hat = D_u^-1/2 R D_i^-1/2 as a sparse COO (n_users x n_items); duplicate edges count once.
+
+    `weights` (one per edge, default 1) make R weighted and the degrees weighted sums: an LLM-augmented
+    edge of weight w < 1 is evidence of lower confidence than an observed one (DESIGN.md 13). A duplicate
+    edge keeps its largest weight, so an observed edge is never weakened by an augmented copy of it."""
+    key, inverse = torch.unique(users.long() * n_items + items.long(), return_inverse=True)
     u, i = key // n_items, key % n_items
-    du = torch.bincount(u, minlength=n_users).double()
-    di = torch.bincount(i, minlength=n_items).double()
-    val = (du[u].rsqrt() * di[i].rsqrt()).float()
+    if weights is None:
+        w = torch.ones(key.numel(), dtype=torch.float64)
+    else:
+        w = torch.zeros(key.numel(), dtype=torch.float64).scatter_reduce(
+            0, inverse, weights.double(), reduce="amax", include_self=False)
+    du = torch.zeros(n_users, dtype=torch.float64).index_add_(0, u, w)
+    di = torch.zeros(n_items, dtype=torch.float64).index_add_(0, i, w)
+    val = (w * du[u].rsqrt() * di[i].rsqrt()).float()
     return torch.sparse_coo_tensor(torch.stack([u, i]), val, (n_users, n_items), is_coalesced=True,
                                    check_invariants=False)
 
@@ -50,7 +60,7 @@ class Graph:
     propagate, edge_dropout, r_hat, n_edges, users/items), so every call site stays backend-agnostic."""
 
     def __new__(cls, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                backend: str = "torch"):
+                backend: str = "torch", weights: torch.Tensor | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown graph.backend={backend!r}; choose one of {', '.join(BACKENDS)}")
         if cls is Graph and backend == "dgl":
@@ -58,10 +68,15 @@ class Graph:
         return super().__new__(cls)
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                 backend: str = "torch"):
+                 backend: str = "torch", weights: torch.Tensor | None = None):
         self.n_users, self.n_items, self.backend = n_users, n_items, backend
         self.users, self.items = users.long(), items.long()
-        self.r_hat = normalized_interactions(self.users, self.items, n_users, n_items)
+        self.r_hat = normalized_interactions(self.users, self.items, n_users, n_items, weights)
+        self.weights: torch.Tensor | None = None
+        if weights is not None:  # per deduplicated edge, in r_hat's order (kept through edge dropout)
+            key, inverse = torch.unique(self.users * n_items + self.items, return_inverse=True)
+            self.weights = torch.zeros(key.numel(), dtype=torch.float64).scatter_reduce(
+                0, inverse, weights.double(), reduce="amax", include_self=False)
         idx, val = self.r_hat.indices(), self.r_hat.values()
         rows = torch.cat([idx[0], idx[1] + n_users])
         cols = torch.cat([idx[1] + n_users, idx[0]])
@@ -83,7 +98,8 @@ class Graph:
         """SGL-ED: keep each interaction with probability 1 - rate, then renormalise the kept graph."""
         idx = self.r_hat.indices()
         keep = torch.rand(idx.shape[1], generator=generator) >= rate
-        return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend)
+        weights = self.weights[keep] if self.weights is not None else None
+        return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend, weights)
 
 
 def _dgl_graph_class() -> type[Graph]:

@@ -30,6 +30,7 @@ import dgl
 import dgl.function as fn
 import torch
 
+from lagcl.errors import ConfigError
 from lagcl.models.graph import Graph
 
 
@@ -48,7 +49,10 @@ class DGLGraph(Graph):
     backend's, built from the user -> item half and its weights."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
-                 backend: str = "dgl"):
+                 backend: str = "dgl", weights: torch.Tensor | None = None):
+        if weights is not None:
+            raise ConfigError("weighted augmented edges (data_level.weights below 1) need graph.backend=torch; "
+                              "the DGL backend builds unweighted graphs only")
         key = torch.unique(users.long() * n_items + items.long())  # graph.normalized_interactions' order
         u, i = key // n_items, key % n_items
         g = dgl.graph((torch.cat([u, i + n_users]), torch.cat([i + n_users, u])),
@@ -59,7 +63,7 @@ class DGLGraph(Graph):
                 items: torch.Tensor) -> None:
         """Normalise `g` (both directions of each interaction, the u -> i half first) and keep it."""
         self.n_users, self.n_items, self.backend = n_users, n_items, "dgl"
-        self.users, self.items = users, items
+        self.users, self.items, self.weights = users, items, None
         deg = g.in_degrees().double()  # a node's in-degree = its interactions
         s = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
         g.ndata["s"] = s

@@ -11,6 +11,7 @@ from lagcl.models.graph import Graph
 
 class LightGCL(Backbone):
     contrastive = True
+    reference_cl = "lightgcl"  # losses.lightgcl_info_nce (gcl.cl_loss: reference)
 
     def __init__(self, graph: Graph, emb_dim: int, n_layers: int, q: int, drop_rate: float, seed: int = 0):
         super().__init__(graph, emb_dim)
