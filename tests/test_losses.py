@@ -4,13 +4,36 @@ import math
 
 import torch
 
-from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, la_info_nce_sim, labpr_loss, total_loss
+from lagcl.losses import (bpr_loss, info_nce, l2_reg, la_info_nce, la_info_nce_sim, labpr_loss, lightgcl_info_nce,
+                          total_loss)
 
 
 def test_bpr_is_minus_mean_log_sigmoid_of_the_margin():
     pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
     expected = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(1)))) / 2
     assert math.isclose(bpr_loss(pos, neg).item(), expected, rel_tol=1e-6)
+
+
+def test_a_triplet_weight_scales_its_term_in_bpr_and_labpr():
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    terms = torch.nn.functional.softplus(neg - pos)
+    w = torch.tensor([1.0, 0.25])
+    assert math.isclose(bpr_loss(pos, neg, w).item(), ((terms[0] + 0.25 * terms[1]) / 2).item(), rel_tol=1e-6)
+    hard = torch.tensor([False, True])
+    assert math.isclose(labpr_loss(pos, neg, hard, 3.0, w).item(), ((terms[0] + 0.75 * terms[1]) / 2).item(),
+                        rel_tol=1e-6)
+
+
+def test_lightgcl_loss_contrasts_the_batch_against_every_node_with_a_clamped_positive():
+    svd = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    gcn = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    nodes, tau = torch.tensor([0, 2]), 0.5
+    expected = 0.0
+    for n in nodes.tolist():
+        scores = [float(svd[n] @ gcn[j]) / tau for j in range(3)]  # every node, not only the batch
+        expected += math.log(sum(math.exp(s) for s in scores)) - max(-5.0, min(5.0, scores[n]))
+    assert math.isclose(lightgcl_info_nce(svd, gcn, nodes, tau).item(), expected / 2, rel_tol=1e-5)
+    assert float(svd[2] @ gcn[2]) / tau > 5  # node 2's positive is clamped at 5
 
 
 def test_labpr_with_no_hard_triplet_is_bpr():

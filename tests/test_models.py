@@ -13,9 +13,9 @@ ITEMS = torch.tensor([0, 1, 1, 0, 2, 3, 3, 4])
 N_U, N_I = 4, 5
 
 
-def dense_adjacency() -> torch.Tensor:
+def dense_adjacency(weights: torch.Tensor | None = None) -> torch.Tensor:
     r = torch.zeros(N_U, N_I)
-    r[USERS, ITEMS] = 1
+    r[USERS, ITEMS] = 1 if weights is None else weights
     a = torch.zeros(N_U + N_I, N_U + N_I)
     a[:N_U, N_U:], a[N_U:, :N_U] = r, r.T
     d = a.sum(1).rsqrt()
@@ -42,6 +42,20 @@ def test_duplicate_edges_count_once():
     assert g.n_edges == len(USERS)
     x = torch.randn(N_U + N_I, 2)
     assert torch.allclose(g.propagate(x), dense_adjacency() @ x, atol=1e-6)
+
+
+def test_weighted_edges_weigh_in_both_the_adjacency_and_the_degrees():
+    w = torch.tensor([1, 1, 1, 1, 0.25, 1, 1, 0.5])
+    g = Graph(USERS, ITEMS, N_U, N_I, weights=w)
+    x = torch.randn(N_U + N_I, 3)
+    assert torch.allclose(g.propagate(x), dense_adjacency(w) @ x, atol=1e-6)
+    # an observed edge repeated as a weaker augmented one keeps its full weight
+    dup = Graph(torch.cat([USERS, USERS[:1]]), torch.cat([ITEMS, ITEMS[:1]]), N_U, N_I,
+                weights=torch.cat([w, torch.tensor([0.1])]))
+    assert torch.allclose(dup.propagate(x), dense_adjacency(w) @ x, atol=1e-6)
+    # edge dropout keeps the kept edges' weights
+    kept = g.edge_dropout(0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(kept.propagate(x), dense_adjacency(w) @ x, atol=1e-6)
 
 
 def test_lightgcn_embedding_is_the_mean_of_its_layers():
