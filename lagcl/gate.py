@@ -79,7 +79,8 @@ class Step:
 
     def as_row(self) -> dict:
         return {"level": self.level, "variant": self.variant, "trained": self.trained, "kept": self.kept,
-                "reason": self.reason, **{k: self.metrics.get(k) for k in METRIC_KEYS}}
+                "reason": self.reason, "valid_scope": self.metrics.get("valid_scope", "all users"),
+                **{k: self.metrics.get(k) for k in METRIC_KEYS}}
 
 
 METRIC_KEYS = [f"{s}_{m}@20{seg}" for s in ("valid", "test") for m in ("recall", "ndcg")
@@ -238,22 +239,26 @@ def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
     Recall/NDCG@20 with the change against the control, cold/warm test Recall@20, kept or not and why."""
     control = next((r for r in levels if r["level"] == "control"), None)
 
-    def cell(r: dict, key: str, vs_control: bool = True) -> str:
+    def cell(r: dict, key: str) -> str:
         v = r.get(key)
         if v is None:
             return "-"
-        base = control.get(key) if control is not None and vs_control and r is not control else None
+        if key.startswith("valid") and r.get("valid_scope", "all users") != "all users":
+            return f"{v:.4f} (h)"  # another set of users (the reranker's held-out ones): no change to show
+        base = control.get(key) if control is not None and r is not control else None
         return f"{v:.4f}" + (f" ({gain(v, base):+.1%})" if base else "")
 
-    lines = [f"  {'level':<7} {'variant':<26} {'kept':<4} {'valid R@20':>17} {'test R@20':>17} {'test N@20':>17} "
+    lines = [f"  {'level':<8} {'variant':<26} {'kept':<4} {'valid R@20':>17} {'test R@20':>17} {'test N@20':>17} "
              f"{'cold test R@20':>17} {'warm test R@20':>17}  why"]
     for r in levels:
         name = r["level"] if r["level"] == "control" else "+ " + r["level"]
-        lines.append(f"  {name:<7} {str(r['variant'])[:26]:<26} {'yes' if r['kept'] else 'no':<4} "
+        lines.append(f"  {name:<8} {str(r['variant'])[:26]:<26} {'yes' if r['kept'] else 'no':<4} "
                      f"{cell(r, 'valid_recall@20'):>17} {cell(r, 'test_recall@20'):>17} {cell(r, 'test_ndcg@20'):>17} "
                      f"{cell(r, 'test_recall@20_cold'):>17} {cell(r, 'test_recall@20_warm'):>17}  {r['reason']}")
+    if any(r.get("valid_scope", "all users") != "all users" for r in levels):
+        lines.append("  (h): validation over the reranker's held-out users only, not comparable with the rows above")
     if final is not None:
-        lines.append(f"  {'final':<7} {str(final.get('variant'))[:26]:<26} {'':<4} {cell(final, 'valid_recall@20'):>17} "
+        lines.append(f"  {'final':<8} {str(final.get('variant'))[:26]:<26} {'':<4} {cell(final, 'valid_recall@20'):>17} "
                      f"{cell(final, 'test_recall@20'):>17} {cell(final, 'test_ndcg@20'):>17} "
                      f"{cell(final, 'test_recall@20_cold'):>17} {cell(final, 'test_recall@20_warm'):>17}")
     return lines

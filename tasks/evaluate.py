@@ -86,7 +86,8 @@ def run(plan: Plan) -> StageRef:
             else:
                 reason += ": reranker left out"
             seg = {"": users, **_segments(inter, users, cfg.augment.cold_threshold)}
-            numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand}
+            numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand,
+                       "valid_scope": f"{len(holdout)} held-out users"}
             for name, us in seg.items():
                 if not us:
                     continue

@@ -206,3 +206,18 @@ def test_the_control_is_one_cached_stage_shared_by_every_level_setting(tmp_path)
     assert json.loads((ctrl / "manifest.json").read_text())["finished_at"] == first["finished_at"]
     ctrl_rows = read_table(Path(other.ref("gcl").path), "levels").filter(pl.col("level") == "control")
     assert ctrl_rows["valid_recall@20"][0] == levels.filter(pl.col("level") == "control")["valid_recall@20"][0]
+
+
+def test_the_chain_shows_each_levels_change_against_the_control_and_marks_held_out_validation():
+    control = {"level": "control", "variant": "control", "kept": True, "reason": "no level",
+               "valid_recall@20": 0.30, "test_recall@20": 0.40, "test_ndcg@20": 0.20}
+    rank = {**control, "level": "rank", "variant": "rank", "reason": "better", "valid_recall@20": 0.33,
+            "test_recall@20": 0.42, "test_ndcg@20": 0.19}
+    rerank = {**rank, "level": "rerank", "variant": "cf+rerank", "kept": False, "reason": "left out",
+              "valid_recall@20": 0.50, "valid_scope": "10 held-out users"}
+    from lagcl.gate import format_chain
+
+    lines = format_chain([control, rank, rerank])
+    assert "0.3300 (+10.0%)" in lines[2] and "0.4200 (+5.0%)" in lines[2] and "0.1900 (-5.0%)" in lines[2]
+    assert lines[2].split()[3] == "yes" and lines[3].split()[3] == "no"
+    assert "0.5000 (h)" in lines[3] and "held-out users only" in lines[4]
