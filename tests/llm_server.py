@@ -34,13 +34,17 @@ class Reply:
     text: str
     input_tokens: int | None = None
     output_tokens: int | None = None
+    usage: bool = True  # False: the reply carries no `usage` object at all (some OpenAI-compatible servers)
 
 
 @dataclass
 class Status:
+    """An HTTP error. `retry_after` is sent as `Retry-After: <seconds>`; `headers` adds any others verbatim
+    (a `Retry-After` HTTP-date, `retry-after-ms`)."""
     code: int
     retry_after: float | None = None
     body: str = '{"error": {"type": "scripted", "message": "scripted failure"}}'
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,6 +280,7 @@ class LLMServer:
                     action = server._respond(prompt_text(body))
                 if isinstance(action, Status):
                     headers = {} if action.retry_after is None else {"retry-after": str(action.retry_after)}
+                    headers.update(action.headers)
                     ok = self._send(action.code, json.loads(action.body), headers)
                     return self._answered(entry, "error", action.code, ok)
                 payload = server._message(body, action) if anthropic else server._chat(body, action)
@@ -293,18 +298,20 @@ class LLMServer:
 
     def _chat(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
+        usage = {"usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}} \
+            if reply.usage else {}
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "test"),
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": reply.text}}],
-                "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}}
+                **usage}
 
     def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
+        usage = {"usage": {"input_tokens": tin, "output_tokens": tout}} if reply.usage else {}
         return {"id": f"msg_{uuid.uuid4().hex[:8]}", "type": "message", "role": "assistant",
                 "model": body.get("model", "test"), "content": [{"type": "text", "text": reply.text}],
-                "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": tin, "output_tokens": tout}}
+                "stop_reason": "end_turn", "stop_sequence": None, **usage}
 
     def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         batch_id = f"msgbatch_{uuid.uuid4().hex[:12]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing
 import sqlite3
 import threading
@@ -16,7 +17,10 @@ from llm_server import LLMServer, Reply, Sleep, Status
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.errors import BudgetExceededError, LLMError
+from email.utils import formatdate
+
 from lagcl.llm import LLMRequest, ResponseCache, make_client
+from lagcl.llm.backends.base import parse_retry_after
 from lagcl.llm.limits import RateLimiter
 from lagcl.llm.types import Completion
 
@@ -95,7 +99,7 @@ def test_the_cache_key_covers_model_and_generation_parameters(server, tmp_path):
 @pytest.mark.parametrize("backend", ["openai", "anthropic"])
 def test_429_and_500_are_retried_honouring_retry_after(server, tmp_path, backend):
     server.script = [Status(429, retry_after=0.3), Status(500), Status(503)]
-    client = make_client(engine(server, backend), LLMConfig(), tmp_path)
+    client = make_client(engine(server, backend, retry_max_s=1.0), LLMConfig(), tmp_path)
     start = time.monotonic()
 
     [answer] = client.generate_sync(requests(1))
@@ -104,6 +108,102 @@ def test_429_and_500_are_retried_honouring_retry_after(server, tmp_path, backend
     assert len(server.model_calls()) == 4
     assert time.monotonic() - start >= 0.3  # waited at least what Retry-After said
     assert client.accounting.totals().attempts == 4
+
+
+def test_retry_after_is_read_as_delta_seconds_http_date_or_milliseconds():
+    now = 1_700_000_000.0
+    assert parse_retry_after({"retry-after": "5"}, now) == 5.0
+    assert parse_retry_after({"retry-after": formatdate(now + 5, usegmt=True)}, now) == 5.0
+    assert parse_retry_after({"retry-after": formatdate(now - 60, usegmt=True)}, now) == 0.0  # a date passed
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "5"}, now) == 0.25  # the finer one wins
+    assert parse_retry_after({"retry-after": "soon"}, now) is None
+    assert parse_retry_after({"retry-after": "nan"}, now) is None
+    assert parse_retry_after({}, now) is None
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_a_retry_after_http_date_is_waited_for(server, tmp_path, backend):
+    # an HTTP-date has one-second resolution: "now + 2 s" asks for a wait of more than 1 s
+    server.script = [Status(429, headers={"retry-after": formatdate(time.time() + 2, usegmt=True)})]
+    client = make_client(engine(server, backend, retry_max_s=10.0), LLMConfig(), tmp_path)
+    start = time.monotonic()
+
+    [answer] = client.generate_sync(requests(1))
+
+    waited = time.monotonic() - start
+    assert answer.ok and answer.attempts == 2
+    assert 1.0 <= waited < 5.0  # the date's wait, not the 0.01-0.05 s backoff
+    retries = client.accounting.totals()
+    assert retries.retries == {"429": 1} and retries.retry_wait_s >= 1.0
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_retry_after_ms_is_honoured(server, tmp_path, backend):
+    server.script = [Status(503, headers={"retry-after-ms": "400"})]
+    client = make_client(engine(server, backend, retry_max_s=10.0), LLMConfig(), tmp_path)
+    start = time.monotonic()
+    [answer] = client.generate_sync(requests(1))
+    assert answer.ok and time.monotonic() - start >= 0.4
+    assert client.accounting.totals().retries == {"5xx": 1}
+
+
+def test_a_retry_after_longer_than_retry_max_s_is_capped_and_the_wait_is_logged(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lagcl.llm")
+    server.script = [Status(429, retry_after=30)]
+    client = make_client(engine(server, retry_max_s=0.2), LLMConfig(), tmp_path)
+    start = time.monotonic()
+
+    [answer] = client.generate_sync(requests(1))
+
+    assert answer.ok and time.monotonic() - start < 5
+    assert client.accounting.totals().retry_wait_s == pytest.approx(0.2)
+    assert "asked for 30.00s (Retry-After), capped at engine.retry_max_s=0.2s" in caplog.text
+
+
+def test_http_calls_retries_by_reason_and_seconds_waiting_are_in_the_accounting(server, tmp_path):
+    server.script = [Status(429, retry_after=0.1), Status(502), Sleep(1.0)]
+    client = make_client(engine(server, timeout_s=0.4, retry_max_s=1.0), LLMConfig(), tmp_path)
+
+    [answer] = client.generate_sync(requests(1))
+
+    assert answer.ok and answer.attempts == 4
+    total = client.accounting.totals()
+    assert total.http_calls == 4 == len(server.model_calls())
+    assert total.retries == {"429": 1, "5xx": 1, "timeout": 1}
+    assert total.retry_wait_s >= 0.1
+    summary = client.accounting.summary()["score_pos"]
+    assert summary["http_calls"] == 4 and summary["retries"] == {"429": 1, "5xx": 1, "timeout": 1}
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_a_reply_without_usage_is_estimated_marked_priced_and_warned_about_once(server, tmp_path, caplog, backend):
+    caplog.set_level(logging.WARNING, logger="lagcl.llm")
+    server.script = [Reply("x" * 400, usage=False)] * 3
+    client = make_client(engine(server, backend), LLMConfig(prices=PRICE), tmp_path)
+
+    out = client.generate_sync(requests(3))
+
+    prompt = requests(1)[0]
+    estimated_in = math.ceil(prompt.prompt_chars() / 4)  # the documented rule: 4 characters per token
+    assert [(r.input_tokens, r.output_tokens) for r in out] == [(estimated_in, 100)] * 3
+    assert all(r.cost_usd == pytest.approx((estimated_in * 2.0 + 100 * 10.0) / 1e6) for r in out)
+    total = client.accounting.totals()
+    assert total.estimated_input_tokens == 3 * estimated_in and total.estimated_output_tokens == 300
+    assert total.input_tokens == 3 * estimated_in and total.output_tokens == 300
+    assert caplog.text.count("without token usage") == 1
+
+
+def test_replies_without_usage_count_against_the_budget(server, tmp_path):
+    # the budget of test_budget_stops_cleanly_...: three worst-case reservations fit; the replies (400 chars = 100
+    # tokens each, estimated) are paid, so the run stops instead of answering all six for "free"
+    server.script = [Reply("x" * 400, usage=False)] * 10
+    client = make_client(engine(server, max_concurrency=1), LLMConfig(prices=PRICE, budget_usd=0.0035), tmp_path)
+
+    with pytest.raises(BudgetExceededError):
+        client.generate_sync(requests(6))
+
+    assert 1 <= len(server.model_calls()) < 6
+    assert 0 < client.accounting.spent_usd <= 0.0035
 
 
 def test_a_request_slower_than_the_timeout_is_abandoned_and_retried(server, tmp_path):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from lagcl.errors import LLMError
@@ -44,6 +45,16 @@ class OpStats:
     output_tokens: int = 0
     cost_usd: float = 0.0
     failed: int = 0        # no answer after retries (not cached; a rerun sends them again)
+    http_calls: int = 0    # calls that reached the provider (every attempt; batch submits, polls, fetches)
+    # retries by reason: 429, 5xx, timeout, connection, invalid_reply (a 200 whose body cannot be read),
+    # other (408/409), repair (a reply that could not be used, asked again once with its problems)
+    retries: dict[str, int] = field(default_factory=dict)
+    retry_wait_s: float = 0.0  # seconds slept before retries (backoff and Retry-After)
+    # replies that could not be used, by reason (not_json, duplicate_id, unknown_id, ...): each is sent to repair
+    invalid_replies: dict[str, int] = field(default_factory=dict)
+    # tokens of answers whose server sent no usage: estimated (chars / 4) and included in input/output_tokens
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
 
 
 class Accounting:
@@ -95,8 +106,27 @@ class Accounting:
             s.attempts += attempts
             s.input_tokens += completion.input_tokens
             s.output_tokens += completion.output_tokens
+            s.estimated_input_tokens += completion.input_tokens if completion.input_estimated else 0
+            s.estimated_output_tokens += completion.output_tokens if completion.output_estimated else 0
             s.cost_usd += usd
         return usd
+
+    def record_http_call(self, operation: str) -> None:
+        with self._lock:
+            self._op(operation).http_calls += 1
+
+    def record_retry(self, operation: str, reason: str, wait_s: float = 0.0) -> None:
+        with self._lock:
+            s = self._op(operation)
+            s.retries[reason] = s.retries.get(reason, 0) + 1
+            s.retry_wait_s += wait_s
+
+    def record_invalid(self, operation: str, reasons: tuple[str, ...] | list[str]) -> None:
+        """One reply that could not be used as given; each of its reasons is counted once."""
+        with self._lock:
+            s = self._op(operation)
+            for reason in dict.fromkeys(reasons):
+                s.invalid_replies[reason] = s.invalid_replies.get(reason, 0) + 1
 
     def record_cached(self, operation: str, n: int = 1) -> None:
         with self._lock:
@@ -110,13 +140,19 @@ class Accounting:
 
     def totals(self) -> OpStats:
         total = OpStats()
-        for s in self.by_operation.values():
-            for k, v in asdict(s).items():
-                setattr(total, k, getattr(total, k) + v)
+        with self._lock:
+            stats = [asdict(s) for s in self.by_operation.values()]
+        for s in stats:
+            for k, v in s.items():
+                if isinstance(v, dict):
+                    setattr(total, k, dict(Counter(getattr(total, k)) + Counter(v)))
+                else:
+                    setattr(total, k, getattr(total, k) + v)
         return total
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per operation and in total, for stage manifests (JSON-ready)."""
-        out = {op: asdict(s) for op, s in sorted(self.by_operation.items())}
+        with self._lock:
+            out = {op: asdict(s) for op, s in sorted(self.by_operation.items())}
         out["total"] = asdict(self.totals())
         return out

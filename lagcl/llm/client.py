@@ -9,6 +9,7 @@ without an event loop). Identical requests in one batch are sent once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
@@ -27,6 +28,7 @@ log = logging.getLogger("lagcl.llm")
 T = TypeVar("T")
 
 _BATCH_CHUNK = 10_000  # requests per Message Batch (the API allows 100k / 256 MB)
+BATCH_OPERATION = "message_batches"  # the accounting row of Message Batch submits, polls and result fetches
 
 
 @dataclass
@@ -37,11 +39,20 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Retry-After when the server gave one (plus up to 10% jitter so a crowd of waiting requests
-        does not return in lockstep), else exponential backoff with 'equal jitter'."""
+        does not return in lockstep), never more than `max_s` (engine.retry_max_s); else exponential
+        backoff with 'equal jitter'."""
         if retry_after is not None:
-            return min(retry_after, 300.0) * (1 + 0.1 * random.random())
+            return min(retry_after * (1 + 0.1 * random.random()), self.max_s)
         cap = min(self.max_s, self.base_s * 2 ** attempt)
         return cap / 2 + random.uniform(0, cap / 2)
+
+    def describe(self, delay: float, retry_after: float | None) -> str:
+        """How a wait was chosen, for the log."""
+        if retry_after is None:
+            return f"backoff {delay:.2f}s"
+        if retry_after > self.max_s:
+            return f"the server asked for {retry_after:.2f}s (Retry-After), capped at engine.retry_max_s={self.max_s:g}s"
+        return f"{delay:.2f}s as the server asked ({retry_after:.2f}s Retry-After, plus jitter)"
 
 
 class _Stop(Exception):
@@ -69,6 +80,7 @@ class LLMClient:
         self.batch_poll_s = batch_poll_s
         self.dry_run = dry_run
         self.server_calls = 0  # every call to the provider (attempts, batch submits and polls)
+        self._warned_missing_usage = False
 
     # public ----------------------------------------------------------------------------------
     def key(self, request: LLMRequest) -> str:
@@ -151,6 +163,7 @@ class LLMClient:
                 await self.tpm.acquire(estimate_tokens(req.system + "".join(t for _, t in req.messages))
                                        + req.max_tokens)
                 self.server_calls += 1
+                self.accounting.record_http_call(req.operation)
                 try:
                     completion = await asyncio.wait_for(self.backend.complete(req), self.timeout_s)
                 except (TransientError, asyncio.TimeoutError) as exc:
@@ -161,13 +174,16 @@ class LLMClient:
                         log.warning("request failed after %d attempts: %s", attempt, reason)
                         return LLMResponse(error=f"gave up after {attempt} attempts: {reason}", attempts=attempt)
                     delay = self.retry.delay(attempt - 1, retry_after)
-                    log.info("attempt %d failed (%s); retrying in %.2fs", attempt, reason, delay)
+                    self.accounting.record_retry(req.operation, getattr(exc, "reason", "timeout"), delay)
+                    log.info("attempt %d failed (%s); retrying in %.2fs: %s", attempt, reason, delay,
+                             self.retry.describe(delay, retry_after))
                     await asyncio.sleep(delay)
                     continue
                 except PermanentError as exc:
                     self.accounting.record_failure(req.operation, attempt)
                     log.warning("request rejected: %s", exc)
                     return LLMResponse(error=f"rejected: {exc}", attempts=attempt)
+                completion = self._with_usage(req, completion)
                 cost = self.accounting.record_answer(req.operation, completion, attempt)
                 self.cache.put(key, self.backend.name, self.backend.model, completion, cost)
                 return _response(completion, cost, cached=False, attempts=attempt)
@@ -180,13 +196,19 @@ class LLMClient:
         while True:
             attempt += 1
             self.server_calls += 1
+            self.accounting.record_http_call(BATCH_OPERATION)
             try:
                 return await asyncio.wait_for(fn(*args), self.timeout_s)
             except (TransientError, asyncio.TimeoutError) as exc:
                 if attempt > self.retry.max_retries:
                     raise LLMError(f"{what} failed after {attempt} attempts: {exc or 'timeout'}; "
                                    f"rerun to continue (submitted batches are resumed)") from None
-                await asyncio.sleep(self.retry.delay(attempt - 1, getattr(exc, "retry_after", None)))
+                retry_after = getattr(exc, "retry_after", None)
+                delay = self.retry.delay(attempt - 1, retry_after)
+                self.accounting.record_retry(BATCH_OPERATION, getattr(exc, "reason", "timeout"), delay)
+                log.info("%s: attempt %d failed (%s); retrying in %.2fs: %s", what, attempt, exc or "timeout", delay,
+                         self.retry.describe(delay, retry_after))
+                await asyncio.sleep(delay)
             except PermanentError as exc:
                 raise LLMError(f"{what} was rejected: {exc}") from None
 
@@ -233,6 +255,7 @@ class LLMClient:
         for key, req in wanted.items():
             result = results.get(key, "missing from the batch results")
             if isinstance(result, Completion):
+                result = self._with_usage(req, result)
                 cost = self.accounting.record_answer(req.operation, result, 1, batch=True)
                 self.cache.put(key, backend.name, backend.model, result, cost)
                 out[key] = _response(result, cost, cached=False, attempts=1)
@@ -241,6 +264,24 @@ class LLMClient:
                 out[key] = LLMResponse(error=f"batch request failed: {result}", attempts=1)
         self.cache.finish_batch(batch_id)
         return out
+
+    def _with_usage(self, req: LLMRequest, c: Completion) -> Completion:
+        """A reply whose server sent no token usage gets estimated tokens (the documented rule, 4 characters
+        per token: the prompt for input, the reply for output), marked as estimated, so it is priced and
+        counted against llm.budget_usd instead of costing nothing. Warned about once per client."""
+        if c.input_tokens is not None and c.output_tokens is not None:
+            return c
+        estimated_in, estimated_out = c.input_tokens is None, c.output_tokens is None
+        if not self._warned_missing_usage:
+            self._warned_missing_usage = True
+            log.warning("%s/%s sent a reply without token usage; its tokens are estimated as characters / 4 and "
+                        "counted against the budget (accounting: estimated_input_tokens, estimated_output_tokens); "
+                        "this is said once", self.backend.name, self.backend.model)
+        return dataclasses.replace(
+            c, input_tokens=estimate_tokens(req.system + "".join(t for _, t in req.messages))
+            if estimated_in else c.input_tokens,
+            output_tokens=estimate_tokens(c.text) if estimated_out else c.output_tokens,
+            input_estimated=estimated_in, output_estimated=estimated_out)
 
     # local in-process generation (vllm, transformers) ---------------------------------------------
     async def _local(self, todo: dict[str, LLMRequest]) -> dict[str, LLMResponse]:

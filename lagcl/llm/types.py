@@ -54,12 +54,16 @@ def cache_key(backend: str, model: str, request: LLMRequest, extra: dict[str, An
 
 @dataclass(frozen=True)
 class Completion:
-    """What a backend returns for one request (before caching and accounting)."""
+    """What a backend returns for one request (before caching and accounting). A backend whose server
+    sent no token usage passes None; the client then fills in an estimate (chars / 4) and marks it
+    `input_estimated` / `output_estimated`, so accounting, budget and cache always see numbers."""
 
     text: str
-    input_tokens: int
+    input_tokens: int  # None from a backend whose server sent no usage, until the client estimates it
     output_tokens: int
     finish_reason: str = ""
+    input_estimated: bool = False
+    output_estimated: bool = False
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,10 @@ class AnthropicBackend(Backend):
     @staticmethod
     def _completion(message: Any) -> Completion:
         text = "".join(getattr(block, "text", "") for block in message.content if block.type == "text")
-        return Completion(text=text, input_tokens=message.usage.input_tokens,
-                          output_tokens=message.usage.output_tokens, finish_reason=message.stop_reason or "")
+        usage = getattr(message, "usage", None)  # None from a server that sends none: the client estimates
+        return Completion(text=text, input_tokens=_count(getattr(usage, "input_tokens", None)),
+                          output_tokens=_count(getattr(usage, "output_tokens", None)),
+                          finish_reason=getattr(message, "stop_reason", None) or "")
 
     async def _call(self, coro: Any) -> Any:
         import anthropic
@@ -76,7 +78,7 @@ class AnthropicBackend(Backend):
             raise translate_sdk_error(anthropic, exc, f"the Anthropic API at {self.base_url or 'api.anthropic.com'}",
                                       self._key) from None
         except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
-            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})") from None
+            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
 
     async def complete(self, request: LLMRequest) -> Completion:
         return self._completion(await self._call(self._client.messages.create(**self.build(request))))
@@ -104,3 +106,8 @@ class AnthropicBackend(Backend):
             else:  # expired / canceled
                 out[line.custom_id] = result.type
         return out
+
+
+def _count(value: Any) -> int | None:
+    """A token count from a reply's usage, None when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -3,39 +3,74 @@ provider errors onto three kinds; the client owns caching, limits, retries and a
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
 from lagcl.llm.types import Completion, LLMRequest
 
 
-class TransientError(Exception):
-    """Worth retrying: 429, 5xx, 529, timeouts, dropped connections. `retry_after` in seconds when the
-    server said so (Retry-After header)."""
+# why a request is retried; the client counts retries by these reasons (accounting `retries`)
+RETRY_REASONS = ("429", "5xx", "timeout", "connection", "invalid_reply", "other")
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+
+class TransientError(Exception):
+    """Worth retrying: 429, 5xx, 529, timeouts, dropped connections, a 200 whose body cannot be read.
+    `retry_after` in seconds when the server said so (Retry-After / retry-after-ms header); `reason`
+    is one of RETRY_REASONS."""
+
+    def __init__(self, message: str, retry_after: float | None = None, reason: str = "other") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
+
+
+def status_reason(status: int) -> str:
+    """The retry reason of a retryable HTTP status."""
+    if status == 429:
+        return "429"
+    if status >= 500:
+        return "5xx"
+    return "timeout" if status == 408 else "other"
 
 
 class PermanentError(Exception):
     """This request cannot succeed as sent (400, 404, 413, content refused): recorded as failed."""
 
 
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms` / `retry-after` (numbers only; HTTP dates are rare in APIs)."""
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms` (milliseconds, sent by OpenAI and Anthropic)
+    first, else `Retry-After` in either form RFC 9110 allows, delta-seconds (`5`) or an HTTP-date
+    (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from `now`, default the local clock; a date in the past
+    means 0). None when neither header is there or readable. The client caps the wait (engine.retry_max_s)."""
     if headers is None:
         return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
+    value = headers.get("retry-after-ms")
+    if value is not None:
         try:
-            return max(0.0, float(value) * scale)
+            ms = float(value)
+            if math.isfinite(ms):
+                return max(0.0, ms / 1000)
         except ValueError:
-            continue
-    return None
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is not one
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def read_api_key(env_name: str, backend: str) -> str:
@@ -62,14 +97,14 @@ def translate_sdk_error(sdk: Any, exc: Exception, service: str, key: str | None)
         return LLMError(f"{service} rejected the API key (HTTP {exc.status_code}); check the key in the "
                         "variable named by engine.api_key_env")
     if isinstance(exc, sdk.APITimeoutError):  # a subclass of APIConnectionError: test it first
-        return TransientError("timeout")
+        return TransientError("timeout", reason="timeout")
     if isinstance(exc, sdk.APIConnectionError):
-        return TransientError(f"connection error: {redact(str(exc), key)}")
+        return TransientError(f"connection error: {redact(str(exc), key)}", reason="connection")
     if isinstance(exc, sdk.APIStatusError):
         text = redact(f"HTTP {exc.status_code}: {exc.message}", key)[:500]
         # 529 = overloaded; 408/409 = request timeout / conflict, both documented as retryable
         if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
-            return TransientError(text, parse_retry_after(exc.response.headers))
+            return TransientError(text, parse_retry_after(exc.response.headers), status_reason(exc.status_code))
         return PermanentError(text)
     return exc
 

@@ -68,12 +68,17 @@ class OpenAIBackend(Backend):
             raise translate_sdk_error(openai, exc, f"the server at {self.base_url or 'api.openai.com'}",
                                       self._key) from None
         except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
-            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})") from None
+            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
         if not reply.choices:
-            raise TransientError("reply without choices")
+            raise TransientError("reply without choices", reason="invalid_reply")
         choice = reply.choices[0]
-        usage = reply.usage
+        usage = reply.usage  # some OpenAI-compatible servers send none: None, and the client estimates
         return Completion(text=choice.message.content or "",
-                          input_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                          output_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                          input_tokens=_count(getattr(usage, "prompt_tokens", None)),
+                          output_tokens=_count(getattr(usage, "completion_tokens", None)),
                           finish_reason=choice.finish_reason or "")
+
+
+def _count(value: Any) -> int | None:
+    """A token count from a reply's usage, None when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
