@@ -8,7 +8,7 @@ import math
 import re
 
 import pytest
-from llm_server import LLMServer, Reply
+from llm_server import LLMServer, Reply, Status
 
 from lagcl.config import LLMConfig, load_config
 from lagcl.errors import BudgetExceededError
@@ -204,3 +204,73 @@ def test_the_budget_stops_an_operation_with_everything_answered_kept(server, tmp
     resumed = make(server, tmp_path, budget_usd=1.0, prices={"test-model": (1.0, 1.0)})
     assert all(p.failed is None for p in resumed.profile(reqs))
     assert len(server.model_calls()) == 20 and resumed.usage().cached == paid
+
+
+# replies that rate an id twice; what the provider calls cost beyond the answers ------------------------
+def test_a_reply_rating_an_id_twice_with_different_scores_is_invalid_and_repaired(server, tmp_path):
+    engine = make(server, tmp_path)
+    server.script = [Reply('{"ratings": [{"movie_id": "12", "like_score": 3}, {"movie_id": "13", "like_score": 4},'
+                           ' {"movie_id": "12", "like_score": 9}]}')]  # then the well-behaved model answers
+
+    [result] = engine.score([ScoreRequest(1, "p", "pos", ((12, "a"), (13, "b")))])
+
+    assert result.scores == {12: 2.5, 13: 3.5} and result.failed is None  # the repaired reply's scores
+    repair = server.model_calls()[1].body["messages"][-1]["content"]
+    assert "movie_ids were rated more than once (rate each exactly once): 12" in repair
+    assert "no score is kept for 12" in repair
+    usage = engine.usage()
+    assert usage.invalid_replies == {"duplicate_id": 1} and usage.retries == {"repair": 1}
+
+
+def test_a_duplicate_key_inside_one_rating_is_a_contradiction_not_the_last_value(server, tmp_path):
+    engine = make(server, tmp_path)
+    # json.loads would keep 9 silently; the reply says two things about item 12
+    server.script = [Reply('{"ratings": [{"movie_id": "12", "like_score": 3, "like_score": 9}]}')]
+
+    [result] = engine.score([ScoreRequest(1, "p", "pos", ((12, "a"),))])
+
+    assert result.scores == {12: 2.5} and result.failed is None
+    assert 'keys appear twice in one JSON object with different values: "like_score"' in \
+        server.model_calls()[1].body["messages"][-1]["content"]
+    assert engine.usage().invalid_replies == {"duplicate_key": 1}
+
+
+def test_an_id_still_rated_twice_after_the_repair_is_failed_and_keeps_no_contradicted_score(server, tmp_path):
+    engine = make(server, tmp_path)
+    twice = Reply('{"ratings": [{"movie_id": "12", "like_score": 3}, {"movie_id": "12", "like_score": 9},'
+                  ' {"movie_id": "13", "like_score": 4}]}')
+    server.script = [twice, twice]
+
+    [result] = engine.score([ScoreRequest(1, "p", "pos", ((12, "a"), (13, "b")))])
+
+    assert result.scores == {13: 4.0}  # 3 or 9 for item 12 cannot be told apart: neither is kept
+    assert result.failed.startswith("after one repair attempt: these movie_ids were rated more than once")
+    assert engine.usage().failed == 1 and engine.usage().invalid_replies == {"duplicate_id": 2}
+
+
+def test_a_partition_placing_an_id_twice_is_repaired_and_counted_by_reason(server, tmp_path):
+    engine = make(server, tmp_path)
+    server.script = [Reply(json.dumps({"groups": [{"group_name": "A", "members": ["1", "2"]},
+                                                  {"group_name": "B", "members": ["2", "3"]}]}))]
+
+    part = engine.partition("user", [Profile("user", i, "s", "r") for i in (1, 2, 3)], 2)
+
+    assert [g.members for g in part.groups] == [(1, 2), (3,)] and part.failed is None
+    assert "assigned to more than one group: 2" in server.model_calls()[1].body["messages"][-1]["content"]
+    assert engine.usage().invalid_replies == {"duplicate_id": 1} and engine.usage().retries == {"repair": 1}
+
+
+def test_the_usage_a_stage_writes_to_its_manifest_counts_http_calls_retries_waits_and_estimated_tokens(
+        server, tmp_path):
+    engine = make(server, tmp_path)
+    server.script = [Status(503), Reply(good_model("profile"), usage=False)]
+
+    [profile] = engine.profile([ProfileRequest("user", 1)])
+
+    assert profile.failed is None
+    usage = json.loads(json.dumps(engine.usage().__dict__))  # what tasks/profiles.py writes as meta.usage
+    assert usage["requests"] == 1 and usage["http_calls"] == 2 and usage["retries"] == {"5xx": 1}
+    assert usage["retry_wait_s"] > 0
+    assert usage["output_tokens"] == usage["estimated_output_tokens"] == math.ceil(len(good_model("profile")) / 4)
+    assert usage["input_tokens"] == usage["estimated_input_tokens"] > 0
+    assert usage["invalid_replies"] == {}

@@ -51,7 +51,8 @@ class RetryPolicy:
         if retry_after is None:
             return f"backoff {delay:.2f}s"
         if retry_after > self.max_s:
-            return f"the server asked for {retry_after:.2f}s (Retry-After), capped at engine.retry_max_s={self.max_s:g}s"
+            return (f"the server asked for {retry_after:.2f}s (Retry-After), "
+                    f"capped at engine.retry_max_s={self.max_s:g}s")
         return f"{delay:.2f}s as the server asked ({retry_after:.2f}s Retry-After, plus jitter)"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -19,7 +20,7 @@ from lagcl.llm import LLMClient, LLMRequest, make_client
 from lagcl.llm.backends.base import Backend
 from lagcl.semantic.base import (Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest, ScoreResult,
                                  Usage)
-from lagcl.semantic.prompts import (Prompts, ReplyError, domain_words, parse_partition, parse_profile,
+from lagcl.semantic.prompts import (Problem, Prompts, ReplyError, domain_words, parse_partition, parse_profile,
                                     parse_scores, parse_similarity)
 
 log = logging.getLogger("lagcl.semantic")
@@ -27,6 +28,21 @@ V = TypeVar("V")
 
 # A parser returns (value, problem): a value that may be partial, and None or the text of the problem.
 Parser = Callable[[int, str], tuple[Any, str | None]]
+
+
+@dataclass(frozen=True)
+class LLMUsage(Usage):
+    """Usage plus what the provider calls cost beyond the answers (stage manifests write it as `usage`):
+    HTTP calls, retries by reason (429, 5xx, timeout, connection, invalid_reply, other, repair), seconds
+    waited before retries, unusable replies by reason, and how many of the tokens are estimates (replies
+    without usage)."""
+
+    http_calls: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    retry_wait_s: float = 0.0
+    invalid_replies: dict[str, int] = field(default_factory=dict)
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
 
 
 class LLMEngine:
@@ -54,20 +70,25 @@ class LLMEngine:
                 results.append((None, f"no reply: {resp.error}"))
                 continue
             results.append(_safe_parse(parse, i, resp.text, resp.finish_reason, requests[i].max_tokens))
-            if results[-1][1] is not None and self.repair:
-                retry.append(i)
+            if results[-1][1] is not None:
+                self._count_invalid(requests[i], results[-1][1])
+                if self.repair:
+                    retry.append(i)
         asked: dict[int, list[LLMRequest]] = {i: [requests[i]] for i in retry}
         if retry:
             repairs = [self.prompts.repair(requests[i], _clip(responses[i].text, requests[i].max_tokens),
                                            results[i][1] or "") for i in retry]
             for i, repair in zip(retry, repairs):
                 asked[i].append(repair)
+                self.client.accounting.record_retry(requests[i].operation, "repair")
             for i, resp in zip(retry, self.client.generate_sync(repairs)):
                 first_value, first_problem = results[i]
                 if not resp.ok:
                     results[i] = (first_value, f"{first_problem}; repair got no reply: {resp.error}")
                     continue
                 value, problem = _safe_parse(parse, i, resp.text, resp.finish_reason, requests[i].max_tokens)
+                if problem is not None:
+                    self._count_invalid(requests[i], problem)
                 if merge is not None and first_value is not None and value is not None:
                     value = merge(first_value, value)
                 results[i] = (value if value is not None else first_value,
@@ -82,6 +103,9 @@ class LLMEngine:
         # the response cache: the rerun that retries the failures asks the model again instead of rereading it
         self.client.cache.delete(unusable)
         return results
+
+    def _count_invalid(self, request: LLMRequest, problem: str) -> None:
+        self.client.accounting.record_invalid(request.operation, getattr(problem, "reasons", None) or ("other",))
 
     # eq. 1 -------------------------------------------------------------------------------------
     def profile(self, requests: Sequence[ProfileRequest]) -> list[Profile]:
@@ -141,10 +165,14 @@ class LLMEngine:
         return [value if problem is None else math.nan for value, problem in results]
 
     # accounting --------------------------------------------------------------------------------
-    def usage(self) -> Usage:
+    def usage(self) -> LLMUsage:
         t = self.client.accounting.totals()
-        return Usage(requests=t.requests, cached=t.cached, input_tokens=t.input_tokens,
-                     output_tokens=t.output_tokens, cost_usd=t.cost_usd, failed=self.failed)
+        return LLMUsage(requests=t.requests, cached=t.cached, input_tokens=t.input_tokens,
+                        output_tokens=t.output_tokens, cost_usd=t.cost_usd, failed=self.failed,
+                        http_calls=t.http_calls, retries=dict(sorted(t.retries.items())),
+                        retry_wait_s=round(t.retry_wait_s, 3), invalid_replies=dict(sorted(t.invalid_replies.items())),
+                        estimated_input_tokens=t.estimated_input_tokens,
+                        estimated_output_tokens=t.estimated_output_tokens)
 
     def accounting(self) -> dict[str, Any]:
         """Per-operation counts, tokens and spend of this run, plus everything ever paid through this cache:
@@ -161,11 +189,11 @@ MAX_CHARS_PER_TOKEN = 16
 REPAIR_QUOTE_CHARS = 2000
 
 
-def _too_long(text: str, max_tokens: int) -> str | None:
+def _too_long(text: str, max_tokens: int) -> Problem | None:
     if len(text) <= MAX_CHARS_PER_TOKEN * max_tokens:
         return None
-    return (f"the reply is {len(text):,} characters long, far more than the {max_tokens} tokens asked for; "
-            f"answer with the JSON object only")
+    return Problem.of([("too_long", f"the reply is {len(text):,} characters long, far more than the {max_tokens} "
+                                    f"tokens asked for; answer with the JSON object only")])
 
 
 def _clip(text: str, max_tokens: int) -> str:
@@ -181,7 +209,7 @@ def _safe_parse(parse: Parser, i: int, text: str, finish_reason: str, max_tokens
     try:
         return parse(i, text)
     except ReplyError as exc:
-        problem = str(exc)
+        text = str(exc)
         if finish_reason in ("length", "max_tokens"):
-            problem += " (the reply hit the max_tokens limit)"
-        return None, problem
+            text += " (the reply hit the max_tokens limit)"
+        return None, Problem.of([(exc.reason, text)])

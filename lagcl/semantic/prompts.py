@@ -226,7 +226,44 @@ class SimilarityReply(_Loose):
 
 # parsing -------------------------------------------------------------------------------------
 class ReplyError(ValueError):
-    """A reply that cannot be used as it is; the message is what the repair request tells the model."""
+    """A reply that cannot be used as it is; the message is what the repair request tells the model,
+    `reason` a short name for counting (not_json, duplicate_key, wrong_structure, empty, out_of_range)."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Problem(str):
+    """The problems of a partly usable reply: the text for the repair request, with `reasons`, the short
+    names of its kinds (unknown_id, out_of_range, duplicate_id, missing_id) for counting."""
+
+    reasons: tuple[str, ...] = ()
+
+    @staticmethod
+    def of(parts: list[tuple[str, str]]) -> "Problem | None":
+        """(reason, text) pairs -> one Problem, or None when there is nothing wrong."""
+        if not parts:
+            return None
+        problem = Problem("; ".join(text for _, text in parts))
+        problem.reasons = tuple(dict.fromkeys(reason for reason, _ in parts))
+        return problem
+
+
+class _DuplicateKeys:
+    """object_pairs_hook for json: json.loads keeps the last of two equal keys silently; this notes every
+    key given twice with different values in one object (`{"like_score": 2, "like_score": 9}`)."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out and out[key] != value:
+                self.found.append(key)
+            out[key] = value
+        return out
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
@@ -235,18 +272,26 @@ _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 def extract_json(text: str) -> Any:
     """The first JSON value in a reply, tolerating code fences and chatter around it."""
     stripped = _FENCE.sub("", text.strip())
-    decoder = json.JSONDecoder()
+    duplicates = _DuplicateKeys()
+    decoder = json.JSONDecoder(object_pairs_hook=duplicates)
     starts = [i for i, ch in enumerate(stripped) if ch in "{["]
     if not starts:
-        raise ReplyError("the reply contains no JSON object")
+        raise ReplyError("the reply contains no JSON object", "not_json")
     first_error = ""
     for start in starts[:20]:
         try:
             value, _ = decoder.raw_decode(stripped, start)
-            return value
         except json.JSONDecodeError as exc:
             first_error = first_error or f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-    raise ReplyError(first_error + ("; the reply looks cut off" if not stripped.rstrip().endswith(("}", "]")) else ""))
+            duplicates.found.clear()
+            continue
+        if duplicates.found:  # contradictory: which of the two values was meant cannot be known
+            keys = ", ".join(json.dumps(k) for k in dict.fromkeys(duplicates.found))
+            raise ReplyError(f"these keys appear twice in one JSON object with different values: {keys}; "
+                             f"give each key once", "duplicate_key")
+        return value
+    raise ReplyError(first_error + ("; the reply looks cut off" if not stripped.rstrip().endswith(("}", "]")) else ""),
+                     "not_json")
 
 
 def _validate(model: type[BaseModel], value: Any) -> Any:
@@ -254,7 +299,7 @@ def _validate(model: type[BaseModel], value: Any) -> Any:
         return model.model_validate(value)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:5])
-        raise ReplyError(f"the JSON does not follow the required structure ({problems})") from None
+        raise ReplyError(f"the JSON does not follow the required structure ({problems})", "wrong_structure") from None
 
 
 def parse_profile(text: str) -> tuple[str, str]:
@@ -263,7 +308,7 @@ def parse_profile(text: str) -> tuple[str, str]:
         value = value[0]
     reply = _validate(ProfileReply, value)
     if not reply.summarization.strip():
-        raise ReplyError('"summarization" is empty')
+        raise ReplyError('"summarization" is empty', "empty")
     return reply.summarization.strip(), reply.reasoning.strip()
 
 
@@ -275,17 +320,21 @@ def _first(d: dict[str, Any], keys: Sequence[str]) -> Any:
 
 
 def parse_scores(text: str, id_key: str, polarity: Polarity,
-                 wanted: Sequence[int]) -> tuple[dict[int, float], str | None]:
+                 wanted: Sequence[int]) -> tuple[dict[int, float], Problem | None]:
     """Scores for the requested ids, and the problems found (None when the reply is complete and clean).
-    Invalid entries (unknown id, score outside [0, 10], not a number) are dropped, never kept."""
+    Invalid entries (unknown id, score outside [0, 10], not a number) are dropped, never kept. Each id must
+    be rated once: an id rated twice makes the reply invalid (repaired); two different scores for one id
+    contradict each other and neither is kept, the same score twice is kept."""
     value = extract_json(text)
     if isinstance(value, list):
         value = {"ratings": value}
     if not isinstance(value, dict) or not isinstance(value.get("ratings"), list):
-        raise ReplyError('the JSON must be an object with a "ratings" list')
+        raise ReplyError('the JSON must be an object with a "ratings" list', "wrong_structure")
     score_key = "like_score" if polarity == "pos" else "dislike_score"
     wanted_set = {str(i) for i in wanted}
     scores: dict[int, float] = {}
+    rated: dict[int, int] = {}
+    contradicted: set[int] = set()
     unknown, bad = [], []
     for entry in value["ratings"]:
         if not isinstance(entry, dict):
@@ -302,19 +351,33 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
         except ValidationError:
             bad.append(f"{item}: {raw_score!r}")
             continue
-        scores.setdefault(int(rating.id), rating.score)
-    missing = [i for i in wanted if i not in scores]
-    problems = []
+        item_id = int(rating.id)
+        rated[item_id] = rated.get(item_id, 0) + 1
+        if item_id in scores and scores[item_id] != rating.score:
+            contradicted.add(item_id)
+        scores.setdefault(item_id, rating.score)
+    for item_id in contradicted:
+        del scores[item_id]
+    twice = [i for i in wanted if rated.get(i, 0) > 1]
+    missing = [i for i in wanted if i not in scores and i not in contradicted]
+    problems: list[tuple[str, str]] = []
     if unknown:
-        problems.append(f"these {id_key}s were not in the request and were rejected: {', '.join(unknown[:20])}")
+        problems.append(("unknown_id", f"these {id_key}s were not in the request and were rejected: "
+                                       f"{', '.join(unknown[:20])}"))
     if bad:
-        problems.append(f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}")
+        problems.append(("out_of_range", f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}"))
+    if twice:
+        text = f"these {id_key}s were rated more than once (rate each exactly once): {', '.join(map(str, twice[:20]))}"
+        if contradicted:
+            kept_none = ", ".join(map(str, sorted(contradicted)[:20]))
+            text += f" (with different scores, so no score is kept for {kept_none})"
+        problems.append(("duplicate_id", text))
     if missing:
-        problems.append(f"these {id_key}s got no valid score: {', '.join(map(str, missing[:50]))}")
-    return scores, ("; ".join(problems) or None)
+        problems.append(("missing_id", f"these {id_key}s got no valid score: {', '.join(map(str, missing[:50]))}"))
+    return scores, Problem.of(problems)
 
 
-def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], str | None]:
+def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], Problem | None]:
     """Groups with only requested ids, each id in its first group; the ids left out; the problems."""
     value = extract_json(text)
     if isinstance(value, list):
@@ -338,19 +401,22 @@ def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[
         if members:
             groups.append(Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members)))
     missing = [i for i in wanted if i not in seen]
-    problems = []
+    problems: list[tuple[str, str]] = []
     if unknown:
-        problems.append(f"these ids were not in the input and were rejected: {', '.join(unknown[:20])}")
+        problems.append(("unknown_id", f"these ids were not in the input and were rejected: {', '.join(unknown[:20])}"))
     if duplicated:
-        problems.append(f"these ids were assigned to more than one group: {', '.join(duplicated[:20])}")
+        problems.append(("duplicate_id", f"these ids were assigned to more than one group: "
+                                         f"{', '.join(duplicated[:20])}"))
     if missing:
-        problems.append(f"these ids were not assigned to any group: {', '.join(map(str, missing[:50]))}")
-    return groups, missing, ("; ".join(problems) or None)
+        problems.append(("missing_id", f"these ids were not assigned to any group: "
+                                       f"{', '.join(map(str, missing[:50]))}"))
+    return groups, missing, Problem.of(problems)
 
 
 def parse_similarity(text: str) -> float:
     value = extract_json(text)
     reply = _validate(SimilarityReply, value)
     if not math.isfinite(reply.similarity_score) or not 0 <= reply.similarity_score <= 1:
-        raise ReplyError(f"similarity_score must be a number in [0, 1], got {reply.similarity_score:g}")
+        raise ReplyError(f"similarity_score must be a number in [0, 1], got {reply.similarity_score:g}",
+                         "out_of_range")
     return reply.similarity_score
