@@ -35,12 +35,28 @@ _WORKER_ENGINES: dict[str, Any] = {}
 _WORKER_PRIMED: dict[str, str] = {}
 
 
+def _combine(a: Usage, b: Usage, sign: int) -> Usage:
+    """a + sign * b field by field, in the richer of the two Usage types (an LLM engine's usage also counts
+    HTTP calls, retries by reason, waits and estimated tokens: per-reason dicts add key by key)."""
+    cls = type(a) if len(fields(type(a))) >= len(fields(type(b))) else type(b)
+    out = {}
+    for f in fields(cls):
+        x, y = getattr(a, f.name, None), getattr(b, f.name, None)
+        if isinstance(x, dict) or isinstance(y, dict):
+            x, y = x or {}, y or {}
+            merged = {k: x.get(k, 0) + sign * y.get(k, 0) for k in sorted(set(x) | set(y))}
+            out[f.name] = {k: v for k, v in merged.items() if v}
+        else:
+            out[f.name] = (x if x is not None else 0) + sign * (y if y is not None else 0)
+    return cls(**out)
+
+
 def _add(a: Usage, b: Usage) -> Usage:
-    return Usage(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(Usage)})
+    return _combine(a, b, 1)
 
 
 def _sub(a: Usage, b: Usage) -> Usage:
-    return Usage(**{f.name: getattr(a, f.name) - getattr(b, f.name) for f in fields(Usage)})
+    return _combine(a, b, -1)
 
 
 def _worker_engine(cfg_json: str, cache_dir: str) -> tuple[str, SemanticEngine]:
