@@ -183,12 +183,33 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         m = read_manifest(Path(done[chain_from]))["meta"]
         print("what each level bought (vs the control; kept only when it beats the step before it on validation):")
         print("\n".join(format_chain(m.get("levels", []), _final_row(m))))
+    for line in _llm_lines(done):
+        print(line)
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         from flows.cli import comparison_rows, format_comparison
 
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def _llm_lines(done: dict[str, str]) -> list[str]:
+    """Per LLM stage of this run: answered requests beside the HTTP calls behind them, retries by reason, the
+    seconds waited before retries, and how many tokens are estimates (replies without usage)."""
+    lines = []
+    for stage, path in done.items():
+        u = ((read_manifest(Path(path)) or {}).get("meta", {}).get("usage") or {})
+        if not u.get("http_calls") and not u.get("requests"):
+            continue
+        if "http_calls" not in u:  # the offline engine: no HTTP
+            continue
+        retries = ", ".join(f"{k} {v}" for k, v in (u.get("retries") or {}).items()) or "none"
+        est = u.get("estimated_input_tokens", 0) + u.get("estimated_output_tokens", 0)
+        lines.append(f"LLM {stage}: {u.get('requests', 0):,} requests answered ({u.get('cached', 0):,} from the cache), "
+                     f"{u['http_calls']:,} HTTP calls, retries: {retries}, {u.get('retry_wait_s', 0):.1f} s waited, "
+                     f"${u.get('cost_usd', 0.0):.2f}" + (f", {est:,} tokens estimated (replies without usage)"
+                                                         if est else ""))
+    return lines
 
 
 def _final_row(meta: dict) -> dict:
