@@ -49,6 +49,12 @@ def cold_users(interactions: pl.DataFrame, threshold: int) -> list[int]:
     return [u for u in users if counts.get(u, 0) < threshold]
 
 
+def cold_warm(interactions: pl.DataFrame, users: Sequence[int], threshold: int) -> dict[str, list[int]]:
+    """`users` split into cold-start (fewer than `threshold` training positives) and warm, in their order."""
+    cold = set(cold_users(interactions, threshold))
+    return {"cold": [u for u in users if u in cold], "warm": [u for u in users if u not in cold]}
+
+
 def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: Sequence[int], n: int,
                       seed: int) -> dict[tuple[int, str], np.ndarray]:
     """(user, polarity) -> sorted sample of up to n candidate items (no training interaction for u).

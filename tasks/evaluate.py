@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.artifacts import is_complete, read_manifest, read_table
-from lagcl.augment import cold_users
+from lagcl.augment import cold_warm
 from lagcl.errors import LagclError
 from lagcl.gate import Step, beats, format_chain, gain
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
@@ -85,7 +85,8 @@ def run(plan: Plan) -> StageRef:
                 reason += "" if ok else "; kept because gate.enabled is false"
             else:
                 reason += ": reranker left out"
-            seg = {"": users, **_segments(inter, users, cfg.augment.cold_threshold)}
+            parts = cold_warm(inter, users, cfg.augment.cold_threshold)
+            seg = {"": users, **{f"_{k}": v for k, v in parts.items()}}
             numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand,
                        "valid_scope": f"{len(holdout)} held-out users"}
             for name, us in seg.items():
@@ -96,7 +97,8 @@ def run(plan: Plan) -> StageRef:
                 numbers[f"test_recall@20{name}"], numbers[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
             step = Step("rerank", fused, True, head != "cf", reason, numbers)
 
-        gcl_meta = (read_manifest(Path(ups["gcl"].path)) or {}).get("meta", {})
+        gcl_manifest = read_manifest(Path(ups["gcl"].path)) or {}
+        gcl_meta = gcl_manifest.get("meta", {})
         rr_meta = (read_manifest(Path(rr.path)) or {}).get("meta", {}) if rr is not None and scores is not None else {}
         meta = {"headline_variant": head, "candidates": k, "alpha": variants[head][0], "tau": variants[head][1],
                 "config_alpha": rc.alpha, "config_tau": rc.tau, "users": len(users), "holdout_users": len(holdout),
@@ -112,7 +114,7 @@ def run(plan: Plan) -> StageRef:
         if grid is not None:
             plots.append(grid_plot(grid, sd.file_path("grid.png")))
         report = report_markdown(cfg, meta, metrics, grid, gcl_meta, rr_meta, [p.name for p in plots])
-        if "metrics.parquet" in (read_manifest(Path(ups["gcl"].path)) or {}).get("files", {}):
+        if "metrics.parquet" in gcl_manifest.get("files", {}):
             report += protocols_markdown(read_table(Path(ups["gcl"].path), "metrics"), gcl_meta.get("variant"))
         sd.file_path("report.md").write_text(report)
         meta["stage_seconds"] = round(time.time() - t0, 2)
@@ -148,11 +150,6 @@ def protocols_markdown(gcl_metrics: pl.DataFrame, chosen: str | None) -> str:
                     cells.append(f"{x[0]:.4f}" if len(x) else "-")
             lines.append(f"| {v} | {protocol} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _segments(inter: pl.DataFrame, users: list[int], threshold: int) -> dict[str, list[int]]:
-    cold = set(cold_users(inter, threshold))
-    return {"_cold": [u for u in users if u in cold], "_warm": [u for u in users if u not in cold]}
 
 
 # --- presentation: the report and its plots -------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 from lagcl.artifacts import is_complete, read_table
 from lagcl.config import Config
 from lagcl.errors import ConfigError, LagclError
-from lagcl.augment import cold_users
+from lagcl.augment import cold_warm
 from lagcl.gate import FitContext, Fitted, Variant, choose_levels, data_level_plan, fit_variant, topk_table
 from lagcl.train import category_groups
 from tasks.base import REPO_ROOT, Plan, StageRef, log, rank_enabled
@@ -147,10 +147,8 @@ def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
 
 def cold_warm_segments(interactions: pl.DataFrame, n_users: int, threshold: int) -> dict[str, torch.Tensor | None]:
     """Evaluation segments: all users, cold-start users (< `threshold` training positives, DESIGN.md 4), warm."""
-    cold = torch.tensor(cold_users(interactions, threshold), dtype=torch.long)
-    is_cold = torch.zeros(n_users, dtype=torch.bool)
-    is_cold[cold] = True
-    return {"all": None, "cold": cold, "warm": torch.nonzero(~is_cold).flatten()}
+    parts = cold_warm(interactions, range(n_users), threshold)
+    return {"all": None, **{name: torch.tensor(us, dtype=torch.long) for name, us in parts.items()}}
 
 
 def fit_context(plan: Plan, interactions: pl.DataFrame, items: pl.DataFrame, n_users: int, n_items: int,
@@ -231,8 +229,7 @@ def _run(plan: Plan) -> StageRef:
         for st in steps:
             log.info("gcl gate: %-6s %-28s %s: %s", st.level, st.variant, "KEPT" if st.kept else "off", st.reason)
         if chosen is control:  # no level kept: this stage's model is the control's
-            for name in ("model.pt",):
-                shutil.copyfile(ctrl / name, sd.file_path(name))
+            shutil.copyfile(ctrl / "model.pt", sd.file_path("model.pt"))
             sd.write_table("cf_topk", control_topk)
         else:
             write_model(sd, plan, chosen)
