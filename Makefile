@@ -70,6 +70,19 @@ status: setup
 compare: setup
 	$(PY) -m flows.cli compare --data $(DATA)
 
+# The paper's Table 2 (each of MODELS: base and with the levels) and Table 3 (MODEL: control, without each
+# level, all) over SEEDS training seeds, with intervals and paired tests (docs/statistics.md); Markdown, CSV
+# and PNG under cache/<DATA>/tables/. A rerun with the same seeds is all cached.
+SEEDS ?= 5
+MODELS ?= lightgcn sgl lightgcl xsimgcl
+.PHONY: table2 table3
+table2: setup
+	$(PY) -m flows.tables 2 --data $(DATA) --engine $(ENGINE) --models "$(MODELS)" --seeds $(SEEDS) \
+		$(foreach o,$(OVERRIDES),--set $(o))
+table3: setup
+	$(PY) -m flows.tables 3 --data $(DATA) --engine $(ENGINE) --models $(MODEL) --seeds $(SEEDS) \
+		$(foreach o,$(OVERRIDES),--set $(o))
+
 # Debian's Chromium, for the test that loads the Prefect UI in a headless browser
 ui-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

@@ -214,7 +214,8 @@ def _llm_lines(done: dict[str, str]) -> list[str]:
 
 def _final_row(meta: dict) -> dict:
     """The run's headline numbers in the shape of a chain row."""
-    keys = ("valid_recall@20", "test_recall@20", "test_ndcg@20", "test_recall@20_cold", "test_recall@20_warm")
+    keys = ("valid_recall@20", "test_recall@20", "test_ndcg@20", "test_recall@20_cold", "test_recall@20_warm",
+            *(f"test_{m}@20_{q}" for m in ("recall", "ndcg") for q in ("diff", "lo", "hi", "p")))
     kept = [r for r in meta.get("levels", []) if r.get("kept")]
     row = {k: (kept[-1].get(k) if kept else None) for k in (*keys, "valid_scope")}
     row["variant"] = " + ".join(r["level"] for r in kept) or "control"

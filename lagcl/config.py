@@ -182,13 +182,17 @@ class DataLevelConfig(Section):
 
 class GateConfig(Section):
     """The validation gate (DESIGN.md 13): each level is kept only when it beats the step before it on
-    validation Recall@20; test is only reported."""
+    validation Recall@20 by more than `min_gain` and above the noise (`max_p`); test is only reported."""
 
     enabled: bool = Field(True, description="false: every configured level is kept whatever validation says")
     min_gain: float = Field(0.0, ge=0, description="relative validation Recall@20 gain a level must bring")
     min_precision_ratio: float = Field(1.0, ge=0, description="the data level is trained only when its augmented "
                                        "positives hit validation positives of cold users at least this many "
                                        "times as often as the control's own top-k for them")
+    max_p: float = Field(0.05, gt=0, le=1, description="a level is kept only when the paired sign-flip test of "
+                         "its per-user validation Recall@20 against the step before gives p below this (lagcl/stats.py); "
+                         "1 turns the noise rule off")
+    resamples: int = Field(10000, ge=100, description="sign flips and bootstrap draws of each paired test over users")
 
 
 class LoraSpec(Section):
@@ -295,6 +299,9 @@ class PipelineConfig(Section):
 
 class Config(Section):
     seed: int = 2024
+    train_seed: int | None = Field(None, description="seed of model training only (initialisation, sampling "
+                                   "order); null = `seed`. `make table2/table3 SEEDS=n` vary it, so the split and "
+                                   "the LLM stages stay the same across seeds")
     cache_dir: str = "cache"
     data: DataConfig
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -310,6 +317,10 @@ class Config(Section):
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (the config part of a stage fingerprint)."""

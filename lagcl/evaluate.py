@@ -78,36 +78,49 @@ def rank_topk(score_fn: ScoreFn, users: torch.Tensor, k: int, exclude: UserItems
     return torch.cat(items_out), torch.cat(scores_out)
 
 
-def metrics_from_ranked(ranked: torch.Tensor, users: torch.Tensor, truth: UserItems,
-                        ks: Iterable[int] = (10, 20, 50)) -> dict[tuple[str, int], float]:
-    """Mean Recall@k and NDCG@k of ranked lists `ranked[r]` (items, best first) for `users[r]`."""
+def user_metrics_from_ranked(ranked: torch.Tensor, users: torch.Tensor, truth: UserItems,
+                             ks: Iterable[int] = (10, 20, 50)) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """Per-user Recall@k and NDCG@k of ranked lists `ranked[r]` (items, best first) for `users[r]`: the users
+    that have truth items, and (metric, k) -> one value per such user (the paired tests of lagcl/stats.py)."""
     ks = sorted(ks)
     n_truth = truth.counts(users)
     keep = n_truth > 0
     ranked, users, n_truth = ranked[keep], users[keep], n_truth[keep].double()
     if users.numel() == 0:
-        return {(m, k): 0.0 for m in ("recall", "ndcg") for k in ks}
+        return users, {(m, k): torch.zeros(0, dtype=torch.float64) for m in ("recall", "ndcg") for k in ks}
     hits = truth.dense(users).gather(1, ranked).double()
     discount = 1.0 / torch.log2(torch.arange(ranked.shape[1], dtype=torch.float64) + 2.0)
     out = {}
     for k in ks:
         h = hits[:, :k]
-        out[("recall", k)] = float((h.sum(1) / n_truth).mean())
+        out[("recall", k)] = h.sum(1) / n_truth
         ideal = torch.cumsum(discount, 0)[(torch.clamp(n_truth, max=min(k, ranked.shape[1])) - 1).long()]
-        out[("ndcg", k)] = float(((h * discount[:k]).sum(1) / ideal).mean())
-    return out
+        out[("ndcg", k)] = (h * discount[:k]).sum(1) / ideal
+    return users, out
+
+
+def metrics_from_ranked(ranked: torch.Tensor, users: torch.Tensor, truth: UserItems,
+                        ks: Iterable[int] = (10, 20, 50)) -> dict[tuple[str, int], float]:
+    """Mean Recall@k and NDCG@k of ranked lists `ranked[r]` (items, best first) for `users[r]`."""
+    _, per_user = user_metrics_from_ranked(ranked, users, truth, ks)
+    return {key: float(v.mean()) if v.numel() else 0.0 for key, v in per_user.items()}
+
+
+def users_with_truth(truth: UserItems, users: torch.Tensor | None = None) -> torch.Tensor:
+    """The users that have truth items (of `users`, when given): whom a mean metric is taken over."""
+    has_truth = truth.counts() > 0
+    if users is not None:
+        keep = torch.zeros_like(has_truth)
+        keep[users.long()] = True
+        has_truth &= keep
+    return torch.nonzero(has_truth).flatten()
 
 
 def evaluate(score_fn: ScoreFn, truth: UserItems, exclude: UserItems | None, ks: Iterable[int] = (10, 20, 50),
              batch_size: int = 1024, users: torch.Tensor | None = None) -> dict[tuple[str, int], float]:
     """All-rank Recall@k / NDCG@k over the users that have truth items (of `users`, when given)."""
     ks = list(ks)
-    has_truth = truth.counts() > 0
-    if users is not None:
-        keep = torch.zeros_like(has_truth)
-        keep[users.long()] = True
-        has_truth &= keep
-    users = torch.nonzero(has_truth).flatten()
+    users = users_with_truth(truth, users)
     if users.numel() == 0:  # an empty segment
         return {(m, k): 0.0 for m in ("recall", "ndcg") for k in ks}
     ranked, _ = rank_topk(score_fn, users, max(ks), exclude, batch_size)

@@ -5,8 +5,10 @@ The chain is control -> + data -> + rank. The control is the same backbone, seed
 on (the `control` stage). The data level is tried at each strength of `data_level.weights` (with the rank
 level off) after a pre-check that its augmented positives are at least as precise as the control's own
 top-k on the validation positives of the same users; the best strength is kept only when its validation
-Recall@20 beats the control's by more than `gate.min_gain` (relative). The rank level is then trained on
-top of what was kept and kept by the same rule. With `gate.enabled: false` every configured level is kept
+Recall@20 beats the control's by more than `gate.min_gain` (relative) *and* the gain is above the noise: the
+sign-flip permutation test over validation users (lagcl/stats.py) gives p < `gate.max_p`. The rank level is
+then trained on top of what was kept and kept by the same rule. Every step also carries its test change
+against the control with its interval and p-value (reported only). With `gate.enabled: false` every configured level is kept
 whatever validation says (the paper's protocol; the measurements are still reported).
 """
 
@@ -22,7 +24,8 @@ import torch
 
 from lagcl.config import DataLevelConfig, GateConfig, GCLConfig, RankConfig
 from lagcl.models import Backbone, Graph, build_model
-from lagcl.train import TrainData, TrainResult, build_train_data, metric_rows, train
+from lagcl.stats import Paired, format_p, mark, paired_users
+from lagcl.train import TrainData, TrainResult, build_train_data, metric_rows, per_user_table, train
 
 
 @dataclass(eq=False)
@@ -53,6 +56,7 @@ class Fitted:
     model: Backbone | None = None
     data: TrainData | None = None
     result: TrainResult | None = None
+    per_user: pl.DataFrame | None = None  # (split, user, recall, ndcg) at 20: what the paired tests compare
 
     def value(self, split: str = "valid", metric: str = "recall", k: int = 20, segment: str = "all",
               protocol: str = "all") -> float:
@@ -80,11 +84,15 @@ class Step:
     def as_row(self) -> dict:
         return {"level": self.level, "variant": self.variant, "trained": self.trained, "kept": self.kept,
                 "reason": self.reason, "valid_scope": self.metrics.get("valid_scope", "all users"),
-                **{k: self.metrics.get(k) for k in METRIC_KEYS}}
+                **{k: self.metrics.get(k) for k in METRIC_KEYS + TEST_KEYS}}
 
 
 METRIC_KEYS = [f"{s}_{m}@20{seg}" for s in ("valid", "test") for m in ("recall", "ndcg")
                for seg in ("", "_cold", "_warm")]
+# the paired tests of a step (lagcl/stats.py): validation Recall@20 against the step before it (what the gate
+# decided on) and test Recall@20 / NDCG@20 against the control (reported only): difference, 95% interval, p
+TEST_KEYS = [f"{s}_{m}@20_{q}" for s, m in (("valid", "recall"), ("test", "recall"), ("test", "ndcg"))
+             for q in ("diff", "lo", "hi", "p")]
 
 
 def headline(f: Fitted) -> dict[str, float]:
@@ -97,6 +105,37 @@ def headline(f: Fitted) -> dict[str, float]:
                 except KeyError:
                     pass
     return out
+
+
+def paired(f: Fitted, base: Fitted, split: str = "valid", metric: str = "recall", resamples: int = 10000,
+           seed: int = 0) -> Paired | None:
+    """The per-user paired test of `f` against `base` on one split (None when either has no per-user table,
+    e.g. a control from before per-user tables were written). Users without truth items are in neither."""
+    if f.per_user is None or base.per_user is None:
+        return None
+    a = f.per_user.filter(pl.col("split") == split).select("user", pl.col(metric).alias("a"))
+    b = base.per_user.filter(pl.col("split") == split).select("user", pl.col(metric).alias("b"))
+    both = a.join(b, on="user", how="inner").sort("user")
+    return paired_users(both["a"].to_numpy(), both["b"].to_numpy(), resamples, seed)
+
+
+def paired_figures(f: Fitted, before: Fitted, control: Fitted, gate: GateConfig) -> dict:
+    """TEST_KEYS of a step: validation vs the step before, test vs the control."""
+    out = {}
+    for key, base, split, metric in (("valid_recall@20", before, "valid", "recall"),
+                                     ("test_recall@20", control, "test", "recall"),
+                                     ("test_ndcg@20", control, "test", "ndcg")):
+        t = paired(f, base, split, metric, gate.resamples) if f is not base else None
+        if t is not None:
+            out.update({f"{key}_diff": t.diff, f"{key}_lo": t.lo, f"{key}_hi": t.hi, f"{key}_p": t.p})
+    return out
+
+
+def above_noise(t: Paired | None, gate: GateConfig) -> bool:
+    """The noise rule: a positive mean paired difference whose p-value is below `gate.max_p` (1 turns it off)."""
+    if gate.max_p >= 1.0:
+        return True
+    return t is not None and t.diff > 0 and t.p < gate.max_p
 
 
 def gain(candidate: float, base: float) -> float:
@@ -141,7 +180,7 @@ def fit_variant(ctx: FitContext, v: Variant) -> Fitted:
     ckpt = ctx.ckpt_root / v.slug if ctx.ckpt_root is not None else None
     result = train(model, data, ctx.gcl, rank, ctx.seed, ckpt_dir=ckpt, progress=ctx.progress)
     rows = metric_rows(model, data, ctx.ks, ctx.segments, ctx.gcl.eval_batch_users)
-    return Fitted(v, rows, model, data, result)
+    return Fitted(v, rows, model, data, result, per_user_table(model, data, 20, ctx.gcl.eval_batch_users))
 
 
 def topk_table(f: Fitted, k: int, batch_size: int = 1024) -> pl.DataFrame:
@@ -171,6 +210,21 @@ def choose_levels(control: Fitted, fit: Callable[[Variant], Fitted], data_varian
                   headline(control))]
     trained: list[Fitted] = []
     best = control
+
+    def judge(level: str, f: Fitted, before: Fitted) -> Step:
+        figures = paired_figures(f, before, control, gate)
+        t = paired(f, before, "valid", "recall", gate.resamples)
+        ok = beats(f.valid, before.valid, gate.min_gain) and above_noise(t, gate)
+        verdict = (f"validation Recall@20 {f.valid:.4f} vs {before.variant.name} {before.valid:.4f} "
+                   f"({gain(f.valid, before.valid):+.2%}"
+                   + (f", p={format_p(t.p)}{mark(t.p)}" if t is not None else ", no per-user test") + ")")
+        if ok or not gate.enabled:
+            return Step(level, f.variant.name, True, True, verdict + ("" if ok else
+                        "; kept because gate.enabled is false"), {**headline(f), **figures})
+        needs = f"> {gate.min_gain:+.2%}" + (f" with p < {gate.max_p:g}" if gate.max_p < 1.0 else "")
+        return Step(level, f.variant.name, True, False, verdict + f": turned down (needs {needs})",
+                    {**headline(f), **figures})
+
     if data_blocked is not None:
         steps.append(Step("data", "off", False, False, data_blocked))
     elif data_variants:
@@ -181,32 +235,20 @@ def choose_levels(control: Fitted, fit: Callable[[Variant], Fitted], data_varian
             if f is not top:
                 steps.append(Step("data", f.variant.name, True, False,
                                   f"validation Recall@20 {f.valid:.4f} < {top.valid:.4f} of {top.variant.name}",
-                                  headline(f)))
-        ok = beats(top.valid, control.valid, gate.min_gain)
-        verdict = (f"validation Recall@20 {top.valid:.4f} vs control {control.valid:.4f} "
-                   f"({gain(top.valid, control.valid):+.2%})")
-        if ok or not gate.enabled:
+                                  {**headline(f), **paired_figures(f, control, control, gate)}))
+        step = judge("data", top, control)
+        steps.append(step)
+        if step.kept:
             best = top
-            steps.append(Step("data", top.variant.name, True, True, verdict + ("" if ok else
-                              "; kept because gate.enabled is false"), headline(top)))
-        else:
-            steps.append(Step("data", top.variant.name, True, False, verdict + ": turned down "
-                              f"(needs > {gate.min_gain:+.2%})", headline(top)))
     if rank_on:
         base = best.variant
         v = Variant(f"{base.name} + rank" if base.data_on else "rank", base.augmented, base.aug_weight, rank=True)
         f = fit(v)
         trained.append(f)
-        ok = beats(f.valid, best.valid, gate.min_gain)
-        verdict = (f"validation Recall@20 {f.valid:.4f} vs {best.variant.name} {best.valid:.4f} "
-                   f"({gain(f.valid, best.valid):+.2%})")
-        if ok or not gate.enabled:
-            steps.append(Step("rank", v.name, True, True, verdict + ("" if ok else
-                              "; kept because gate.enabled is false"), headline(f)))
+        step = judge("rank", f, best)
+        steps.append(step)
+        if step.kept:
             best = f
-        else:
-            steps.append(Step("rank", v.name, True, False, verdict + f": turned down (needs > {gate.min_gain:+.2%})",
-                              headline(f)))
     return best, steps, trained
 
 
@@ -236,7 +278,8 @@ def data_level_plan(dl: DataLevelConfig, gate: GateConfig, scores: pl.DataFrame 
 
 def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
     """The chain as text lines (terminal summary, report, compare): each level's validation and test
-    Recall/NDCG@20 with the change against the control, cold/warm test Recall@20, kept or not and why."""
+    Recall/NDCG@20 with the change against the control, cold/warm test Recall@20, the paired test of the test
+    Recall@20 change (95% interval over users, p-value, the paper's marks), kept or not and why."""
     control = next((r for r in levels if r["level"] == "control"), None)
 
     def cell(r: dict, key: str) -> str:
@@ -246,19 +289,30 @@ def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
         if key.startswith("valid") and r.get("valid_scope", "all users") != "all users":
             return f"{v:.4f} (h)"  # another set of users (the reranker's held-out ones): no change to show
         base = control.get(key) if control is not None and r is not control else None
-        return f"{v:.4f}" + (f" ({gain(v, base):+.1%})" if base else "")
+        return f"{v:.4f}" + (f" ({gain(v, base):+.1%}){mark(r.get(key + '_p') or float('nan'))}" if base else "")
 
-    lines = [f"  {'level':<8} {'variant':<26} {'kept':<4} {'valid R@20':>17} {'test R@20':>17} {'test N@20':>17} "
-             f"{'cold test R@20':>17} {'warm test R@20':>17}  why"]
+    def interval(r: dict) -> str:
+        if r.get("test_recall@20_p") is None:
+            return "-"
+        return (f"{r['test_recall@20_diff']:+.4f} [{r['test_recall@20_lo']:+.4f}, {r['test_recall@20_hi']:+.4f}] "
+                f"p={format_p(r['test_recall@20_p'])}")
+
+    lines = [f"  {'level':<8} {'variant':<26} {'kept':<4} {'valid R@20':>19} {'test R@20':>19} {'test N@20':>19} "
+             f"{'cold test R@20':>19} {'warm test R@20':>19}  {'test R@20 - control [95% CI] p':<36}  why"]
     for r in levels:
         name = r["level"] if r["level"] == "control" else "+ " + r["level"]
         lines.append(f"  {name:<8} {str(r['variant'])[:26]:<26} {'yes' if r['kept'] else 'no':<4} "
-                     f"{cell(r, 'valid_recall@20'):>17} {cell(r, 'test_recall@20'):>17} {cell(r, 'test_ndcg@20'):>17} "
-                     f"{cell(r, 'test_recall@20_cold'):>17} {cell(r, 'test_recall@20_warm'):>17}  {r['reason']}")
+                     f"{cell(r, 'valid_recall@20'):>19} {cell(r, 'test_recall@20'):>19} {cell(r, 'test_ndcg@20'):>19} "
+                     f"{cell(r, 'test_recall@20_cold'):>19} {cell(r, 'test_recall@20_warm'):>19}  "
+                     f"{interval(r):<36}  {r['reason']}")
     if any(r.get("valid_scope", "all users") != "all users" for r in levels):
         lines.append("  (h): validation over the reranker's held-out users only, not comparable with the rows above")
+    if any(r.get("test_recall@20_p") is not None for r in levels):
+        lines.append("  * p < 0.05, ** p < 0.01: paired sign-flip permutation test over users against the control "
+                     "(one seed; lagcl/stats.py)")
     if final is not None:
-        lines.append(f"  {'final':<8} {str(final.get('variant'))[:26]:<26} {'':<4} {cell(final, 'valid_recall@20'):>17} "
-                     f"{cell(final, 'test_recall@20'):>17} {cell(final, 'test_ndcg@20'):>17} "
-                     f"{cell(final, 'test_recall@20_cold'):>17} {cell(final, 'test_recall@20_warm'):>17}")
+        lines.append(f"  {'final':<8} {str(final.get('variant'))[:26]:<26} {'':<4} {cell(final, 'valid_recall@20'):>19} "
+                     f"{cell(final, 'test_recall@20'):>19} {cell(final, 'test_ndcg@20'):>19} "
+                     f"{cell(final, 'test_recall@20_cold'):>19} {cell(final, 'test_recall@20_warm'):>19}  "
+                     f"{interval(final):<36}")
     return lines

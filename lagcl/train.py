@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lagcl.config import GCLConfig, RankConfig
-from lagcl.evaluate import UserItems, evaluate
+from lagcl.evaluate import UserItems, evaluate, rank_topk, user_metrics_from_ranked, users_with_truth
 from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce, total_loss
 from lagcl.models import Backbone
 from lagcl.sampling import NegativeSampler
@@ -205,13 +205,37 @@ def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", b
     model.eval()
     with torch.no_grad():
         cache = model.embeddings()
-    exclude = data.train_pos if split == "valid" else data.train_pos.union(data.valid)
-    if mask_dislikes and data.train_neg is not None:
-        exclude = exclude.union(data.train_neg)
-    truth = data.valid if split == "valid" else data.test
+    truth, exclude = split_sets(data, split, mask_dislikes)
     out = evaluate(lambda u: model.score(u, cache), truth, exclude, ks, batch_size, users=users)
     model.train()
     return out
+
+
+def split_sets(data: TrainData, split: str, mask_dislikes: bool = False) -> tuple[UserItems, UserItems]:
+    """(truth, excluded items) of a split: validation masks training positives, test masks training and
+    validation positives; `mask_dislikes` also masks the known training dislikes."""
+    exclude = data.train_pos if split == "valid" else data.train_pos.union(data.valid)
+    if mask_dislikes and data.train_neg is not None:
+        exclude = exclude.union(data.train_neg)
+    return (data.valid if split == "valid" else data.test), exclude
+
+
+def per_user_table(model: Backbone, data: TrainData, k: int = 20, batch_size: int = 1024) -> pl.DataFrame:
+    """(split, user, recall, ndcg) at k for every user with truth items, both splits, all-items protocol: the
+    per-user values the paired tests compare (lagcl/stats.py); their means are the `metrics` rows."""
+    model.eval()
+    with torch.no_grad():
+        cache = model.embeddings()
+    frames = []
+    for split in ("valid", "test"):
+        truth, exclude = split_sets(data, split)
+        users = users_with_truth(truth)
+        ranked, _ = rank_topk(lambda u: model.score(u, cache), users, k, exclude, batch_size)
+        users, per = user_metrics_from_ranked(ranked, users, truth, (k,))
+        frames.append(pl.DataFrame({"split": split, "user": users.numpy().astype("int32"),
+                                    "recall": per[("recall", k)].numpy(), "ndcg": per[("ndcg", k)].numpy()}))
+    model.train()
+    return pl.concat(frames)
 
 
 PROTOCOLS = {"all": False, "dislikes masked": True}

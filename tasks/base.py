@@ -32,15 +32,16 @@ class StageSpec:
 
 # the order is the execution order; a stage's version changes when its code changes what it writes
 # (rerank 2: the classifier head is drawn from `seed`, not from the process's random state; augment 2: quality
-# figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control)
+# figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control;
+# control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", ("data",), (), "1"),
     StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
     StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "2"),
     StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
-    StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "1"),
+    StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "2"),
     StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
-                                                                                    "control"), "2"),
+                                                                                    "control"), "3"),
     StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "2"),
     StageSpec("evaluate", ("evaluate", "rerank", "gate"), ("prepare", "control", "gcl", "rerank"), "2"),
 )}
@@ -121,6 +122,8 @@ def make_plan(cfg: Config) -> Plan:
         extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")
         if name in ("control", "gcl", "evaluate"):  # the cold/warm split of the metrics
             extra += f";cold={cfg.augment.cold_threshold}"
+        if cfg.train_seed is not None and name in ("control", "gcl", "rerank", "evaluate"):
+            extra += f";train_seed={cfg.train_seed}"
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
     return plan

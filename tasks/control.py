@@ -1,7 +1,8 @@
 """Stage: the control (DESIGN.md 13) -> the configured backbone trained with no level on (no augmentation,
 its own losses, same seed and data): model.pt, cf_topk, metrics (valid/test, both protocols, all/cold/warm
-users), epochs. Its fingerprint depends only on the data, the backbone and the seed, so every level, ablation
-and rank setting of a backbone shares one control, and a rerun reuses it."""
+users), per_user (each user's Recall/NDCG@20 on both splits: the paired tests), epochs. Its fingerprint
+depends only on the data, the backbone and the seed, so every level, ablation and rank setting of a backbone
+shares one control, and a rerun reuses it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from lagcl.artifacts import read_table
 from lagcl.gate import Variant, fit_variant, headline
 from tasks.base import Plan, StageRef, log
-from tasks.gcl import epochs_table, fit_context, metrics_table, run_in_dgl_env, runs_in_dgl_env, write_model
+from tasks.gcl import (epochs_table, fit_context, metrics_table, per_user_table, run_in_dgl_env, runs_in_dgl_env,
+                       write_model)
 
 STAGE = "control"
 
@@ -38,6 +40,7 @@ def _run(plan: Plan) -> StageRef:
         f = fit_variant(ctx, Variant("control"))
         write_model(sd, plan, f)
         sd.write_table("metrics", metrics_table([f]))
+        sd.write_table("per_user", per_user_table([f]))
         sd.write_table("epochs", epochs_table([f]))
         meta = {"backbone": cfg.gcl.backbone, "variant": "control", "rank_level": False, "data_level": False,
                 "best_epoch": f.result.best_epoch, "epochs_run": f.result.epochs.height,

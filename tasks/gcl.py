@@ -158,8 +158,8 @@ def fit_context(plan: Plan, interactions: pl.DataFrame, items: pl.DataFrame, n_u
     groups_source = "none (rank level off)"
     if with_groups:
         user_group, item_group, groups_source = _groups(plan, interactions, items, n_users, n_items)
-    ctx = FitContext(interactions, n_users, n_items, cfg.gcl, cfg.rank, cfg.data_level, cfg.graph.backend, cfg.seed,
-                     cold_warm_segments(interactions, n_users, cfg.augment.cold_threshold),
+    ctx = FitContext(interactions, n_users, n_items, cfg.gcl, cfg.rank, cfg.data_level, cfg.graph.backend,
+                     cfg.training_seed, cold_warm_segments(interactions, n_users, cfg.augment.cold_threshold),
                      sorted(set(cfg.evaluate.topk) | {20}), user_group, item_group, ckpt_root)
     return ctx, groups_source
 
@@ -189,9 +189,16 @@ def epochs_table(fitted: list[Fitted]) -> pl.DataFrame:
 
 
 def fitted_from_stage(folder: Path, name: str = "control") -> Fitted:
-    """A variant trained by an earlier stage (the control), from its metrics table."""
+    """A variant trained by an earlier stage (the control), from its metrics and per-user tables."""
     m = read_table(folder, "metrics").filter(pl.col("variant") == name)
-    return Fitted(Variant(name), m.drop("variant").to_dicts())
+    per_user = read_table(folder, "per_user").filter(pl.col("variant") == name).drop("variant")
+    return Fitted(Variant(name), m.drop("variant").to_dicts(), per_user=per_user)
+
+
+def per_user_table(fitted: list[Fitted]) -> pl.DataFrame:
+    """Every variant's per-user Recall/NDCG@20 on both splits: what `make table2/table3` and the gate test."""
+    return pl.concat([f.per_user.with_columns(pl.lit(f.variant.name).alias("variant"))
+                      for f in fitted if f.per_user is not None])
 
 
 def _run(plan: Plan) -> StageRef:
@@ -235,6 +242,7 @@ def _run(plan: Plan) -> StageRef:
             write_model(sd, plan, chosen)
         sd.write_table("levels", pl.DataFrame([st.as_row() for st in steps]))
         sd.write_table("metrics", metrics_table([control, *trained]))
+        sd.write_table("per_user", per_user_table([control, *trained]))
         sd.write_table("epochs", epochs_table(trained))
         kept = {st.level for st in steps if st.kept}
         ranked = next((f for f in trained if f.variant.rank), None)
