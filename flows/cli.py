@@ -2,7 +2,8 @@
 
     lagcl run --data ml-100k [--model xsimgcl --rank off --set gcl.lr=0.002]
     lagcl status --data ml-100k [same options as run]
-    lagcl compare --data ml-100k      (every finished run side by side: backbone, levels on, metrics)
+    lagcl compare --data ml-100k      (every finished run side by side: backbone, levels on, metrics, p)
+    python -m flows.tables 3 --seeds 5 (the paper's Table 3 over seeds, intervals, paired tests: make table3)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from lagcl.artifacts import read_manifest
 from lagcl.errors import LagclError
+from lagcl.stats import format_p, mark
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -75,21 +77,31 @@ def comparison_rows(store) -> list[dict[str, object]]:
                 "groups": str(meta.get("groups", "")).split(" ")[0] if stage == "gcl" else "",
                 "recall@20": meta["test_recall@20"], "ndcg@20": meta["test_ndcg@20"],
                 "vs_control": (meta["test_recall@20"] - control) / control if control else None,
+                "p": _last_kept_p(meta) if stage != "control" else None,
                 "folder": folder.name,
             })
     return sorted(rows, key=lambda r: (str(r["backbone"]), r["stage"] != "control", r["data"], r["rank"],
                                        r["rerank"], r["folder"]))
 
 
+def _last_kept_p(meta: dict) -> float | None:
+    """The paired test's p of the run's last kept level against the control (None: no level kept, or a rerank
+    level, whose fused ranking has no per-user test)."""
+    kept = [r for r in meta.get("levels", []) if r.get("kept") and r.get("level") != "control"]
+    return kept[-1].get("test_recall@20_p") if kept else None
+
+
 def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
     lines = [f"finished runs of {dataset} in the store (test, all-rank; levels = those kept on validation; "
-             "R@20 change against the backbone's control):",
+             "R@20 change against the backbone's control, p of the paired test over users, * < 0.05, ** < 0.01):",
              f"  {'backbone':<9} {'stage':<8} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
-             f"{'NDCG@20':>8} {'vs ctrl':>8}  folder under cache/<dataset>/<stage>"]
+             f"{'NDCG@20':>8} {'vs ctrl':>10} {'p':>7}  folder under cache/<dataset>/<stage>"]
     for r in rows:
-        vs = f"{r['vs_control']:+.1%}" if r["vs_control"] is not None else "-"
+        p = r.get("p")
+        vs = (f"{r['vs_control']:+.1%}" + (mark(p) if p is not None else "")) if r["vs_control"] is not None else "-"
         lines.append(f"  {r['backbone']!s:<9} {r['stage']:<8} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} "
-                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>8}  {r['folder']}")
+                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>10} {format_p(p):>7}  "
+                     f"{r['folder']}")
     return "\n".join(lines)
 
 

@@ -55,3 +55,15 @@ def test_table_rows_give_the_control_no_test_and_a_variant_its_difference_over_s
     assert abs(rows[1]["recall@20_diff"] - 0.05) < 1e-12 and abs(rows[1]["ndcg@20_diff"] - 0.02) < 1e-12
     assert rows[1]["recall@20_p_users"] < 0.01 and rows[1]["recall@20_mark"] == "**"
     assert rows[1]["seeds"] == 3
+
+
+def test_compare_prints_the_p_value_and_the_mark_beside_each_gain():
+    from flows.cli import format_comparison
+
+    rows = [{"stage": "control", "backbone": "lightgcn", "data": "off", "rank": "off", "rerank": "off", "groups": "",
+             "recall@20": 0.30, "ndcg@20": 0.25, "vs_control": 0.0, "p": None, "folder": "a"},
+            {"stage": "gcl", "backbone": "lightgcn", "data": "on", "rank": "off", "rerank": "off", "groups": "g",
+             "recall@20": 0.33, "ndcg@20": 0.27, "vs_control": 0.1, "p": 0.004, "folder": "b"}]
+    lines = format_comparison(rows, "toy").splitlines()
+    assert "+10.0%**" in lines[3] and "0.004" in lines[3]
+    assert "+0.0%" in lines[2] and lines[2].split()[-2] == "-"
