@@ -32,6 +32,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lagcl")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 
 from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
@@ -46,6 +47,19 @@ from tasks import prepare as prepare_stage  # noqa: E402
 from tasks import rerank as rerank_stage  # noqa: E402
 from tasks import profiles as profiles_stage  # noqa: E402
 from tasks.base import STAGES, Plan, StageRef, make_plan  # noqa: E402
+
+
+
+class _NoFailedStateEcho(logging.Filter):
+    """Drops Prefect's "Task run failed with state: Failed(...)" record for a stage that returned a Failed state
+    (run_stage below): it repeats the message of the "Finished in state Failed(...)" line beside it and, being
+    logged with exc_info outside any exception, ends in a stray "NoneType: None" line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task run failed with state:")
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoFailedStateEcho())
 
 RUNNERS = {
     "prepare": prepare_stage.run,
@@ -68,7 +82,12 @@ def _stage_key(context, parameters) -> str:  # Prefect cache_key_fn signature
 
 @task(name="stage", cache_key_fn=_stage_key, persist_result=True, task_run_name="{stage}")
 def run_stage(stage: str, plan: Plan) -> StageRef:
-    return RUNNERS[stage](plan)
+    try:
+        return RUNNERS[stage](plan)
+    except LagclError as exc:
+        # a fault the user can fix (bad data, a locked stage): the task ends Failed with the one-line message
+        # that `--dry-run` prints, and Prefect's engine logs no traceback for it (a returned state, not a raise)
+        return Failed(message=str(exc), data=exc)
 
 
 def build_config(data: str, engine: str, model: str, rank: str | None, ablation: str | None,
@@ -87,12 +106,15 @@ def build_config(data: str, engine: str, model: str, rank: str | None, ablation:
 def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str = "lightgcn",
                    rank: str | None = None, ablation: str | None = None, from_stage: str | None = None,
                    overrides: list[str] | None = None) -> dict[str, str]:
-    cfg = build_config(data, engine, model, rank, ablation, overrides or [])
-    plan = make_plan(cfg)
-    if cfg.pipeline.runner == "dask":
-        done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
-    else:
-        done = _run_stages(plan, from_stage)
+    try:
+        cfg = build_config(data, engine, model, rank, ablation, overrides or [])
+        plan = make_plan(cfg)
+        if cfg.pipeline.runner == "dask":
+            done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
+        else:
+            done = _run_stages(plan, from_stage)
+    except LagclError as exc:
+        return Failed(message=str(exc), data=exc)  # the flow run's message, without a traceback
     _print_summary(plan, done)
     _publish_artifacts(plan, done)
     return done
@@ -134,7 +156,10 @@ def _run_stages(plan: Plan, from_stage: str | None) -> dict[str, str]:
 def dask_stages(plan: Plan, from_stage: str | None = None) -> dict[str, str]:
     """The stages of a `pipeline.runner=dask` run: a subflow whose task runner is prefect-dask's, so the
     stages' LLM and scoring fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
-    return _run_stages(plan, from_stage)
+    try:
+        return _run_stages(plan, from_stage)
+    except LagclError as exc:
+        return Failed(message=str(exc), data=exc)
 
 
 def dask_task_runner(cfg: Config):
