@@ -190,6 +190,8 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"{plan.cfg.data.name}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
               f"({s['positives']:,} positive, {s['negatives']:,} negative), density {s['density']:.4f}; positives "
               f"train/valid/test {s['positives_train']:,}/{s['positives_valid']:,}/{s['positives_test']:,}")
+        for line in raw_data_lines(s):
+            print(line)
     if "gcl" in done:
         m = read_manifest(Path(done["gcl"]))["meta"]
         print(f"gcl {m['backbone']}: chosen '{m['variant']}' (data level {'on' if m['data_level'] else 'off'}, rank "
@@ -216,6 +218,23 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         from flows.cli import comparison_rows, format_comparison
 
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def raw_data_lines(stats: dict) -> list[str]:
+    """What reading the raw files skipped (by reason, with the first places) and merged (duplicate pairs), and
+    Steam's Table 1 under both readings of `recommend`, from the prepare manifest's stats."""
+    lines = [f"  skipped ({reason}): {e['count']:,} line(s), first at {', '.join(e['first_lines'])}"
+             for reason, e in (stats.get("skipped") or {}).items()]
+    d = stats.get("duplicates") or {}
+    if d.get("pairs_repeated"):
+        lines.append(f"  duplicates: {d['pairs_repeated']:,} (user, item) pair(s) given more than once "
+                     f"({d['pairs_with_different_ratings']:,} with different ratings), {d['rows_dropped']:,} row(s) "
+                     f"merged; {d['rule']}")
+    for reading, t in (stats.get("steam_readings") or {}).items():
+        lines.append(f"  steam read {reading}: {t['users']:,} users, {t['items']:,} items, {t['interactions']:,} "
+                     f"interactions ({t['positives']:,} positive, {t['negatives']:,} negative), density "
+                     f"{t['density']:.4f}")
+    return lines
 
 
 def _llm_lines(done: dict[str, str]) -> list[str]:
