@@ -451,25 +451,8 @@ class DelimitedFile:
         """CSV records with the line each starts on. A record that runs over several lines and then has the
         wrong number of fields (or breaks CSV) is a quote opened and never closed: it is reported at the line
         where it opened, and in lenient mode only that line is skipped: the lines it swallowed are read again."""
-        pending: deque[tuple[int, str]] = deque()  # lines to read again after an unclosed quote
-        taken: list[tuple[int, str]] = []  # the lines of the record being read
-        lineno = 0
-
-        def source() -> Iterator[str]:
-            nonlocal lineno
-            while True:
-                if pending:
-                    n, line = pending.popleft()
-                else:
-                    line = next(fh, None)
-                    if line is None:
-                        return
-                    lineno += 1
-                    n = lineno
-                taken.append((n, line))
-                yield line
-
-        src = source()
+        src = _Replayable(fh)
+        pending, taken = src.pending, src.taken
         while True:
             it = csv.reader(src, delimiter=self.sep)
             while True:
@@ -532,6 +515,30 @@ class DelimitedFile:
 
         inter = collect(self.reader, self.rows(), checked(cfg, to_rows), INTER_SCHEMA, cfg.max_interactions)
         return finish(inter, self.path, self.reader.skipped)
+
+
+class _Replayable:
+    """The lines of a file with their numbers, for csv.reader; lines put in `pending` are read again (with
+    their own numbers) before the file goes on, and `taken` lists the lines read since it was cleared. Unlike
+    a generator it can be read again after the file's end, when `pending` is refilled."""
+
+    def __init__(self, fh: Iterator[str]):
+        self.fh, self.lineno = fh, 0
+        self.pending: deque[tuple[int, str]] = deque()
+        self.taken: list[tuple[int, str]] = []
+
+    def __iter__(self) -> "_Replayable":
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            n, line = self.pending.popleft()
+        else:
+            line = next(self.fh)  # StopIteration at the end of the file
+            self.lineno += 1
+            n = self.lineno
+        self.taken.append((n, line))
+        return line
 
 
 def any_timestamp(value: Any, what: str) -> int:
