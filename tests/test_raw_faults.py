@@ -355,3 +355,24 @@ def test_prepare_statistics_of_random_clean_csv_files_equal_an_independent_compu
     stats = prepare(read_raw(cfg, tmp_path), cfg, seed=seed).stats
     assert {key: stats[key] for key in want} == want
     assert stats["positives_train"] + stats["positives_valid"] + stats["positives_test"] == want["positives"]
+
+
+# --- the run's summary -------------------------------------------------------------------------------
+
+def test_the_run_summary_lists_skipped_lines_by_reason_duplicates_and_both_steam_readings(tmp_path):
+    from flows.pipeline import raw_data_lines
+
+    users = steam_users()
+    users["user0"] = [*users["user0"], steam_review("0", False), "{'item_id': '5', 'recommend': 'yes'}"]
+    cfg = steam(tmp_path, users=users).model_copy(update={"strict": False, "kcore": 2})
+    path = tmp_path / "australian_user_reviews.json"
+    path.write_text(path.read_text() + (path.read_text().splitlines()[1] + "\n") * 2)
+    stats = prepare(read_raw(cfg, tmp_path), cfg, seed=1).stats
+    assert raw_data_lines(stats) == [
+        "  skipped (malformed line): 1 line(s), first at australian_user_reviews.json:1",
+        "  duplicates: 6 (user, item) pair(s) given more than once (0 with different ratings), 12 row(s) merged; "
+        + DUPLICATE_RULE,
+        "  steam read all_positive (paper): 5 users, 6 items, 30 interactions (30 positive, 0 negative), "
+        "density 1.0000",
+        "  steam read signed (data.steam_signed): 5 users, 6 items, 30 interactions (25 positive, 5 negative), "
+        "density 1.0000"]
