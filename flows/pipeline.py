@@ -32,6 +32,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lagcl")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 
 from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
@@ -46,6 +47,19 @@ from tasks import prepare as prepare_stage  # noqa: E402
 from tasks import rerank as rerank_stage  # noqa: E402
 from tasks import profiles as profiles_stage  # noqa: E402
 from tasks.base import STAGES, Plan, StageRef, make_plan  # noqa: E402
+
+
+
+class _NoFailedStateEcho(logging.Filter):
+    """Drops Prefect's "Task run failed with state: Failed(...)" record for a stage that returned a Failed state
+    (run_stage below): it repeats the message of the "Finished in state Failed(...)" line beside it and, being
+    logged with exc_info outside any exception, ends in a stray "NoneType: None" line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task run failed with state:")
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoFailedStateEcho())
 
 RUNNERS = {
     "prepare": prepare_stage.run,
@@ -68,7 +82,12 @@ def _stage_key(context, parameters) -> str:  # Prefect cache_key_fn signature
 
 @task(name="stage", cache_key_fn=_stage_key, persist_result=True, task_run_name="{stage}")
 def run_stage(stage: str, plan: Plan) -> StageRef:
-    return RUNNERS[stage](plan)
+    try:
+        return RUNNERS[stage](plan)
+    except LagclError as exc:
+        # a fault the user can fix (bad data, a locked stage): the task ends Failed with the one-line message
+        # that `--dry-run` prints, and Prefect's engine logs no traceback for it (a returned state, not a raise)
+        return Failed(message=str(exc), data=exc)
 
 
 def build_config(data: str, engine: str, model: str, rank: str | None, ablation: str | None,
@@ -87,12 +106,15 @@ def build_config(data: str, engine: str, model: str, rank: str | None, ablation:
 def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str = "lightgcn",
                    rank: str | None = None, ablation: str | None = None, from_stage: str | None = None,
                    overrides: list[str] | None = None) -> dict[str, str]:
-    cfg = build_config(data, engine, model, rank, ablation, overrides or [])
-    plan = make_plan(cfg)
-    if cfg.pipeline.runner == "dask":
-        done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
-    else:
-        done = _run_stages(plan, from_stage)
+    try:
+        cfg = build_config(data, engine, model, rank, ablation, overrides or [])
+        plan = make_plan(cfg)
+        if cfg.pipeline.runner == "dask":
+            done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
+        else:
+            done = _run_stages(plan, from_stage)
+    except LagclError as exc:
+        return Failed(message=str(exc), data=exc)  # the flow run's message, without a traceback
     _print_summary(plan, done)
     _publish_artifacts(plan, done)
     return done
@@ -134,7 +156,10 @@ def _run_stages(plan: Plan, from_stage: str | None) -> dict[str, str]:
 def dask_stages(plan: Plan, from_stage: str | None = None) -> dict[str, str]:
     """The stages of a `pipeline.runner=dask` run: a subflow whose task runner is prefect-dask's, so the
     stages' LLM and scoring fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
-    return _run_stages(plan, from_stage)
+    try:
+        return _run_stages(plan, from_stage)
+    except LagclError as exc:
+        return Failed(message=str(exc), data=exc)
 
 
 def dask_task_runner(cfg: Config):
@@ -165,6 +190,8 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"{plan.cfg.data.name}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
               f"({s['positives']:,} positive, {s['negatives']:,} negative), density {s['density']:.4f}; positives "
               f"train/valid/test {s['positives_train']:,}/{s['positives_valid']:,}/{s['positives_test']:,}")
+        for line in raw_data_lines(s):
+            print(line)
     if "gcl" in done:
         m = read_manifest(Path(done["gcl"]))["meta"]
         print(f"gcl {m['backbone']}: chosen '{m['variant']}' (data level {'on' if m['data_level'] else 'off'}, rank "
@@ -191,6 +218,23 @@ def _print_summary(plan: Plan, done: dict[str, str]) -> None:
         from flows.cli import comparison_rows, format_comparison
 
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def raw_data_lines(stats: dict) -> list[str]:
+    """What reading the raw files skipped (by reason, with the first places) and merged (duplicate pairs), and
+    Steam's Table 1 under both readings of `recommend`, from the prepare manifest's stats."""
+    lines = [f"  skipped ({reason}): {e['count']:,} line(s), first at {', '.join(e['first_lines'])}"
+             for reason, e in (stats.get("skipped") or {}).items()]
+    d = stats.get("duplicates") or {}
+    if d.get("pairs_repeated"):
+        lines.append(f"  duplicates: {d['pairs_repeated']:,} (user, item) pair(s) given more than once "
+                     f"({d['pairs_with_different_ratings']:,} with different ratings), {d['rows_dropped']:,} row(s) "
+                     f"merged; {d['rule']}")
+    for reading, t in (stats.get("steam_readings") or {}).items():
+        lines.append(f"  steam read {reading}: {t['users']:,} users, {t['items']:,} items, {t['interactions']:,} "
+                     f"interactions ({t['positives']:,} positive, {t['negatives']:,} negative), density "
+                     f"{t['density']:.4f}")
+    return lines
 
 
 def _llm_lines(done: dict[str, str]) -> list[str]:

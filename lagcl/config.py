@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lagcl.errors import ConfigError
 
@@ -45,11 +45,32 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="generic tables: canonical -> raw column")
     strict: bool = Field(True, description="malformed lines are an error (true) or skipped and counted (false)")
     max_interactions: int | None = Field(None, description="read at most this many interactions (for trials)")
+    encoding: str | None = Field(None, description="the raw text files' encoding; None: the format's published one "
+                                 "(latin-1 for ml-1m, UTF-8 for the others). A UTF-8 byte-order mark always means UTF-8")
+    steam_signed: bool = Field(False, description="steam: a review with recommend False is a negative interaction "
+                               "(false: every review is positive, the paper's reading)")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import codecs
+
+        try:
+            name = codecs.lookup(v).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r}; use a Python codec name such as utf-8, latin-1 or cp1252") from None
+        if name.startswith(("utf-16", "utf-32")):
+            raise ValueError(f"{v} is not read line by line; convert the files to UTF-8 (iconv -f {v} -t UTF-8)")
+        return v
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> "DataConfig":
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.steam_signed and self.format != "steam":
+            raise ValueError(f"steam_signed is read by format 'steam' only, not '{self.format}'")
         return self
 
 

@@ -61,16 +61,19 @@ def test_a_single_user_dataset_prepares_when_k_core_allows_it(tmp_path):
                                                                             ("valid", 1)]
 
 
-def test_ratings_out_of_range_stop_the_run_naming_one_or_are_dropped_when_not_strict(tmp_path):
+def test_ratings_out_of_range_stop_the_run_at_their_file_and_line_or_are_counted_by_reason_when_not_strict(tmp_path):
     good = [(f"u{u}", f"i{i}", 5, 1) for u in range(6) for i in range(6)]
     cfg = table_dataset(tmp_path, good + [("u0", "i9", 11, 2), ("u1", "i9", -1, 3)])
-    with pytest.raises(DataError, match=r"2 rating\(s\) outside data.rating_range \[1(\.0)?, 5(\.0)?\]") as err:
+    with pytest.raises(DataError, match=r"ratings\.csv:38: rating 11 is outside data\.rating_range \[1, 5\]") as err:
         prepare(read_raw(cfg, tmp_path), cfg, seed=1)
-    assert "'u0'" in str(err.value) and "rating 11" in str(err.value) and "data.strict=false" in str(err.value)
+    assert "data.strict=false" in str(err.value)
 
     lenient = cfg.model_copy(update={"strict": False})
     out = prepare(read_raw(lenient, tmp_path), lenient, seed=1)
     assert out.interactions.height == 36 and "i9" not in out.items["raw_id"].to_list()
+    assert out.stats["skipped"] == {"rating out of range": {"count": 2, "first_lines": ["ratings.csv:38",
+                                                                                       "ratings.csv:39"]}}
+    assert out.stats["skipped_lines"] == 2
 
 
 # --- LLM replies ---------------------------------------------------------------------------------

@@ -219,12 +219,17 @@ def test_yelp_review_without_stars_is_malformed_and_skipped_when_not_strict(tmp_
     assert ds.skipped_lines == 2
 
 
-def test_wrongly_encoded_file_is_a_data_error_naming_the_encoding(tmp_path):
+def test_wrongly_encoded_file_is_a_data_error_naming_line_byte_offset_and_the_encoding_setting(tmp_path):
     yelp_files(tmp_path)
-    write(tmp_path / "yelp_academic_dataset_business.json",
-          ['{"business_id": "b1", "name": "Café", "categories": "Food"}'], encoding="latin-1")
-    with pytest.raises(DataError, match=r"business\.json is not valid UTF-8 text"):
+    first = '{"business_id": "b0", "name": "Diner", "categories": "Food"}'
+    second = '{"business_id": "b1", "name": "Café", "categories": "Food"}'
+    write(tmp_path / "yelp_academic_dataset_business.json", [first, second], encoding="latin-1")
+    offset = len(first) + 1 + second.index("é")
+    with pytest.raises(DataError, match=rf"business\.json:2: not valid UTF-8 text \(invalid continuation byte at "
+                                        rf"byte offset {offset} of the file\); set data\.encoding"):
         read_raw(config(tmp_path, "yelp"), tmp_path)
+    items = read_raw(config(tmp_path, "yelp", encoding="latin-1"), tmp_path).items
+    assert rows(items.filter(pl.col("raw_id") == "b1"), "title") == [("Café",)]
 
 
 def test_empty_file_is_a_data_error(tmp_path):
@@ -321,11 +326,11 @@ def steam_files(root: Path) -> None:
     ])
 
 
-def test_steam_reads_one_positive_interaction_per_review_from_python_literal_lines(tmp_path):
+def test_steam_reads_one_interaction_per_review_rated_1_when_recommended_and_0_when_not(tmp_path):
     steam_files(tmp_path)
-    ds = read_raw(config(tmp_path, "steam", all_positive=True), tmp_path)
+    ds = read_raw(config(tmp_path, "steam", all_positive=True, rating_range=(0, 1)), tmp_path)
     assert ds.interactions.rows() == [("76561197970982479", "1250", 1.0, 1320451200),
-                                      ("76561197970982479", "22200", 1.0, 0),
+                                      ("76561197970982479", "22200", 0.0, 0),
                                       ("js41637", "1250", 1.0, 1403568000)]
     assert rows(ds.items, "raw_id", "title", "categories", "tags") == [
         ("1250", "Killing Floor", ["Action"], ["FPS", "Zombies"]),
@@ -339,7 +344,7 @@ def test_steam_malformed_literal_line_is_an_error_naming_file_and_line(tmp_path)
     path = tmp_path / "australian_user_reviews.json"
     path.write_text(path.read_text() + "{'user_id': 'x', 'reviews': [\n")
     with pytest.raises(DataError, match=r"australian_user_reviews\.json:3: not a valid Python literal"):
-        read_raw(config(tmp_path, "steam", all_positive=True), tmp_path)
+        read_raw(config(tmp_path, "steam", all_positive=True, rating_range=(0, 1)), tmp_path)
 
 
 # --- generic tables ----------------------------------------------------------------------------------

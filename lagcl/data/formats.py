@@ -6,9 +6,13 @@
   Required files are checked before any is read, so a missing file is reported with all the others
   and where the dataset is published. An optional file (user attributes, say) is read when it is
   there, and becomes required when `data.files` names it.
-- A file whose name ends in `.gz` is read through gzip; everything else as plain text.
-- Malformed lines (bad JSON, wrong field count, a rating that is not a number, a missing id) are an
-  error naming file:line, or with `data.strict: false` skipped and counted in `skipped_lines`.
+- A file whose name ends in `.gz` is read through gzip; everything else as plain text, in the format's
+  published encoding or `data.encoding`. A UTF-8 byte-order mark is dropped by every reader (and means
+  UTF-8); a line that does not decode is an error naming file:line, the byte offset and data.encoding.
+- Malformed lines (bad JSON, wrong field count, a rating that is not a number, a missing id, a CSV quote
+  never closed) and values out of range (an empty id, a rating outside `data.rating_range`, a timestamp
+  outside 1970-2100) are an error naming file:line, or with `data.strict: false` skipped and counted by
+  reason with their first three places (`RawDataset.skipped`, the prepare manifest's stats).
 - Ids are kept exactly as published (spaces and unicode included); readers never filter or sign.
 - Timestamps are unix seconds; dates without a time zone are read as UTC; an unknown date is 0.
 - Big files (Yelp, Amazon) are streamed line by line into column chunks, so memory holds the
@@ -18,13 +22,14 @@
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import json
 import math
 import re
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,40 +49,82 @@ CATEGORIES = pl.List(pl.String)
 
 # --- reading text files ---------------------------------------------------------------------------
 
-class LineReader:
-    """Reads a (possibly gzipped) text file line by line, counting or raising on malformed lines."""
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 in unix seconds: later (or negative) timestamps are out of range
 
-    def __init__(self, path: Path, strict: bool, encoding: str = "utf-8"):
+
+class Skips:
+    """Lines skipped in lenient mode (`data.strict: false`), by reason: how many, and the first three places
+    (`file:line`), so a skip is never silent. One per dataset, shared by the readers of its files."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, dict[str, Any]] = {}
+
+    def add(self, reason: str, where: str) -> None:
+        entry = self.by_reason.setdefault(reason, {"count": 0, "first_lines": []})
+        entry["count"] += 1
+        if len(entry["first_lines"]) < 3:
+            entry["first_lines"].append(where)
+
+    @property
+    def total(self) -> int:
+        return sum(e["count"] for e in self.by_reason.values())
+
+
+class LineReader:
+    """Reads a (possibly gzipped) text file line by line, counting or raising on malformed lines.
+
+    Lines are decoded one by one, so a decoding error names its line and byte offset. A UTF-8 byte-order
+    mark is dropped whatever `encoding` says (it marks the file as UTF-8); a UTF-16/32 one is an error."""
+
+    def __init__(self, path: Path, strict: bool, encoding: str = "utf-8", skips: Skips | None = None):
         self.path = path
         self.strict = strict
         self.encoding = encoding
+        self.skips = skips if skips is not None else Skips()
         self.skipped = 0
 
-    def bad(self, lineno: int, why: str) -> None:
+    def bad(self, lineno: int, why: str, reason: str = "malformed line") -> None:
         if self.strict:
             raise DataError(f"{self.path}:{lineno}: {why} (fix the line, or set data.strict=false to skip "
-                            "malformed lines and count them)")
+                            "such lines and count them)")
         self.skipped += 1
+        self.skips.add(reason, f"{self.path.name}:{lineno}")
 
     @contextmanager
-    def open(self) -> Iterator[Any]:
-        """The open text handle; decoding and gzip errors become a DataError that names the file."""
+    def open(self) -> Iterator[Iterator[str]]:
+        """The file's decoded lines (line endings kept); decoding and gzip errors become a DataError that
+        names the file."""
         try:
-            if self.path.name.endswith(".gz"):
-                fh = gzip.open(self.path, "rt", encoding=self.encoding, newline="")
-            else:
-                fh = open(self.path, encoding=self.encoding, newline="")
+            fh = gzip.open(self.path, "rb") if self.path.name.endswith(".gz") else open(self.path, "rb")
             with fh:
-                yield fh
-        except UnicodeDecodeError as exc:
-            name = "UTF-8" if self.encoding.startswith("utf-8") else self.encoding
-            raise DataError(f"{self.path} is not valid {name} text ({exc.reason} at byte {exc.start}); "
-                            f"re-download it or convert it to {name}") from None
+                yield self._decoded(fh)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise DataError(f"{self.path} is not a complete gzip file ({exc}); download it again, or "
                             "drop the .gz from its name if it is plain text") from None
         except OSError as exc:
             raise DataError(f"cannot read {self.path}: {exc.strerror or exc}; check its permissions") from None
+
+    def _decoded(self, fh: Iterable[bytes]) -> Iterator[str]:
+        encoding, offset = self.encoding, 0
+        for lineno, raw in enumerate(fh, start=1):
+            start = 0
+            if lineno == 1:
+                if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE,
+                                   codecs.BOM_UTF16_BE)):
+                    raise DataError(f"{self.path} is UTF-16 or UTF-32 text (it starts with such a byte-order "
+                                    "mark); convert it to UTF-8, e.g. `iconv -f UTF-16 -t UTF-8`")
+                if raw.startswith(codecs.BOM_UTF8):
+                    encoding, start = "utf-8", len(codecs.BOM_UTF8)
+            try:
+                line = raw[start:].decode(encoding)
+            except UnicodeDecodeError as exc:
+                name = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+                raise DataError(
+                    f"{self.path}:{lineno}: not valid {name} text ({exc.reason} at byte offset "
+                    f"{offset + start + exc.start} of the file); set data.encoding to the file's encoding "
+                    f"(e.g. data.encoding=latin-1 or cp1252) or convert the file to {name}") from None
+            offset += len(raw)
+            yield line
 
     def lines(self, skip_header: bool = False) -> Iterator[tuple[int, str]]:
         with self.open() as fh:
@@ -110,6 +157,22 @@ class LineReader:
             yield lineno, rec
 
 
+class Files:
+    """Opens a dataset's files as LineReaders that share one Skips, with the dataset's strictness and
+    encoding (`data.encoding`, else the format's published one)."""
+
+    def __init__(self, cfg: DataConfig, encoding: str = "utf-8"):
+        self.strict, self.encoding, self.skips = cfg.strict, cfg.encoding or encoding, Skips()
+
+    def __call__(self, path: Path) -> LineReader:
+        return LineReader(path, self.strict, self.encoding, self.skips)
+
+    def dataset(self, inter: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
+                notes: dict[str, object] | None = None) -> RawDataset:
+        return RawDataset(inter, users, items, skipped_lines=self.skips.total, skipped=self.skips.by_reason,
+                          notes=notes or {})
+
+
 PARSE_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
 
 
@@ -132,7 +195,12 @@ def json_or_literal(line: str) -> Any:
 # --- turning records into columns -----------------------------------------------------------------
 
 class BadRecord(Exception):
-    """A line that parsed but does not hold what the format promises; reported with file:line."""
+    """A line that parsed but does not hold what the format promises; reported with file:line and
+    counted under `reason` in lenient mode."""
+
+    def __init__(self, why: str, reason: str = "malformed line"):
+        super().__init__(why)
+        self.reason = reason
 
 
 def collect(reader: LineReader, records: Iterable[tuple[int, Any]], to_rows: Callable[[Any], list[tuple]],
@@ -143,7 +211,7 @@ def collect(reader: LineReader, records: Iterable[tuple[int, Any]], to_rows: Cal
         try:
             buf.extend(to_rows(rec))
         except BadRecord as exc:
-            reader.bad(lineno, str(exc))
+            reader.bad(lineno, str(exc), exc.reason)
             continue
         if len(buf) >= CHUNK_ROWS:
             chunks.append(pl.DataFrame(buf, schema=schema, orient="row"))
@@ -154,6 +222,27 @@ def collect(reader: LineReader, records: Iterable[tuple[int, Any]], to_rows: Cal
     chunks.append(pl.DataFrame(buf, schema=schema, orient="row"))
     df = pl.concat(chunks, how="vertical")
     return df.head(limit) if limit is not None else df
+
+
+def checked(cfg: DataConfig, to_rows: Callable[[Any], list[tuple]]) -> Callable[[Any], list[tuple]]:
+    """`to_rows` for interactions, with the values checked: a non-empty id, a rating inside
+    `data.rating_range`, a timestamp in [0, 2100). Out of range is an error naming file:line, or with
+    `data.strict: false` a skipped line counted by reason."""
+    lo, hi = cfg.rating_range if cfg.rating_range is not None else (-math.inf, math.inf)
+
+    def rows(rec: Any) -> list[tuple]:
+        out = to_rows(rec)
+        for user, item, rating, ts in out:
+            if not user.strip() or not item.strip():
+                raise BadRecord(f"an empty user or item id ({user!r}, {item!r})", "empty id")
+            if not lo <= rating <= hi:
+                raise BadRecord(f"rating {rating:g} is outside data.rating_range [{lo:g}, {hi:g}] (if the "
+                                "dataset's scale differs, set data.rating_range)", "rating out of range")
+            if not 0 <= ts < MAX_TIMESTAMP:
+                raise BadRecord(f"timestamp {ts} is not a date between 1970 and 2100 in unix seconds",
+                                "timestamp out of range")
+        return out
+    return rows
 
 
 def field(rec: dict, key: str) -> Any:
@@ -330,9 +419,10 @@ class DelimitedFile:
     `sep` splits fields (RecBole atomic files: tab, names written `name:type`); `quoted` reads CSV
     quoting, where a field may hold the separator or a line break."""
 
-    def __init__(self, path: Path, strict: bool, sep: str, quoted: bool = False, atomic: bool = False):
-        self.reader = LineReader(path, strict, encoding="utf-8-sig")  # -sig: a BOM is not a column name
+    def __init__(self, reader: LineReader, sep: str, quoted: bool = False, atomic: bool = False):
+        self.reader, path = reader, reader.path
         self.path, self.sep, self.quoted = path, sep, quoted
+        self.n_fields: int | None = None  # known once the header is read
         self._lines = self._split()
         try:
             _, header = next(self._lines)
@@ -347,6 +437,7 @@ class DelimitedFile:
         if len(set(header)) != len(header):
             raise DataError(f"{path}:1: the header repeats a column name: {header}")
         self.columns: list[str] = header
+        self.n_fields = len(header)
 
     def _split(self) -> Iterator[tuple[int, list[str]]]:
         if not self.quoted:
@@ -354,17 +445,40 @@ class DelimitedFile:
                 yield lineno, line.split(self.sep)
             return
         with self.reader.open() as fh:
-            it = csv.reader(fh, delimiter=self.sep)
+            yield from self._csv_rows(fh)
+
+    def _csv_rows(self, fh: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
+        """CSV records with the line each starts on. A record that runs over several lines and then has the
+        wrong number of fields (or breaks CSV) is a quote opened and never closed: it is reported at the line
+        where it opened, and in lenient mode only that line is skipped: the lines it swallowed are read again."""
+        src = _Replayable(fh)
+        pending, taken = src.pending, src.taken
+        while True:
+            it = csv.reader(src, delimiter=self.sep)
             while True:
+                taken.clear()
+                error = None
                 try:
                     parts = next(it)
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    self.reader.bad(it.line_num, f"not valid CSV ({exc})")
+                    error, parts = str(exc), []
+                if not taken:
+                    return
+                start, end = taken[0][0], taken[-1][0]
+                wrong = self.n_fields is not None and len(parts) != self.n_fields
+                if end > start and (error or wrong):
+                    self.reader.bad(start, f"a quoted field opens on this line and is not closed where the row should "
+                                    f"end (the row runs to line {end}); close the quote, or write a quote inside a "
+                                    'quoted field as ""', "unclosed quote")
+                    pending.extendleft(reversed(taken[1:]))
+                    break  # a fresh CSV reader from the line after the opening one
+                if error:
+                    self.reader.bad(start, f"not valid CSV ({error})", "malformed line")
                     continue
                 if any(p.strip() for p in parts):
-                    yield it.line_num, parts
+                    yield start, parts
 
     def rows(self) -> Iterator[tuple[int, list[str]]]:
         """Rows with as many fields as the header; others are malformed lines."""
@@ -399,8 +513,32 @@ class DelimitedFile:
             rating = 1.0 if r is None else to_float(p[r], col["rating"])
             return [(p[u], p[i], rating, 0 if t is None else any_timestamp(p[t], col["timestamp"]))]
 
-        inter = collect(self.reader, self.rows(), to_rows, INTER_SCHEMA, cfg.max_interactions)
+        inter = collect(self.reader, self.rows(), checked(cfg, to_rows), INTER_SCHEMA, cfg.max_interactions)
         return finish(inter, self.path, self.reader.skipped)
+
+
+class _Replayable:
+    """The lines of a file with their numbers, for csv.reader; lines put in `pending` are read again (with
+    their own numbers) before the file goes on, and `taken` lists the lines read since it was cleared. Unlike
+    a generator it can be read again after the file's end, when `pending` is refilled."""
+
+    def __init__(self, fh: Iterator[str]):
+        self.fh, self.lineno = fh, 0
+        self.pending: deque[tuple[int, str]] = deque()
+        self.taken: list[tuple[int, str]] = []
+
+    def __iter__(self) -> "_Replayable":
+        return self
+
+    def __next__(self) -> str:
+        if self.pending:
+            n, line = self.pending.popleft()
+        else:
+            line = next(self.fh)  # StopIteration at the end of the file
+            self.lineno += 1
+            n = self.lineno
+        self.taken.append((n, line))
+        return line
 
 
 def any_timestamp(value: Any, what: str) -> int:
@@ -425,15 +563,14 @@ def read_atomic(cfg: DataConfig, root: Path) -> RawDataset:
     """
     paths = locate(cfg, root, *FILE_ROLES["atomic"](cfg))
     col = column_names(cfg, ATOMIC_COLUMNS)
-    table = DelimitedFile(paths["inter"], cfg.strict, "\t", atomic=True)
+    files = Files(cfg)
+    table = DelimitedFile(files(paths["inter"]), "\t", atomic=True)
     inter = table.interactions(cfg, col)
-    skipped = table.reader.skipped
 
     items = pl.DataFrame()
     if "item" in paths:
-        table = DelimitedFile(paths["item"], cfg.strict, "\t", atomic=True)
+        table = DelimitedFile(files(paths["item"]), "\t", atomic=True)
         items = _with_raw_id(table.frame(), col["items_id"] or col["item"], paths["item"], "items_id")
-        skipped += table.reader.skipped
         title = _pick(col["title"], items.columns)
         if title and title != "title":
             items = items.drop("title", strict=False).rename({title: "title"})
@@ -442,10 +579,9 @@ def read_atomic(cfg: DataConfig, root: Path) -> RawDataset:
             items = _categories(items, cats, col["categories_sep"])
     users = pl.DataFrame()
     if "user" in paths:
-        table = DelimitedFile(paths["user"], cfg.strict, "\t", atomic=True)
+        table = DelimitedFile(files(paths["user"]), "\t", atomic=True)
         users = _with_raw_id(table.frame(), col["users_id"] or col["user"], paths["user"], "users_id")
-        skipped += table.reader.skipped
-    return RawDataset(inter, users, items, skipped_lines=skipped)
+    return files.dataset(inter, users, items)
 
 
 def _with_raw_id(df: pl.DataFrame, id_field: str, path: Path, key: str) -> pl.DataFrame:
@@ -489,34 +625,39 @@ def read_ml1m(cfg: DataConfig, root: Path) -> RawDataset:
     """MovieLens 1M: `::` separated, latin-1. Titles 'Name (Year)' become title + year."""
     no_columns(cfg)
     paths = locate(cfg, root, *FILE_ROLES["ml-1m"](cfg))
-    skipped = 0
+    files = Files(cfg, encoding="latin-1")
 
-    reader = LineReader(paths["ratings"], cfg.strict, encoding="latin-1")
-    inter = collect(reader, reader.rows("::", 4), lambda p: [
-        (p[0], p[1], to_float(p[2], "rating"), to_int(p[3], "timestamp"))], INTER_SCHEMA, cfg.max_interactions)
+    reader = files(paths["ratings"])
+    inter = collect(reader, reader.rows("::", 4), checked(cfg, lambda p: [
+        (ml1m_id(p[0], "UserID"), ml1m_id(p[1], "MovieID"), to_float(p[2], "rating"), to_int(p[3], "timestamp"))]),
+        INTER_SCHEMA, cfg.max_interactions)
     inter = finish(inter, paths["ratings"], reader.skipped)
-    skipped += reader.skipped
 
     def user_row(p: list[str]) -> list[tuple]:
         code = to_int(p[3], "occupation")
         occupation = ML1M_OCCUPATIONS[code] if 0 <= code < len(ML1M_OCCUPATIONS) else str(code)
         return [(p[0], p[1], to_int(p[2], "age"), occupation, p[4])]
 
-    reader = LineReader(paths["users"], cfg.strict, encoding="latin-1")
+    reader = files(paths["users"])
     users = collect(reader, reader.rows("::", 5), user_row, {
         "raw_id": pl.String, "gender": pl.String, "age": pl.Int64, "occupation": pl.String, "zip_code": pl.String})
-    skipped += reader.skipped
 
     def movie_row(p: list[str]) -> list[tuple]:
         m = TITLE_YEAR.match(p[1])
         title, year = (m.group(1), int(m.group(2))) if m else (p[1].strip(), None)
         return [(p[0], title, year, split_list(p[2], "|"))]
 
-    reader = LineReader(paths["movies"], cfg.strict, encoding="latin-1")
+    reader = files(paths["movies"])
     items = collect(reader, reader.rows("::", 3), movie_row, {
         "raw_id": pl.String, "title": pl.String, "year": pl.Int64, "categories": CATEGORIES})
-    skipped += reader.skipped
-    return RawDataset(inter, users, items, skipped_lines=skipped)
+    return files.dataset(inter, users, items)
+
+
+def ml1m_id(value: str, what: str) -> str:
+    """ML-1M's README: UserIDs range between 1 and 6040, MovieIDs between 1 and 3952 (positive integers)."""
+    if not value.isdigit() or int(value) < 1:
+        raise BadRecord(f"{what} {value!r} is not a positive integer as the ML-1M README defines it", "id out of range")
+    return value
 
 
 # --- Yelp Open Dataset (JSON lines) ----------------------------------------------------------------
@@ -526,36 +667,34 @@ def read_yelp(cfg: DataConfig, root: Path) -> RawDataset:
     + users (a few scalar attributes; optional, the file is large and only adds attributes)."""
     no_columns(cfg)
     paths = locate(cfg, root, *FILE_ROLES["yelp"](cfg))
+    files = Files(cfg)
     dropped: Counter = Counter()
 
-    reader = LineReader(paths["reviews"], cfg.strict)
-    inter = collect(reader, reader.records(json.loads, "JSON"), lambda r: [(
+    reader = files(paths["reviews"])
+    inter = collect(reader, reader.records(json.loads, "JSON"), checked(cfg, lambda r: [(
         to_id(field(r, "user_id"), "user_id"), to_id(field(r, "business_id"), "business_id"),
-        to_float(field(r, "stars"), "stars"), iso_timestamp(field(r, "date"), "date"))],
+        to_float(field(r, "stars"), "stars"), iso_timestamp(field(r, "date"), "date"))]),
         INTER_SCHEMA, cfg.max_interactions)
     inter = finish(inter, paths["reviews"], reader.skipped)
-    skipped = reader.skipped
 
-    reader = LineReader(paths["businesses"], cfg.strict)
+    reader = files(paths["businesses"])
     items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("business_id", lambda r: (
         opt_str(r.get("name")), split_list(r.get("categories"), ","), opt_str(r.get("city")),
         opt_str(r.get("state")), opt_float(r.get("stars")), opt_int(r.get("review_count"))),
         dropped, paths["businesses"].name), {
         "raw_id": pl.String, "title": pl.String, "categories": CATEGORIES, "city": pl.String,
         "state": pl.String, "stars": pl.Float64, "review_count": pl.Int64})
-    skipped += reader.skipped
 
     users = pl.DataFrame()
     if "users" in paths:
-        reader = LineReader(paths["users"], cfg.strict)
+        reader = files(paths["users"])
         users = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("user_id", lambda r: (
             opt_int(r.get("review_count")), opt_float(r.get("average_stars")), opt_int(r.get("fans")),
             opt_str(r.get("yelping_since"))),
             dropped, paths["users"].name), {
             "raw_id": pl.String, "review_count": pl.Int64, "average_stars": pl.Float64, "fans": pl.Int64,
             "yelping_since": pl.String})
-        skipped += reader.skipped
-    return RawDataset(inter, users, items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+    return files.dataset(inter, users, items, _dropped_notes(dropped))
 
 
 def _dropped_notes(dropped: Counter) -> dict[str, object]:
@@ -576,24 +715,23 @@ def read_amazon2018(cfg: DataConfig, root: Path) -> RawDataset:
     """
     no_columns(cfg)
     paths = locate(cfg, root, *FILE_ROLES[cfg.format](cfg))
+    files = Files(cfg)
     dropped: Counter = Counter()
 
-    reader = LineReader(paths["reviews"], cfg.strict)
-    inter = collect(reader, reader.records(json_or_literal, "JSON"), lambda r: [(
+    reader = files(paths["reviews"])
+    inter = collect(reader, reader.records(json_or_literal, "JSON"), checked(cfg, lambda r: [(
         to_id(field(r, "reviewerID"), "reviewerID"), to_id(field(r, "asin"), "asin"),
-        to_float(field(r, "overall"), "overall"), to_int(field(r, "unixReviewTime"), "unixReviewTime"))],
+        to_float(field(r, "overall"), "overall"), to_int(field(r, "unixReviewTime"), "unixReviewTime"))]),
         INTER_SCHEMA, cfg.max_interactions)
     inter = finish(inter, paths["reviews"], reader.skipped)
-    skipped = reader.skipped
 
-    reader = LineReader(paths["meta"], cfg.strict)
+    reader = files(paths["meta"])
     items = collect(reader, reader.records(json_or_literal, "JSON"), metadata_rows("asin", lambda r: (
         opt_str(r.get("title")),
         str_list(r.get("category") if r.get("category") is not None else r.get("categories")),
         opt_str(r.get("brand")), opt_str(r.get("main_cat")),
     ), dropped, paths["meta"].name), {**ITEM_META, "brand": pl.String, "main_category": pl.String})
-    skipped += reader.skipped
-    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+    return files.dataset(inter, pl.DataFrame(), items, _dropped_notes(dropped))
 
 
 def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
@@ -605,24 +743,23 @@ def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
     """
     no_columns(cfg)
     paths = locate(cfg, root, *FILE_ROLES[cfg.format](cfg))
+    files = Files(cfg)
     dropped: Counter = Counter()
 
-    reader = LineReader(paths["reviews"], cfg.strict)
-    inter = collect(reader, reader.records(json.loads, "JSON"), lambda r: [(
+    reader = files(paths["reviews"])
+    inter = collect(reader, reader.records(json.loads, "JSON"), checked(cfg, lambda r: [(
         to_id(field(r, "user_id"), "user_id"), to_id(field(r, "parent_asin"), "parent_asin"),
-        to_float(field(r, "rating"), "rating"), to_int(field(r, "timestamp"), "timestamp") // 1000)],
+        to_float(field(r, "rating"), "rating"), to_int(field(r, "timestamp"), "timestamp") // 1000)]),
         INTER_SCHEMA, cfg.max_interactions)
     inter = finish(inter, paths["reviews"], reader.skipped)
-    skipped = reader.skipped
 
-    reader = LineReader(paths["meta"], cfg.strict)
+    reader = files(paths["meta"])
     items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("parent_asin", lambda r: (
         opt_str(r.get("title")), str_list(r.get("categories")), opt_str(r.get("main_category")),
         opt_str(r.get("store")), opt_float(r.get("average_rating")),
     ), dropped, paths["meta"].name), {**ITEM_META, "main_category": pl.String, "store": pl.String,
                                       "average_rating": pl.Float64})
-    skipped += reader.skipped
-    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=_dropped_notes(dropped))
+    return files.dataset(inter, pl.DataFrame(), items, _dropped_notes(dropped))
 
 
 # --- Steam (McAuley lab, Australian user reviews) -----------------------------------------------
@@ -648,11 +785,14 @@ def steam_posted(value: Any) -> int | None:
 def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
     """Steam (Kang & McAuley): `australian_user_reviews.json` + `steam_games.json`, Python-literal lines.
 
-    One interaction per review, rating 1.0: a review is implicit positive feedback (set
-    `all_positive: true`). A review date without a year becomes timestamp 0 and is counted in notes.
+    One interaction per review, rating 1.0 when the review has `recommend: True`, 0.0 when `False`.
+    With `all_positive: true` (the paper's reading) every review is a positive; with
+    `data.steam_signed: true` prepare signs by rating, so a review that does not recommend the game is a
+    negative. A review date without a year becomes timestamp 0 and is counted in notes.
     """
     no_columns(cfg)
     paths = locate(cfg, root, *FILE_ROLES["steam"](cfg))
+    files = Files(cfg)
     undated = 0
 
     def review_rows(rec: dict) -> list[tuple]:
@@ -665,27 +805,29 @@ def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
         for i, rv in enumerate(reviews):
             if not isinstance(rv, dict) or rv.get("item_id") in (None, ""):
                 raise BadRecord(f"review {i} has no 'item_id'")
-            rows.append((user, to_id(rv["item_id"], "item_id"), 1.0, steam_posted(rv.get("posted"))))
+            recommend = rv.get("recommend", True)
+            if not isinstance(recommend, bool):
+                raise BadRecord(f"review {i} has 'recommend' {recommend!r}, not True or False")
+            rows.append((user, to_id(rv["item_id"], "item_id"), 1.0 if recommend else 0.0,
+                         steam_posted(rv.get("posted"))))
         undated += sum(r[3] is None for r in rows)
         return [(u, i, r, t or 0) for u, i, r, t in rows]
 
-    reader = LineReader(paths["reviews"], cfg.strict)
-    inter = collect(reader, reader.records(ast.literal_eval, "Python literal"), review_rows, INTER_SCHEMA,
-                    cfg.max_interactions)
+    reader = files(paths["reviews"])
+    inter = collect(reader, reader.records(ast.literal_eval, "Python literal"), checked(cfg, review_rows),
+                    INTER_SCHEMA, cfg.max_interactions)
     inter = finish(inter, paths["reviews"], reader.skipped)
-    skipped = reader.skipped
 
     dropped: Counter = Counter()
-    reader = LineReader(paths["games"], cfg.strict)
+    reader = files(paths["games"])
     items = collect(reader, reader.records(ast.literal_eval, "Python literal"), metadata_rows("id", lambda r: (
         opt_str(r.get("app_name") or r.get("title")), str_list(r.get("genres") or r.get("tags")),
         str_list(r.get("tags")), opt_str(r.get("developer")), opt_str(r.get("release_date")),
     ), dropped, paths["games"].name), {**ITEM_META, "tags": CATEGORIES, "developer": pl.String,
                                        "release_date": pl.String})
-    skipped += reader.skipped
     notes = _dropped_notes(dropped)
     notes["reviews without a year (timestamp 0)"] = undated
-    return RawDataset(inter, pl.DataFrame(), items, skipped_lines=skipped, notes=notes)
+    return files.dataset(inter, pl.DataFrame(), items, notes)
 
 
 # --- generic tables (CSV, TSV, Parquet) -------------------------------------------------------------
@@ -709,12 +851,11 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
     paths = locate(cfg, root, *FILE_ROLES["table"](cfg))
     col = column_names(cfg, TABLE_COLUMNS)
     path = paths["interactions"]
+    files = Files(cfg)
     if _is_parquet(path):
-        inter, skipped = _parquet_interactions(path, cfg, col)
+        inter = _parquet_interactions(path, cfg, col, files.skips)
     else:
-        table = _text_table(path, cfg.strict)
-        inter = table.interactions(cfg, col)
-        skipped = table.reader.skipped
+        inter = _text_table(files(path)).interactions(cfg, col)
 
     tables = {}
     for role, key in (("items", "item"), ("users", "user")):
@@ -723,9 +864,7 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
         if _is_parquet(paths[role]):
             t = _read_parquet(paths[role])
         else:
-            table = _text_table(paths[role], cfg.strict)
-            t = table.frame()
-            skipped += table.reader.skipped
+            t = _text_table(files(paths[role])).frame()
         t = _with_raw_id(t, col[key], paths[role], key).with_columns(pl.col("raw_id").cast(pl.String))
         if role == "items":
             if col["title"] in t.columns and col["title"] != "title":
@@ -733,19 +872,18 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
             if col["categories"] in t.columns:
                 t = _categories(t, col["categories"], col["categories_sep"])
         tables[role] = t
-    return RawDataset(inter, tables.get("users", pl.DataFrame()), tables.get("items", pl.DataFrame()),
-                      skipped_lines=skipped)
+    return files.dataset(inter, tables.get("users", pl.DataFrame()), tables.get("items", pl.DataFrame()))
 
 
 def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
-def _text_table(path: Path, strict: bool) -> DelimitedFile:
-    name = path.name.lower().removesuffix(".gz")
+def _text_table(reader: LineReader) -> DelimitedFile:
+    name = reader.path.name.lower().removesuffix(".gz")
     if not name.endswith((".csv", ".tsv", ".txt")):
-        raise DataError(f"{path}: the table format reads .csv, .tsv, .txt (optionally .gz) or .parquet files")
-    return DelimitedFile(path, strict, "\t" if name.endswith(".tsv") else ",", quoted=True)
+        raise DataError(f"{reader.path}: the table format reads .csv, .tsv, .txt (optionally .gz) or .parquet files")
+    return DelimitedFile(reader, "\t" if name.endswith(".tsv") else ",", quoted=True)
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
@@ -756,7 +894,7 @@ def _read_parquet(path: Path) -> pl.DataFrame:
                         "write it again") from None
 
 
-def _parquet_interactions(path: Path, cfg: DataConfig, col: dict[str, str]) -> tuple[pl.DataFrame, int]:
+def _parquet_interactions(path: Path, cfg: DataConfig, col: dict[str, str], skips: Skips) -> pl.DataFrame:
     """Vectorised: Parquet has typed columns and no lines; a bad row is named by its row number."""
     df = _read_parquet(path)
     for need in ("user", "item"):
@@ -775,19 +913,33 @@ def _parquet_interactions(path: Path, cfg: DataConfig, col: dict[str, str]) -> t
         user_raw=pl.col(col["user"]).cast(pl.String), item_raw=pl.col(col["item"]).cast(pl.String),
         rating=rating, timestamp=ts, _given=given,
     ).with_row_index("_row", offset=1)
-    bad = (pl.col("user_raw").is_null() | (pl.col("user_raw") == "") | pl.col("item_raw").is_null()
-           | (pl.col("item_raw") == "") | pl.col("rating").is_null() | pl.col("rating").is_nan()
-           | (pl.col("timestamp").is_null() & pl.col("_given")))
-    bad_rows = out.filter(bad)
+    lo, hi = cfg.rating_range if cfg.rating_range is not None else (-math.inf, math.inf)
+    empty = lambda c: pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")  # noqa: E731
+    reasons = {  # the same reasons, in the same order, as `checked` gives for text lines
+        "malformed line": pl.col("rating").is_null() | pl.col("rating").is_nan()
+        | (pl.col("timestamp").is_null() & pl.col("_given")),
+        "empty id": empty("user_raw") | empty("item_raw"),
+        "rating out of range": (pl.col("rating") < lo) | (pl.col("rating") > hi),
+        "timestamp out of range": (pl.col("timestamp") < 0) | (pl.col("timestamp") >= MAX_TIMESTAMP),
+    }
+    reason = pl.lit(None, dtype=pl.String)
+    for name, cond in reversed(reasons.items()):
+        reason = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(reason)
+    out = out.with_columns(reason.alias("_reason"))
+    bad_rows = out.filter(pl.col("_reason").is_not_null())
     if bad_rows.height and cfg.strict:
-        row = df.row(bad_rows["_row"][0] - 1, named=True)
-        raise DataError(f"{path}: row {bad_rows['_row'][0]}: {row} has an empty id, a rating that is not a "
-                        f"number or a timestamp that is not a date ({bad_rows.height} such rows); fix them, "
-                        "or set data.strict=false to skip them and count them")
-    inter = out.filter(~bad).with_columns(pl.col("timestamp").fill_null(0)).drop("_row", "_given")
+        first = bad_rows.row(0, named=True)
+        raise DataError(f"{path}: row {first['_row']}: {df.row(first['_row'] - 1, named=True)}: {first['_reason']} "
+                        f"({bad_rows.height} such rows; an id must not be empty, a rating must be a number inside "
+                        "data.rating_range, a timestamp a date between 1970 and 2100); fix them, or set "
+                        "data.strict=false to skip them and count them")
+    for row, why in bad_rows.select("_row", "_reason").iter_rows():
+        skips.add(why, f"{path.name}:row {row}")
+    inter = out.filter(pl.col("_reason").is_null()).with_columns(pl.col("timestamp").fill_null(0))
+    inter = inter.drop("_row", "_given", "_reason")
     if cfg.max_interactions is not None:
         inter = inter.head(cfg.max_interactions)
-    return finish(inter, path, bad_rows.height), bad_rows.height
+    return finish(inter, path, bad_rows.height)
 
 
 def _timestamp_expr(path: Path, df: pl.DataFrame, name: str) -> pl.Expr:

@@ -1,6 +1,9 @@
 """Sign, 5-core, split and index a RawDataset into the three canonical tables (DESIGN.md 1-3).
 
-- sign: rating > threshold -> +1, else -1 (all +1 for implicit datasets such as Steam);
+- duplicates: one row per (user, item), the latest timestamp winning (DUPLICATE_RULE); merged pairs are
+  counted in the stats;
+- sign: rating > threshold -> +1, else -1 (all +1 for implicit datasets, and for Steam unless
+  `data.steam_signed`);
 - k-core: iterative on positive interactions until every user and item has >= k positives;
   negatives are kept only for surviving users and items;
 - split: per user, a seeded random 7:1:2 of positives (RecBole's rounding: valid and test get at
@@ -34,6 +37,40 @@ def sign_interactions(inter: pl.DataFrame, threshold: float, all_positive: bool)
     sign = pl.lit(1, dtype=pl.Int8) if all_positive else (
         pl.when(pl.col("rating") > threshold).then(1).otherwise(-1).cast(pl.Int8))
     return inter.with_columns(sign.alias("sign"))
+
+
+DUPLICATE_RULE = ("one row per (user, item): the latest timestamp wins; on equal timestamps, the row read last "
+                  "(the later line of the file)")
+
+
+def merge_duplicates(inter: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, object]]:
+    """One row per (user, item) by DUPLICATE_RULE, and what was merged: pairs given more than once, rows
+    dropped, and pairs whose rows disagree on the rating (Steam repeats whole user records: equal rows)."""
+    inter = inter.with_row_index("_line")
+    counts = inter.group_by(["user_raw", "item_raw"]).agg(pl.len().alias("n"), pl.col("rating").n_unique().alias("r"))
+    repeated = counts.filter(pl.col("n") > 1)
+    merged = (inter.sort(["user_raw", "item_raw", "timestamp", "_line"])
+              .unique(["user_raw", "item_raw"], keep="last", maintain_order=True).drop("_line"))
+    return merged, {"pairs_repeated": repeated.height, "rows_dropped": int(repeated["n"].sum() - repeated.height),
+                    "pairs_with_different_ratings": repeated.filter(pl.col("r") > 1).height, "rule": DUPLICATE_RULE}
+
+
+def all_positive(cfg: DataConfig) -> bool:
+    """Every interaction positive: implicit datasets, and Steam read as the paper does (not `steam_signed`)."""
+    return cfg.all_positive and not cfg.steam_signed
+
+
+def reading_stats(inter: pl.DataFrame, cfg: DataConfig, all_positive: bool) -> dict[str, object]:
+    """Table 1 (users, items, interactions, positives, negatives, density) after signing with or without
+    every interaction positive and the k-core of positives, as `prepare` computes them."""
+    signed = sign_interactions(inter.drop("sign", strict=False), cfg.rating_threshold, all_positive)
+    pos = kcore(signed.filter(pl.col("sign") > 0), cfg.kcore)
+    users, items = pos["user_raw"].unique(), pos["item_raw"].unique()
+    neg = signed.filter((pl.col("sign") < 0) & pl.col("user_raw").is_in(users.implode())
+                        & pl.col("item_raw").is_in(items.implode()))
+    n = pos.height + neg.height
+    return {"users": users.len(), "items": items.len(), "interactions": n, "positives": pos.height,
+            "negatives": neg.height, "density": n / float(users.len() * items.len()) if n else 0.0}
 
 
 def kcore(pos: pl.DataFrame, k: int) -> pl.DataFrame:
@@ -104,19 +141,10 @@ def prepare(raw: RawDataset, cfg: DataConfig, seed: int) -> Prepared:
     inter = raw.interactions
     if inter.height == 0:
         raise DataError(f"dataset '{cfg.name}' has no interactions; check the files under {cfg.path}")
-    if cfg.rating_range is not None:
-        lo, hi = cfg.rating_range
-        bad = inter.filter((pl.col("rating") < lo) | (pl.col("rating") > hi))
-        if bad.height:
-            row = bad.row(0, named=True)
-            if cfg.strict:
-                raise DataError(f"{bad.height} rating(s) outside data.rating_range [{lo}, {hi}], e.g. user "
-                                f"{row['user_raw']!r} item {row['item_raw']!r} rating {row['rating']}; fix the data, "
-                                "widen data.rating_range, or set data.strict=false to drop them")
-            inter = inter.filter((pl.col("rating") >= lo) & (pl.col("rating") <= hi))
-    # one row per (user, item): the latest rating wins
-    inter = inter.sort(["user_raw", "item_raw", "timestamp"]).unique(["user_raw", "item_raw"], keep="last")
-    inter = sign_interactions(inter, cfg.rating_threshold, cfg.all_positive)
+    # ratings outside data.rating_range never get here: the readers report them with file:line (or skip and
+    # count them in lenient mode)
+    inter, duplicates = merge_duplicates(inter)
+    inter = sign_interactions(inter, cfg.rating_threshold, all_positive(cfg))
     pos = kcore(inter.filter(pl.col("sign") > 0), cfg.kcore)
     if pos.height == 0:
         raise DataError(
@@ -146,6 +174,12 @@ def prepare(raw: RawDataset, cfg: DataConfig, seed: int) -> Prepared:
               *[c for c in raw.items.columns if c not in ("raw_id", "title", "categories")]]).sort("item")
     stats = table1_stats(out, len(user_ids), len(item_ids))
     stats["skipped_lines"] = raw.skipped_lines
+    stats["skipped"] = raw.skipped
+    stats["duplicates"] = duplicates
+    if cfg.format == "steam":  # Table 1 under both readings of `recommend`, whichever this run uses
+        stats["steam_readings"] = {
+            "all_positive (paper)": reading_stats(inter, cfg, all_positive=True),
+            "signed (data.steam_signed)": reading_stats(inter, cfg, all_positive=False)}
     stats["raw_interactions"] = raw.interactions.height
     stats["reader_notes"] = raw.notes
     return Prepared(out, users, items, stats)

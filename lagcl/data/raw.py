@@ -25,6 +25,7 @@ class RawDataset:
     users: pl.DataFrame
     items: pl.DataFrame
     skipped_lines: int = 0
+    skipped: dict[str, dict] = field(default_factory=dict)  # reason -> {count, first_lines: ["file:line", ...]}
     notes: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
