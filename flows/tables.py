@@ -199,7 +199,8 @@ def build_table(table: int, data: str, engine: str, models: list[str], n_seeds: 
                 per_seed[src.row].append(pu)
                 names[src.row].add(name)
         blocks[model] = table_rows(per_seed, {k: " / ".join(sorted(v)) for k, v in names.items()}, resamples)
-    out_dir = make_plan(base_cfg).store.root / "tables"
+    store = make_plan(base_cfg).store
+    out_dir = store.root / store.dataset / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"table{table}-{'-'.join(models)}-{n_seeds}seeds"
     title = (f"Table {table} on {data} ({engine} engine): " +
