@@ -277,6 +277,12 @@ class EvaluateConfig(Section):
     topk: list[int] = Field(default_factory=lambda: [10, 20, 50])
 
 
+class RecommendConfig(Section):
+    """The `recommendations` table the evaluate stage leaves (the pipeline's product)."""
+
+    n: int = Field(50, ge=1, description="recommendations per user (at most gcl.topk_out)")
+
+
 class PipelineConfig(Section):
     stages: dict[Literal["profiles", "augment", "groups", "control", "gcl", "rerank", "evaluate"], bool] = Field(
         default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "control", "gcl", "rerank",
@@ -309,7 +315,15 @@ class Config(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _recommend_within_cf_lists(self) -> "Config":
+        if self.recommend.n > self.gcl.topk_out:
+            raise ValueError(f"recommend.n = {self.recommend.n} is more than the gcl.topk_out = {self.gcl.topk_out} "
+                             "CF candidates kept per user; raise gcl.topk_out or lower recommend.n")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (the config part of a stage fingerprint)."""

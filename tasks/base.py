@@ -45,7 +45,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
                                                                                     "control"), "2"),
     StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "2"),
-    StageSpec("evaluate", ("evaluate", "rerank", "gate"), ("prepare", "control", "gcl", "rerank"), "2"),
+    StageSpec("evaluate", ("evaluate", "rerank", "gate", "recommend"), ("prepare", "control", "gcl", "rerank"), "3"),
 )}
 
 
