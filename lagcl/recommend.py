@@ -14,9 +14,12 @@ model had the item) and `source` ("rerank": placed by the fusion of eq. 21, "cf"
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
+from lagcl.artifacts import read_manifest, read_table
 from lagcl.errors import LagclError
 from lagcl.rerank.fusion import CandidateMatrix, fuse, ranked_lists, user_items
 
@@ -75,3 +78,72 @@ def recommendations(cf_topk: pl.DataFrame, interactions: pl.DataFrame, users: pl
     out = (out.join(users.select(pl.col("user").cast(pl.Int64), pl.col("raw_id").alias("user_raw")), on="user")
            .join(items.select(pl.col("item").cast(pl.Int64), pl.col("raw_id").alias("item_raw")), on="item"))
     return out.select([pl.col(c).cast(t) for c, t in SCHEMA.items()]).sort("user", "rank")
+
+
+# --- looking at one user: `lagcl recommend --user <original id>` ------------------------------------------
+def _table(folder: Path | None, name: str) -> pl.DataFrame | None:
+    """A table of a finished stage folder (checksums checked), or None when the stage is not part of the run."""
+    if folder is None or not (folder / "manifest.json").is_file():
+        return None
+    return read_table(folder, name)
+
+
+def explain_user(folders: dict[str, Path], user_raw: str, n: int | None = None) -> list[str]:
+    """The lines `lagcl recommend` prints for one user, from the finished stage folders of one run
+    (`folders`: stage -> folder; prepare, gcl and evaluate are needed, profiles / augment / rerank are read
+    when the run had them): profile, top-n with titles, the level that put each item where it is, and the
+    LLM's words where it gave any (profile reasoning, augment scores)."""
+    prep, ev = folders["prepare"], folders["evaluate"]
+    users, items = read_table(prep, "users"), read_table(prep, "items")
+    row = users.filter(pl.col("raw_id") == str(user_raw))
+    if row.is_empty():
+        sample = ", ".join(users["raw_id"].head(5).to_list())
+        raise LagclError(f"user '{user_raw}' is not in this run's data: give one of the dataset's original user "
+                         f"ids, e.g. {sample} (users removed by the k-core filter have no recommendations)")
+    u = int(row["user"][0])
+    rec = read_table(ev, "recommendations").filter(pl.col("user") == u).sort("rank")
+    if n is not None:
+        rec = rec.head(n)
+    ev_meta = read_manifest(ev)["meta"]
+    gcl_meta = read_manifest(folders["gcl"])["meta"]
+    inter = read_table(prep, "interactions").filter(pl.col("user") == u)
+    titles = dict(zip(items["item"].to_list(), items["title"].to_list()))
+    attrs = {k: v for k, v in row.row(0, named=True).items() if k not in ("user", "raw_id") and v not in (None, "")}
+    pos = inter.filter((pl.col("sign") > 0) & (pl.col("split") == "train")).sort("rating", "timestamp",
+                                                                                   descending=True)
+    lines = [f"user {user_raw} (internal {u})" + (": " + ", ".join(f"{k} {v}" for k, v in attrs.items())
+                                                   if attrs else ""),
+             f"  {pos.height} training likes, {inter.filter(pl.col('sign') < 0).height} dislikes; liked e.g.: "
+             + "; ".join(titles.get(i, str(i)) for i in pos["item"].head(5).to_list())]
+    profiles = _table(folders.get("profiles"), "user_profiles")
+    if profiles is not None:
+        p = profiles.filter(pl.col("user") == u)
+        if p.height:
+            lines += [f"  profile: {p['summarization'][0]}", f"  profile reasoning: {p['reasoning'][0]}"]
+    scores = _table(folders.get("augment"), "scores")
+    augmented = _table(folders.get("augment"), "augmented")
+    llm = {} if scores is None else {(r["item"], r["polarity"]): r["score"]
+                                     for r in scores.filter(pl.col("user") == u).iter_rows(named=True)}
+    aug = set() if augmented is None else set(
+        augmented.filter((pl.col("user") == u) & (pl.col("sign") > 0))["item"].to_list())
+    item_profiles = _table(folders.get("profiles"), "item_profiles")
+    reasons = {} if item_profiles is None else dict(zip(item_profiles["item"].to_list(),
+                                                        item_profiles["reasoning"].to_list()))
+    cf_name = gcl_meta.get("variant") or "control"
+    lines.append(f"top {rec.height} ({ev_meta.get('headline_variant')}; CF model: {gcl_meta.get('backbone')} "
+                 f"'{cf_name}'):")
+    for r in rec.iter_rows(named=True):
+        if r["source"] == "rerank":
+            where = f"reranker (eq. 21): CF rank {r['cf_rank']} -> {r['rank']}"
+        else:
+            where = f"CF model '{cf_name}' rank {r['cf_rank']}"
+        if r["item"] in aug:
+            where += "; data level: an LLM-augmented positive of this user"
+        lines.append(f"  {r['rank']:>3}. {titles.get(r['item'], r['item_raw'])} [{r['item_raw']}] score "
+                     f"{r['score']:.4f}; placed by {where}")
+        said = [f"LLM {pol} score {llm[(r['item'], pol)]:.2f}" for pol in ("pos", "neg") if (r["item"], pol) in llm]
+        if said:
+            lines.append("       " + ", ".join(said))
+        if reasons.get(r["item"]):
+            lines.append(f"       item profile reasoning: {reasons[r['item']]}")
+    return lines

@@ -116,7 +116,8 @@ def run(plan: Plan) -> StageRef:
                 "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
                 "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20"),
                 "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
-                                    "ranking": head}}
+                                    "ranking": head},
+                "fingerprints": dict(plan.fingerprints)}  # the run's stage folders, for `lagcl recommend`
         plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
         if grid is not None:
             plots.append(grid_plot(grid, sd.file_path("grid.png")))

@@ -17,6 +17,7 @@ from lagcl.errors import ConfigError
 from lagcl.evaluate import UserItems, metrics_from_ranked
 from lagcl.recommend import recommendations
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, user_items
+from flows import cli
 from tasks import evaluate as evaluate_stage
 from tasks.base import make_plan
 
@@ -85,21 +86,54 @@ def test_recommend_n_above_the_cf_list_length_is_a_config_error():
         load_config(overrides=["recommend.n=120"])
 
 
-def test_the_evaluate_stage_leaves_recommendations_whose_top_20_gives_the_reported_metrics(tmp_path):
+def finished_run(tmp_path, *extra: str):
+    """prepare, profiles and gcl folders written here (popularity as the CF model), then the real evaluate stage."""
     cfg = load_config(overrides=[f"cache_dir={tmp_path / 'cache'}", "recommend.n=20", *[
-        f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups", "rerank")]])
+        f"pipeline.stages.{s}=false" for s in ("augment", "groups", "rerank")], *extra])
     plan = make_plan(cfg)
     inter, users, items = dataset()
     with plan.store.stage("prepare", plan.fingerprints["prepare"]) as sd:
-        for name, df in (("interactions", inter), ("users", users), ("items", items)):
+        for name, df in (("interactions", inter), ("users", users.with_columns(raw_id=pl.format("U{}", "raw_id"))),
+                         ("items", items)):
             sd.write_table(name, df)
+        sd.finish({})
+    with plan.store.stage("profiles", plan.fingerprints["profiles"]) as sd:
+        sd.write_table("user_profiles", pl.DataFrame({"user": [3], "summarization": ["likes quiet dramas"],
+                                                      "reasoning": ["rated every drama 5"]}))
+        sd.write_table("item_profiles", pl.DataFrame({"item": list(range(N_ITEMS)), "summarization": [""] * N_ITEMS,
+                                                      "reasoning": [f"why item {i}" for i in range(N_ITEMS)]}))
         sd.finish({})
     with plan.store.stage("gcl", plan.fingerprints["gcl"]) as sd:
         sd.write_table("cf_topk", popularity_topk(inter, 25))
-        sd.finish({"backbone": "popularity", "rank_level": False})
-    ev = Path(evaluate_stage.run(plan).path)
+        sd.finish({"backbone": "popularity", "rank_level": False, "variant": "control"})
+    return plan, inter, Path(evaluate_stage.run(plan).path)
+
+
+def test_the_evaluate_stage_leaves_recommendations_whose_top_20_gives_the_reported_metrics(tmp_path):
+    plan, inter, ev = finished_run(tmp_path)
     meta = read_manifest(ev)["meta"]
     rec = read_table(ev, "recommendations")
     assert meta["recommendations"] == {"n": 20, "users": N_USERS, "rows": 20 * N_USERS, "ranking": "cf"}
+    assert meta["fingerprints"] == plan.fingerprints
     got = reported_metrics(rec, inter, list(range(N_USERS)))
     assert got[("recall", 20)] == meta["test_recall@20"] and got[("ndcg", 20)] == meta["test_ndcg@20"]
+
+
+def test_lagcl_recommend_prints_the_profile_and_the_top_n_with_titles_and_levels(tmp_path, capsys):
+    _, _, ev = finished_run(tmp_path)
+    rec = read_table(ev, "recommendations").filter(pl.col("user") == 3).sort("rank")
+    sets = ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", "recommend.n=20"] + [
+        x for s in ("augment", "groups", "rerank") for x in ("--set", f"pipeline.stages.{s}=false")]
+    assert cli.main(["recommend", "--user", "U3", "--n", "3", *sets]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("user U3 (internal 3): age 30, gender F, occupation writer")
+    assert "  profile: likes quiet dramas" in out and "  profile reasoning: rated every drama 5" in out
+    first = rec.row(0, named=True)
+    line = next(x for x in out if x.startswith("    1. "))
+    assert line == (f"    1. movie {first['item']} [{first['item_raw']}] score {first['score']:.4f}; placed by CF "
+                    f"model 'control' rank {first['cf_rank']}")
+    assert f"       item profile reasoning: why item {first['item']}" in out
+    assert sum(x.startswith(("    1. ", "    2. ", "    3. ", "    4. ")) for x in out) == 3
+
+    assert cli.main(["recommend", "--user", "nobody", *sets]) == 2
+    assert "user 'nobody' is not in this run's data" in capsys.readouterr().err
