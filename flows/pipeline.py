@@ -293,8 +293,8 @@ def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> lis
     sent = cached = 0
     for stage in recomputed:
         u = ((read_manifest(Path(done[stage])) or {}).get("meta", {}).get("usage") or {})
+        sent += u.get("requests", 0)  # answered by the backend in this run (the cached ones are apart)
         cached += u.get("cached", 0)
-        sent += u.get("requests", 0) - u.get("cached", 0)
     lines.append(f"  LLM: {sent:,} requests sent, {cached:,} answered from the response cache (reused stages sent "
                  "none)")
     old_ev = Path(previous.get("folders", {}).get("evaluate", ""))

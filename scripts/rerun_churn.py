@@ -28,6 +28,24 @@ from lagcl.data.prepare import prepare
 REPO = Path(__file__).resolve().parent.parent
 
 
+def append_ratings(inter: Path, n: int, seed: int = 0) -> list[str]:
+    """Append n ratings (random existing users, items they have not rated, ratings 1-5) to an ML-100K
+    atomic .inter file; returns the lines added."""
+    lines = inter.read_text().splitlines()
+    rows = [ln.split("\t") for ln in lines[1:]]
+    seen = {(r[0], r[1]) for r in rows}
+    items = sorted({r[1] for r in rows})
+    rng = np.random.default_rng(seed)
+    new: list[str] = []
+    while len(new) < n:
+        user, item = rows[rng.integers(len(rows))][0], items[rng.integers(len(items))]
+        if (user, item) not in seen:
+            seen.add((user, item))
+            new.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t893286638")
+    inter.write_text("\n".join(lines + new) + "\n")
+    return new
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new", type=int, default=3000)
@@ -38,18 +56,8 @@ def main() -> None:
     for d in (before, after):
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(src, d)
-    lines = (after / "ml-100k.inter").read_text().splitlines()
-    rows = [ln.split("\t") for ln in lines[1:]]
-    seen = {(r[0], r[1]) for r in rows}
-    items = sorted({r[1] for r in rows})
-    rng = np.random.default_rng(0)
-    new: list[str] = []
-    while len(new) < args.new:
-        user, item = rows[rng.integers(len(rows))][0], items[rng.integers(len(items))]
-        if (user, item) not in seen:
-            seen.add((user, item))
-            new.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t893286638")
-    (after / "ml-100k.inter").write_text("\n".join(lines + new) + "\n")
+    new = append_ratings(after / "ml-100k.inter", args.new)
+    rows = (before / "ml-100k.inter").read_text().splitlines()[1:]
 
     cfg = load_config(overrides=[f"data.path={before}"])
     t = time.perf_counter()

@@ -35,8 +35,12 @@ def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tm
     lines += [f"newcomer,i{i},5,1700000000" for i in range(5)]
     (raw / "ratings.csv").write_text("\n".join(lines) + "\n")
     plan = make_plan(config(tmp_path, raw))
-    changed = what_changed(plan, {"prepare": prepare_stage.run(plan).path}, _previous_run(plan))
-    assert "recomputed prepare; reused (Cached) nothing" in changed[0]
+    profiles = plan.store.stage("profiles", plan.fingerprints["profiles"])
+    with profiles as sd:  # an LLM stage of this run: 40 requests answered by the model, 7 by the cache
+        sd.finish({"usage": {"requests": 40, "cached": 7}})
+    done = {"prepare": prepare_stage.run(plan).path, "profiles": str(profiles.path)}
+    changed = what_changed(plan, done, _previous_run(plan))
+    assert "recomputed prepare, profiles; reused (Cached) nothing" in changed[0]
     assert changed[1] == ("  data: 6 interactions added, 1 removed (a changed rating counts as both); users +1 new, "
                           "0 gone; items +0 new, 0 gone")
-    assert changed[2] == "  LLM: 0 requests sent, 0 answered from the response cache (reused stages sent none)"
+    assert changed[2] == "  LLM: 40 requests sent, 7 answered from the response cache (reused stages sent none)"
