@@ -13,7 +13,6 @@ import torch
 
 from lagcl.artifacts import read_manifest, read_table
 from lagcl.config import load_config
-from lagcl.errors import ConfigError
 from lagcl.evaluate import UserItems, metrics_from_ranked
 from lagcl.recommend import recommendations
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, user_items
@@ -81,9 +80,13 @@ def test_fused_users_follow_eq_21_and_reproduce_the_fusion_metrics_exactly():
     assert (rec.filter(~pl.col("user").is_in(fused_users))["source"] == "cf").all()
 
 
-def test_recommend_n_above_the_cf_list_length_is_a_config_error():
-    with pytest.raises(ConfigError, match="recommend.n = 120 is more than the gcl.topk_out = 100"):
-        load_config(overrides=["recommend.n=120"])
+def test_n_beyond_the_cf_list_gives_what_the_list_holds_without_the_validation_positives():
+    inter, users, items = dataset()
+    rec = recommendations(popularity_topk(inter, 12), inter, users, items, n=50)
+    valid = inter.filter((pl.col("split") == "valid") & (pl.col("sign") > 0))
+    cf = popularity_topk(inter, 12).join(valid.select("user", "item"), on=["user", "item"], how="anti")
+    assert dict(rec.group_by("user").len().iter_rows()) == dict(cf.group_by("user").len().iter_rows())
+    assert rec.group_by("user").agg(pl.col("rank").max() == pl.len())["rank"].all()
 
 
 def finished_run(tmp_path, *extra: str):
