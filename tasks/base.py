@@ -35,11 +35,13 @@ class StageSpec:
 
 # the order is the execution order; a stage's version changes when its code changes what it writes
 # (rerank 2: the classifier head is drawn from `seed`, not from the process's random state; augment 2: quality
-# figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control)
+# figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control;
+# evaluate 3: the `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items
+# are added)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", ("data",), (), "1"),
     StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
-    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "2"),
+    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "3"),
     StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
     StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "1"),
     StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
