@@ -22,7 +22,9 @@ def run(plan: Plan) -> StageRef:
         # (or while it was read) would put other data under that name
         now = raw_inputs(cfg.data, raw_root(cfg.data, REPO_ROOT), plan.store.root)
         if plan.inputs and inputs_digest(now) != inputs_digest(plan.inputs):
-            changed = sorted(r for r in now if now[r].sha256 != plan.inputs.get(r, now[r]).sha256)
+            changed = sorted(r for r in {*now, *plan.inputs}
+                             if (now[r].sha256 if r in now else None) != (plan.inputs[r].sha256 if r in plan.inputs
+                                                                          else None))
             raise DataError(f"raw file(s) of '{cfg.data.name}' changed after this run was planned ({changed}); "
                             "run the same command again once the files are written")
         out = prepare(raw, cfg.data, cfg.seed)
