@@ -31,7 +31,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: ui-deps setup pipeline status compare server deploy test test-slow bench bench-gcl clean-venv \
+.PHONY: ui-deps setup pipeline status compare recommend server deploy test test-slow bench bench-gcl clean-venv \
 	setup-dgl test-dgl bench-graph
 
 STAMP := $(VENV)/.lagcl-setup
@@ -82,6 +82,12 @@ table2: setup
 table3: setup
 	$(PY) -m flows.tables 3 --data $(DATA) --engine $(ENGINE) --models $(MODEL) --seeds $(SEEDS) \
 		$(foreach o,$(OVERRIDES),--set $(o))
+
+# One user's profile and recommendations from the finished run of these options: make recommend USER=196 [N=20]
+# (USER must be given on the command line: the environment's login name is not a user id)
+recommend: setup
+	@test "$(origin USER)" = "command line" || { echo "usage: make recommend USER=<the dataset's original user id> [N=20]"; exit 2; }
+	$(PY) -m flows.cli recommend --user '$(USER)' $(if $(N),--n $(N)) $(PIPELINE_ARGS)
 
 # Debian's Chromium, for the test that loads the Prefect UI in a headless browser
 ui-deps:

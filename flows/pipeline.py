@@ -115,8 +115,11 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
             done = _run_stages(plan, from_stage)
     except LagclError as exc:
         return Failed(message=str(exc), data=exc)  # the flow run's message, without a traceback
+    changes = what_changed(plan, done, _previous_run(plan))
     _print_summary(plan, done)
-    _publish_artifacts(plan, done)
+    print("\n".join(changes))
+    _publish_artifacts(plan, done, changes)
+    _record_run(plan, done)
     return done
 
 
@@ -266,6 +269,87 @@ def _final_row(meta: dict) -> dict:
     return row
 
 
+# --- what changed since the previous finished run of the dataset (scheduled reruns, issue 14) ---------------
+RUNS = "runs.jsonl"  # one line per finished flow run of the dataset: its stage fingerprints and folders
+
+
+def _runs_path(plan: Plan) -> Path:
+    return plan.store.root / plan.cfg.data.name / RUNS
+
+
+def _previous_run(plan: Plan) -> dict | None:
+    import json
+
+    path = _runs_path(plan)
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def _record_run(plan: Plan, done: dict[str, str]) -> None:
+    import json
+    import time
+
+    from lagcl.artifacts import atomic_write_bytes
+
+    path = _runs_path(plan)
+    old = path.read_text() if path.is_file() else ""
+    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "fingerprints": {s: plan.fingerprints[s] for s in done}, "folders": done,
+             "stage_finished_at": {s: (read_manifest(Path(p)) or {}).get("finished_at") for s, p in done.items()}}
+    atomic_write_bytes(path, (old + json.dumps(entry, sort_keys=True) + "\n").encode())
+
+
+def _raw_pairs(folder: Path):
+    """(user raw id, item raw id, rating) of a prepare folder's interactions."""
+    import polars as pl
+
+    from lagcl.artifacts import read_table
+
+    inter = read_table(folder, "interactions")
+    users, items = read_table(folder, "users"), read_table(folder, "items")
+    return (inter.join(users.select("user", u=pl.col("raw_id")), on="user")
+            .join(items.select("item", i=pl.col("raw_id")), on="item").select("u", "i", "rating"),
+            set(users["raw_id"].to_list()), set(items["raw_id"].to_list()))
+
+
+def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> list[str]:
+    """Since the previous finished run of the dataset: interactions added/removed (after prepare's filters),
+    users/items added, stages recomputed vs reused (Cached), LLM requests sent vs answered from the cache, and
+    the headline metric deltas."""
+    if previous is None:
+        return [f"what changed: first finished run of {plan.cfg.data.name} in {plan.store.root}"]
+    before, stamps = previous.get("fingerprints", {}), previous.get("stage_finished_at", {})
+    # reused: the same folder, not written again since (a Cached task whose folder had to be rebuilt is not)
+    reused = [s for s in done if before.get(s) == plan.fingerprints[s]
+              and (read_manifest(Path(done[s])) or {}).get("finished_at") == stamps.get(s)]
+    recomputed = [s for s in done if s not in reused]
+    lines = [f"what changed since the run of {previous.get('finished_at')}: recomputed "
+             f"{', '.join(recomputed) or 'nothing'}; reused (Cached) {', '.join(reused) or 'nothing'}"]
+    old_prep = Path(previous.get("folders", {}).get("prepare", ""))
+    if "prepare" in recomputed and is_complete(old_prep, verify=False):
+        (new, nu, ni), (old, ou, oi) = _raw_pairs(Path(done["prepare"])), _raw_pairs(old_prep)
+        added, removed = new.join(old, on=["u", "i", "rating"], how="anti"), old.join(new, on=["u", "i", "rating"],
+                                                                                    how="anti")
+        lines.append(f"  data: {added.height:,} interactions added, {removed.height:,} removed (a changed rating "
+                     f"counts as both); users {len(nu - ou):+,} new, {len(ou - nu):,} gone; items {len(ni - oi):+,} "
+                     f"new, {len(oi - ni):,} gone")
+    sent = cached = 0
+    for stage in recomputed:
+        u = ((read_manifest(Path(done[stage])) or {}).get("meta", {}).get("usage") or {})
+        sent += u.get("requests", 0)  # answered by the backend in this run (the cached ones are apart)
+        cached += u.get("cached", 0)
+    lines.append(f"  LLM: {sent:,} requests sent, {cached:,} answered from the response cache (reused stages sent "
+                 "none)")
+    old_ev = Path(previous.get("folders", {}).get("evaluate", ""))
+    if "evaluate" in done and is_complete(old_ev, verify=False):
+        a, b = read_manifest(Path(done["evaluate"]))["meta"], read_manifest(old_ev)["meta"]
+        lines.append("  metrics (test): " + ", ".join(
+            f"{k} {a[k]:.4f} ({a[k] - b[k]:+.4f})" for k in ("test_recall@20", "test_ndcg@20") if k in a and k in b))
+    return lines
+
+
 def _local_server_settings() -> dict:
     """Runs go to the `make server` UI when it is up; otherwise Prefect starts a temporary server."""
     from prefect.settings import PREFECT_API_URL
@@ -327,7 +411,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish_artifacts(plan: Plan, done: dict[str, str]) -> None:
+def _publish_artifacts(plan: Plan, done: dict[str, str], changes: list[str] | None = None) -> None:
     """Per run, in the Prefect UI: a table artifact with the metrics, a Markdown artifact with the report."""
     import polars as pl
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -338,6 +422,8 @@ def _publish_artifacts(plan: Plan, done: dict[str, str]) -> None:
              f"engine `{plan.cfg.engine.name}`, backbone `{plan.cfg.gcl.backbone}`, rank level "
              f"{'on' if plan.cfg.rank.enabled else 'off'}, ablation `{plan.cfg.pipeline.ablation}`, seed {plan.cfg.seed}",
              "", "| stage | seconds | rows | spend (USD) | folder |", "|---|---:|---:|---:|---|"]
+    if changes:
+        lines[4:4] = ["## What changed", "", "```", *changes, "```", ""]
     pngs: list[Path] = []
     for stage, path in done.items():
         folder = Path(path)

@@ -3,7 +3,8 @@
 For every cold-start user u (fewer than `cold_threshold` training positives, DESIGN.md 4):
 - candidates V_u^cand: items with no TRAINING interaction for u, positive or negative (DESIGN.md 5;
   valid/test interactions are not looked at, so the held-out targets stay candidates and nothing leaks);
-- two independent seeded samples of `n_candidates` (all candidates when fewer): V_u^sample, scored
+- two independent seeded samples of `n_candidates` (all candidates when fewer; keyed by the raw ids, stable
+  when items are added): V_u^sample, scored
   for like (s_uv^pos, eq. 2), and V_u^neg-cand, scored for dislike (s_uv^neg, eq. 3);
 - items go to the engine `items_per_call` at a time (one prompt lists several item profiles);
 - top `top_fraction` of each polarity -> R_u^pos (sign +1) and R_u^neg (sign -1); R_u^enhanced is their
@@ -19,6 +20,7 @@ failure) is recorded in `failures` and never guessed; the next run asks again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -55,24 +57,49 @@ def cold_warm(interactions: pl.DataFrame, users: Sequence[int], threshold: int) 
     return {"cold": [u for u in users if u in cold], "warm": [u for u in users if u not in cold]}
 
 
+def stable_key(raw_id: object) -> int:
+    """A 63-bit integer for an id, the same in every process and run (not Python's salted hash)."""
+    return int.from_bytes(hashlib.blake2b(str(raw_id).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise on uint64 (wrapping arithmetic): a well-spread hash of each key."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: Sequence[int], n: int,
-                      seed: int) -> dict[tuple[int, str], np.ndarray]:
+                      seed: int, user_keys: dict[int, object] | None = None,
+                      item_keys: dict[int, object] | None = None) -> dict[tuple[int, str], np.ndarray]:
     """(user, polarity) -> sorted sample of up to n candidate items (no training interaction for u).
 
-    Each sample has its own generator seeded by (seed, user, polarity), so a user's samples do not
-    depend on which other users are in the run: a resumed or partial run samples the same items."""
+    Each candidate gets a priority, a hash of (seed, user, polarity, item), and the n lowest are the sample:
+    a user's sample does not depend on which other users are in the run (a resumed or partial run samples
+    the same items), and when the item set grows it changes by at most the items added (each new item enters
+    only by pushing out one). With `user_keys` / `item_keys` (internal id -> the dataset's raw id) the
+    priorities follow the raw ids, so a renumbering of the internal ids (a new item sorted before others)
+    draws the same items."""
     train = interactions.filter(pl.col("split") == "train").group_by("user").agg("item")
     seen = {u: set(its) for u, its in train.iter_rows()}
     all_items = np.array(sorted(items), dtype=np.int64)
+    ikeys = np.array([stable_key(item_keys[int(i)]) if item_keys is not None else int(i) for i in all_items],
+                     dtype=np.uint64)
+    item_hash = _mix(ikeys)
     out: dict[tuple[int, str], np.ndarray] = {}
     for u in users:
-        cand = all_items[~np.isin(all_items, list(seen.get(u, ())))]
+        keep = ~np.isin(all_items, list(seen.get(u, ())))
+        cand, cand_hash = all_items[keep], item_hash[keep]
+        ukey = stable_key(user_keys[int(u)]) if user_keys is not None else int(u)
         for k, pol in enumerate(POLARITIES):
             if len(cand) <= n:
                 out[(u, pol)] = cand.copy()
             else:
-                rng = np.random.default_rng([seed, int(u), k])
-                out[(u, pol)] = np.sort(rng.choice(cand, size=n, replace=False))
+                base = _mix(np.array([stable_key(f"{seed}/{ukey}/{pol}")], dtype=np.uint64))[0]
+                with np.errstate(over="ignore"):
+                    priority = _mix(cand_hash ^ base)
+                out[(u, pol)] = np.sort(cand[np.argpartition(priority, n - 1)[:n]])
     return out
 
 

@@ -302,6 +302,13 @@ class EvaluateConfig(Section):
     topk: list[int] = Field(default_factory=lambda: [10, 20, 50])
 
 
+class RecommendConfig(Section):
+    """The `recommendations` table the evaluate stage leaves (the pipeline's product)."""
+
+    n: int = Field(50, ge=1, description="recommendations per user (fewer where the CF list, gcl.topk_out long, "
+                   "holds fewer once the user's validation positives are removed)")
+
+
 class PipelineConfig(Section):
     stages: dict[Literal["profiles", "augment", "groups", "control", "gcl", "rerank", "evaluate"], bool] = Field(
         default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "control", "gcl", "rerank",
@@ -337,6 +344,7 @@ class Config(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @property

@@ -26,7 +26,10 @@ def run(plan: Plan) -> StageRef:
             user_profiles = store.read_table("profiles", up["profiles"].fingerprint, "user_profiles")
             item_profiles = store.read_table("profiles", up["profiles"].fingerprint, "item_profiles")
             users = cold_users(inter, a.cold_threshold)
-            samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed)
+            raw_users = store.read_table("prepare", up["prepare"].fingerprint, "users")
+            samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed,
+                                        user_keys=dict(zip(raw_users["user"].to_list(), raw_users["raw_id"].to_list())),
+                                        item_keys=dict(zip(items["item"].to_list(), items["raw_id"].to_list())))
             todo = chunks(samples, a.items_per_call)
             res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
                               dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,

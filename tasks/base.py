@@ -1,7 +1,8 @@
 """The stage graph, fingerprints, and the context every stage runs in.
 
-Fingerprints are known before anything runs (they depend only on configuration and code
-versions), so the flow, `lagcl status` and Prefect's cache keys all agree on them.
+Fingerprints are known before anything runs (they depend on configuration, code versions and the
+contents of the raw input files, digested by lagcl.data.digest), so the flow, `lagcl status` and Prefect's
+cache keys all agree on them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Iterator
 
 from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
 from lagcl.config import Config
+from lagcl.data.digest import InputFile, inputs_digest, raw_inputs
+from lagcl.data.formats import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
 
@@ -33,17 +36,18 @@ class StageSpec:
 # the order is the execution order; a stage's version changes when its code changes what it writes
 # (rerank 2: the classifier head is drawn from `seed`, not from the process's random state; augment 2: quality
 # figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control;
-# control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py)
+# control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py; evaluate 3: the
+# `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items are added)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", ("data",), (), "1"),
     StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
-    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "2"),
+    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "3"),
     StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
     StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "2"),
     StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
                                                                                     "control"), "3"),
     StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "2"),
-    StageSpec("evaluate", ("evaluate", "rerank", "gate"), ("prepare", "control", "gcl", "rerank"), "2"),
+    StageSpec("evaluate", ("evaluate", "rerank", "gate", "recommend"), ("prepare", "control", "gcl", "rerank"), "3"),
 )}
 
 
@@ -82,6 +86,7 @@ def rank_enabled(cfg: Config) -> bool:
 class Plan:
     cfg: Config
     fingerprints: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, InputFile] = field(default_factory=dict)  # role -> raw file digested into prepare's
 
     @property
     def store(self) -> ArtifactStore:
@@ -116,10 +121,13 @@ def make_plan(cfg: Config) -> Plan:
         if missing:
             raise ConfigError(f"stage '{name}' needs stage(s) {missing}: set pipeline.stages.{missing[0]}=true "
                               f"or pipeline.stages.{name}=false")
+    plan.inputs = raw_inputs(cfg.data, raw_root(cfg.data, REPO_ROOT), plan.store.root)
     for name in enabled:
         spec = STAGES[name]
-        config_hash = cfg.section_hash(*spec.sections)
+        config_hash = _config_hash(cfg, spec.sections)
         extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")
+        if name == "prepare":  # the raw data itself: new or changed files recompute prepare and what follows
+            extra += f";raw={inputs_digest(plan.inputs)}"
         if name in ("control", "gcl", "evaluate"):  # the cold/warm split of the metrics
             extra += f";cold={cfg.augment.cold_threshold}"
         if cfg.train_seed is not None and name in ("control", "gcl", "rerank", "evaluate"):
@@ -127,6 +135,14 @@ def make_plan(cfg: Config) -> Plan:
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
     return plan
+
+
+def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
+    """The sections' hash without `data.path`: where the raw files are does not change a result, their
+    contents (the prepare fingerprint's raw digest) do."""
+    if "data" not in sections:
+        return cfg.section_hash(*sections)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": ""})}).section_hash(*sections)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from lagcl.artifacts import is_complete, read_manifest, read_table
 from lagcl.augment import cold_warm
 from lagcl.errors import LagclError
 from lagcl.gate import Step, beats, format_chain, gain
+from lagcl.recommend import recommendations
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
 from tasks.base import Plan, StageRef, log
 
@@ -97,6 +98,10 @@ def run(plan: Plan) -> StageRef:
                 numbers[f"test_recall@20{name}"], numbers[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
             step = Step("rerank", fused, True, head != "cf", reason, numbers)
 
+        # the run's product: top-N per user from the ranking chosen above (fused where the reranker was kept)
+        rec = recommendations(cf_topk, inter, read_table(prep, "users"), read_table(prep, "items"), cfg.recommend.n,
+                              scores, k if head != "cf" else 0, variants[head][0], variants[head][1], users)
+        sd.write_table("recommendations", rec)
         gcl_manifest = read_manifest(Path(ups["gcl"].path)) or {}
         gcl_meta = gcl_manifest.get("meta", {})
         rr_meta = (read_manifest(Path(rr.path)) or {}).get("meta", {}) if rr is not None and scores is not None else {}
@@ -109,7 +114,10 @@ def run(plan: Plan) -> StageRef:
                 "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("data_level"),
                 "rerank_level": head != "cf", "levels": [*gcl_meta.get("levels", []), step.as_row()],
                 "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
-                "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20")}
+                "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20"),
+                "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
+                                    "ranking": head},
+                "fingerprints": dict(plan.fingerprints)}  # the run's stage folders, for `lagcl recommend`
         plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
         if grid is not None:
             plots.append(grid_plot(grid, sd.file_path("grid.png")))

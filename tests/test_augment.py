@@ -80,6 +80,24 @@ def test_candidates_exclude_every_training_item_keep_held_out_ones_and_are_sampl
     assert candidate_samples(inter, range(200), [0], n=50, seed=2)[(0, "pos")].tolist() != pos.tolist()
 
 
+def test_a_users_sample_changes_only_by_the_items_added_and_follows_raw_ids_when_internal_ids_move():
+    inter = interactions([(0, 0, 1, "train"), (0, 1, -1, "train")])
+    before = candidate_samples(inter, range(300), [0], n=60, seed=4)[(0, "pos")]
+    grown = candidate_samples(inter, range(310), [0], n=60, seed=4)[(0, "pos")]
+    # each of the 10 new items can push one old item out, nothing else moves
+    assert len(set(before) - set(grown)) == len(set(grown) - set(before)) <= 10
+    assert set(grown) - set(before) <= set(range(300, 310))
+
+    # a new item "a0" sorted first renumbers every internal id: keyed by the raw ids, the same items are drawn
+    raw = {i: f"m{i:03d}" for i in range(300)}
+    old = candidate_samples(inter, range(300), [0], n=60, seed=4, user_keys={0: "u7"}, item_keys=raw)[(0, "pos")]
+    shifted = {i + 1: name for i, name in raw.items()} | {0: "a0"}
+    moved = interactions([(0, 1, 1, "train"), (0, 2, -1, "train")])  # the same two training items, renumbered
+    new = candidate_samples(moved, range(301), [0], n=60, seed=4, user_keys={0: "u7"}, item_keys=shifted)[(0, "pos")]
+    drawn_before, drawn_after = {raw[i] for i in old}, {shifted[i] for i in new}
+    assert len(drawn_before - drawn_after) <= 1 and drawn_after - drawn_before <= {"a0"}
+
+
 def test_candidates_are_scored_items_per_call_at_a_time():
     cs = chunks({(3, "pos"): np.arange(70), (3, "neg"): np.arange(5)}, items_per_call=32)
     assert [(c.polarity, c.index, len(c.items)) for c in cs] == [("pos", 0, 32), ("pos", 1, 32), ("pos", 2, 6), ("neg", 0, 5)]

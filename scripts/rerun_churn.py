@@ -1,0 +1,100 @@
+"""What ~3% new ratings change on ML-100K before any LLM call (issue 14, "pay only for what changed").
+
+Appends `--new` ratings (random users, items they have not rated, seeded) to a copy of the raw file, prepares
+both versions and counts what the LLM stages' prompts are made of that changed: users whose training set
+changed (with and without a new rating of their own), internal user and item ids that moved, users who became
+or stopped being cold-start; and how long the raw-file digest takes hashed and from its index.
+
+    PYTHONPATH=$PWD .venv/bin/python -m scripts.rerun_churn [--new 3000] [--out /tmp/rerun-churn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lagcl.augment import cold_users
+from lagcl.config import load_config
+from lagcl.data.digest import raw_inputs
+from lagcl.data.fetch import ensure_ml100k
+from lagcl.data.formats import read_raw
+from lagcl.data.prepare import prepare
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def append_ratings(inter: Path, n: int, seed: int = 0) -> list[str]:
+    """Append n ratings (random existing users, items they have not rated, ratings 1-5) to an ML-100K
+    atomic .inter file; returns the lines added."""
+    lines = inter.read_text().splitlines()
+    rows = [ln.split("\t") for ln in lines[1:]]
+    seen = {(r[0], r[1]) for r in rows}
+    items = sorted({r[1] for r in rows})
+    rng = np.random.default_rng(seed)
+    new: list[str] = []
+    while len(new) < n:
+        user, item = rows[rng.integers(len(rows))][0], items[rng.integers(len(items))]
+        if (user, item) not in seen:
+            seen.add((user, item))
+            new.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t893286638")
+    inter.write_text("\n".join(lines + new) + "\n")
+    return new
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--new", type=int, default=3000)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/rerun-churn"))
+    args = ap.parse_args()
+    src = ensure_ml100k(REPO / "cache" / "raw" / "ml-100k")
+    before, after = args.out / "before", args.out / "after"
+    for d in (before, after):
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(src, d)
+    new = append_ratings(after / "ml-100k.inter", args.new)
+    rows = (before / "ml-100k.inter").read_text().splitlines()[1:]
+
+    cfg = load_config(overrides=[f"data.path={before}"])
+    t = time.perf_counter()
+    raw_inputs(cfg.data, before, args.out / "cache")
+    miss = time.perf_counter() - t
+    t = time.perf_counter()
+    raw_inputs(cfg.data, before, args.out / "cache")
+    hit = time.perf_counter() - t
+    print(f"digest of ML-100K's 3 raw files: {miss * 1000:.1f} ms hashed, {hit * 1000:.1f} ms from the index")
+
+    prepared = {}
+    for name, d in (("before", before), ("after", after)):
+        c = load_config(overrides=[f"data.path={d}"])
+        prepared[name] = prepare(read_raw(c.data, REPO), c.data, c.seed)
+
+    def train_sets(p) -> dict[str, frozenset]:
+        it = p.interactions.join(p.users.select("user", u="raw_id"), on="user").join(
+            p.items.select("item", i="raw_id"), on="item")
+        return {u: frozenset(g) for u, g in it.filter((pl.col("split") == "train") & (pl.col("sign") > 0))
+                .group_by("u").agg("i").iter_rows()}
+
+    pb, pa = prepared["before"], prepared["after"]
+    tb, ta = train_sets(pb), train_sets(pa)
+    touched = {ln.split("\t")[0] for ln in new}
+    changed = {u for u in ta if tb.get(u) != ta[u]}
+    print(f"{len(new)} ratings appended ({len(new) / len(rows):.1%}) by {len(touched)} users")
+    print(f"users whose training positives changed: {len(changed)}/{len(ta)} "
+          f"({len(changed - touched)} of them without a new rating)")
+    for kind in ("users", "items"):
+        key = kind[:-1]
+        b, a = (dict(zip(p[kind]["raw_id"], p[kind][key])) for p in (pb.__dict__, pa.__dict__))
+        print(f"{kind} whose internal id moved: {sum(a.get(k) != v for k, v in b.items())}/{len(b)} "
+              f"({len(set(a) - set(b))} new)")
+    cold = [set(p.users.filter(pl.col("user").is_in(cold_users(p.interactions, 30)))["raw_id"]) for p in (pb, pa)]
+    print(f"cold-start users: {len(cold[0])} before, {len(cold[1])} after ({len(cold[1] - cold[0])} became cold, "
+          f"{len(cold[0] - cold[1])} stopped)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""A run's summary says what changed since the previous finished run of the dataset (issue 14): interactions
+added and removed, users and items added, stages recomputed vs reused, LLM requests sent vs cached."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from flows.pipeline import _previous_run, _record_run, what_changed
+from tasks import prepare as prepare_stage
+from tasks.base import make_plan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_digest import config, write_ratings  # noqa: E402
+
+
+def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tmp_path):
+    raw = tmp_path / "raw"
+    write_ratings(raw)
+    first = make_plan(config(tmp_path, raw))
+    assert _previous_run(first) is None
+    done = {"prepare": prepare_stage.run(first).path}
+    assert what_changed(first, done, None) == [f"what changed: first finished run of my-csv in {tmp_path / 'cache'}"]
+    _record_run(first, done)
+
+    # the same data again: everything reused
+    again = make_plan(config(tmp_path, raw))
+    same = what_changed(again, {"prepare": prepare_stage.run(again).path}, _previous_run(again))
+    assert "recomputed nothing; reused (Cached) prepare" in same[0]
+
+    # a new user with five liked items and one changed rating
+    lines = (raw / "ratings.csv").read_text().splitlines()
+    user, item, rating, ts = lines[1].split(",")
+    lines[1] = f"{user},{item},{1 if int(rating) > 1 else 2},{ts}"
+    lines += [f"newcomer,i{i},5,1700000000" for i in range(5)]
+    (raw / "ratings.csv").write_text("\n".join(lines) + "\n")
+    plan = make_plan(config(tmp_path, raw))
+    profiles = plan.store.stage("profiles", plan.fingerprints["profiles"])
+    with profiles as sd:  # an LLM stage of this run: 40 requests answered by the model, 7 by the cache
+        sd.finish({"usage": {"requests": 40, "cached": 7}})
+    done = {"prepare": prepare_stage.run(plan).path, "profiles": str(profiles.path)}
+    changed = what_changed(plan, done, _previous_run(plan))
+    assert "recomputed prepare, profiles; reused (Cached) nothing" in changed[0]
+    assert changed[1] == ("  data: 6 interactions added, 1 removed (a changed rating counts as both); users +1 new, "
+                          "0 gone; items +0 new, 0 gone")
+    assert changed[2] == "  LLM: 40 requests sent, 7 answered from the response cache (reused stages sent none)"
