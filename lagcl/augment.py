@@ -20,7 +20,6 @@ failure) is recorded in `failures` and never guessed; the next run asks again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from lagcl.artifacts import StageDir
+from lagcl.hashing import mix, stable_key
 from lagcl.semantic.base import Polarity, ScoreRequest, ScoreResult, SemanticEngine
 
 log = logging.getLogger("lagcl.augment")
@@ -57,19 +57,6 @@ def cold_warm(interactions: pl.DataFrame, users: Sequence[int], threshold: int) 
     return {"cold": [u for u in users if u in cold], "warm": [u for u in users if u not in cold]}
 
 
-def stable_key(raw_id: object) -> int:
-    """A 63-bit integer for an id, the same in every process and run (not Python's salted hash)."""
-    return int.from_bytes(hashlib.blake2b(str(raw_id).encode(), digest_size=8).digest(), "little") >> 1
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, element-wise on uint64 (wrapping arithmetic): a well-spread hash of each key."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: Sequence[int], n: int,
                       seed: int, user_keys: dict[int, object] | None = None,
                       item_keys: dict[int, object] | None = None) -> dict[tuple[int, str], np.ndarray]:
@@ -86,7 +73,7 @@ def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: S
     all_items = np.array(sorted(items), dtype=np.int64)
     ikeys = np.array([stable_key(item_keys[int(i)]) if item_keys is not None else int(i) for i in all_items],
                      dtype=np.uint64)
-    item_hash = _mix(ikeys)
+    item_hash = mix(ikeys)
     out: dict[tuple[int, str], np.ndarray] = {}
     for u in users:
         keep = ~np.isin(all_items, list(seen.get(u, ())))
@@ -96,9 +83,9 @@ def candidate_samples(interactions: pl.DataFrame, items: Sequence[int], users: S
             if len(cand) <= n:
                 out[(u, pol)] = cand.copy()
             else:
-                base = _mix(np.array([stable_key(f"{seed}/{ukey}/{pol}")], dtype=np.uint64))[0]
+                base = mix(np.array([stable_key(f"{seed}/{ukey}/{pol}")], dtype=np.uint64))[0]
                 with np.errstate(over="ignore"):
-                    priority = _mix(cand_hash ^ base)
+                    priority = mix(cand_hash ^ base)
                 out[(u, pol)] = np.sort(cand[np.argpartition(priority, n - 1)[:n]])
     return out
 

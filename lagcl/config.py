@@ -41,6 +41,10 @@ class DataConfig(Section):
     rating_range: tuple[float, float] | None = None
     kcore: int = Field(5, ge=1)
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_key: Literal["raw_ids", "draw"] = Field(
+        "raw_ids", description="raw_ids: each positive's place in its user's split is a hash of (seed, raw user id, "
+        "raw item id), so new data moves only the users who got new ratings (scheduled reruns); draw: one seeded "
+        "draw over all rows (the split of the measurements in BENCHMARKS.md made before this setting)")
     item_text_fields: list[str] = Field(default_factory=lambda: ["title", "categories"])
     columns: dict[str, str] = Field(default_factory=dict, description="generic tables: canonical -> raw column")
     strict: bool = Field(True, description="malformed lines are an error (true) or skipped and counted (false)")

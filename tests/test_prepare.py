@@ -129,3 +129,26 @@ def test_real_ml100k_has_the_expected_5_core(tmp_path):
     p = prepare(read_raw(cfg, REPO), cfg, seed=2024)
     assert (p.stats["users"], p.stats["items"], p.stats["positives"]) == (938, 1008, 54413)
     assert p.stats["raw_interactions"] == 100_000
+
+
+def _positives(rows):
+    return pl.DataFrame(rows, schema={"user_raw": pl.String, "item_raw": pl.String}, orient="row").with_columns(
+        pl.col("user_raw").rank("dense").cast(pl.Int32).alias("user") - 1,
+        pl.col("item_raw").rank("dense").cast(pl.Int32).alias("item") - 1)
+
+
+def test_a_split_keyed_by_raw_ids_moves_only_the_users_who_got_new_ratings():
+    from lagcl.data.prepare import assign_split
+
+    rows = [(f"u{u}", f"i{(u * 7 + k * 3) % 60}") for u in range(30) for k in range(12)]
+    new = [("u5", "i61"), ("u5", "i62"), ("u5", "i63"), ("u0", "i64")]  # new items renumber every id after them
+    split = lambda rs, key: {(r["user_raw"], r["item_raw"]): r["split"]  # noqa: E731
+                             for r in assign_split(_positives(rs), (0.7, 0.1, 0.2), 7, key).iter_rows(named=True)}
+    before, after = split(rows, "raw_ids"), split(rows + new, "raw_ids")
+    moved = {u for (u, i), s in before.items() if after[(u, i)] != s}
+    assert moved <= {"u5", "u0"}
+    draw_before, draw_after = split(rows, "draw"), split(rows + new, "draw")
+    assert len({u for (u, i), s in draw_before.items() if draw_after[(u, i)] != s}) > 10  # the old draw moves many
+    counts = _positives(rows).group_by("user_raw").len()
+    assert sum(1 for s in before.values() if s == "train") == sum(split_counts(n, (0.7, 0.1, 0.2))[0]
+                                                                  for n in counts["len"].to_list())

@@ -99,11 +99,25 @@ def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
     return cnt[0], cnt[1], cnt[2]
 
 
-def assign_split(pos: pl.DataFrame, ratios: tuple[float, float, float], seed: int) -> pl.DataFrame:
-    """Per-user seeded random split; deterministic for a seed whatever the input row order."""
+def assign_split(pos: pl.DataFrame, ratios: tuple[float, float, float], seed: int, key: str = "raw_ids"
+                 ) -> pl.DataFrame:
+    """Per-user seeded random split; deterministic for a seed whatever the input row order.
+
+    key="raw_ids": a positive's place in its user's random order is a hash of (seed, raw user id, raw item id),
+    so a user's split depends only on that user's own positives: appended ratings move the users who got them
+    and no one else. key="draw": one seeded draw over all rows in (user, item) order (every user moves when any
+    row is added before them)."""
     pos = pos.sort(["user", "item"])
-    rng = np.random.default_rng(seed)
-    pos = pos.with_columns(pl.Series("_key", rng.random(pos.height)))
+    if key == "raw_ids":
+        from lagcl.hashing import stable_key
+
+        u = pos["user_raw"] if "user_raw" in pos.columns else pos["user"]
+        i = pos["item_raw"] if "item_raw" in pos.columns else pos["item"]
+        keys = [stable_key(f"{seed}/{a}/{b}") for a, b in zip(u.to_list(), i.to_list())]
+        pos = pos.with_columns(pl.Series("_key", keys, dtype=pl.UInt64))
+    else:
+        rng = np.random.default_rng(seed)
+        pos = pos.with_columns(pl.Series("_key", rng.random(pos.height)))
     pos = pos.with_columns(
         pl.col("_key").rank("ordinal").over("user").cast(pl.Int64).alias("_rank"),
         pl.len().over("user").alias("_n"),
@@ -160,7 +174,7 @@ def prepare(raw: RawDataset, cfg: DataConfig, seed: int) -> Prepared:
     neg = inter.filter(pl.col("sign") < 0)
     pos = pos.join(umap, on="user_raw").join(imap, on="item_raw")
     neg = neg.join(umap, on="user_raw").join(imap, on="item_raw").with_columns(pl.lit("train").alias("split"))
-    pos = assign_split(pos, cfg.split, seed)
+    pos = assign_split(pos, cfg.split, seed, cfg.split_key)
     cols = ["user", "item", "rating", "timestamp", "sign", "split"]
     out = pl.concat([pos.select(cols), neg.select(cols)]).sort(["user", "item"])
 
