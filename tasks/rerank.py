@@ -179,7 +179,7 @@ def _run_late(plan: Plan, sd, meta: dict, cands: pl.DataFrame, interactions: pl.
 
     cfg, rc = plan.cfg, plan.cfg.rerank
     spec = rc.spec
-    hist = histories(interactions, augmented, rc.history)
+    hist = histories(interactions, augmented, rc.history).filter(pl.col("user").is_in(list(roles)))
     pairs = build_pairs(cands, interactions, hist, None, roles)
     train = training_examples(pairs, rc.neg_per_pos, rc.max_train_pairs, cfg.seed)
     sd.write_table("rerank_train", train.select("user", "item", "cf_rank", "label"))
