@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lagcl.device import DEVICE_PATTERN
 from lagcl.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -161,6 +162,9 @@ class GCLConfig(Section):
                             "in an early validation trough)")
     eval_batch_users: int = Field(1024, ge=1)
     topk_out: int = Field(100, ge=1, description="cf_topk candidates kept per user")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="where the model, the graph and evaluation run: auto (CUDA when available, "
+                                    "else CPU), cpu, cuda[:n]; negatives and noise are drawn on the CPU")
     num_threads: int = Field(1, ge=0, description="torch CPU threads while training (0 = torch's default); "
                              "on ML-100K-sized graphs one thread is fastest, thread sync dominates tiny SpMMs")
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -254,6 +258,14 @@ class RerankerSpec(Section):
                               "command and wait for its result")
     num_gpus: int = Field(1, ge=1)
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads while training/scoring")
+    style: Literal["cross", "late"] = Field(
+        "cross", description="cross: one prompt per (u, v) through the fine-tuned model (the paper's style, cost "
+                             "grows with users x |C_u|); late: user and item texts encoded once each by the frozen "
+                             "sentence encoder at `path`, combined per pair by a small trained head (lagcl/rerank/late.py)")
+    head_hidden: int = Field(64, ge=1, description="late: hidden units of the head")
+    head_epochs: int = Field(20, ge=1, description="late: epochs of the head over the training pairs")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="auto (CUDA when available, else CPU), cpu, or cuda[:n]")
 
 
 def _reranker_file(name: str) -> dict[str, Any]:

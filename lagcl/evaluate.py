@@ -63,18 +63,21 @@ class UserItems:
 
 def rank_topk(score_fn: ScoreFn, users: torch.Tensor, k: int, exclude: UserItems | None = None,
               batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (items, scores) per user, best first, excluded items never returned (score -inf)."""
+    """Top-k (items, scores) per user, best first, excluded items never returned (score -inf).
+
+    Each user batch is scored, masked and cut to its top k on the device `score_fn` returns its scores on
+    (a CF model on CUDA: the whole all-rank pass stays there); only the top k come back, on the CPU."""
     items_out, scores_out = [], []
     with torch.no_grad():
         for start in range(0, users.numel(), batch_size):
             batch = users[start:start + batch_size]
             scores = score_fn(batch).float().clone()
             if exclude is not None:
-                rows, cols = exclude.pairs(batch)
-                scores[rows, cols] = -torch.inf
+                rows, cols = exclude.pairs(batch.cpu())
+                scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-            items_out.append(top.indices)
-            scores_out.append(top.values)
+            items_out.append(top.indices.cpu())
+            scores_out.append(top.values.cpu())
     return torch.cat(items_out), torch.cat(scores_out)
 
 

@@ -8,6 +8,7 @@ on the rank level: LABPR with item groups, LA-InfoNCE with user/item groups, dis
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lagcl.config import GCLConfig, RankConfig
+from lagcl.device import resolve_device
 from lagcl.evaluate import UserItems, evaluate, rank_topk, user_metrics_from_ranked, users_with_truth
 from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce, total_loss
 from lagcl.models import Backbone
@@ -259,7 +261,11 @@ def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | N
     """Train until `gcl.epochs` or `gcl.patience` epochs without a better validation Recall@20.
 
     With `ckpt_dir`, `last.pt` is written after every epoch and a rerun resumes from it, giving the
-    same result as an uninterrupted run. `stop_after=k` returns after epoch k (as if killed there)."""
+    same result as an uninterrupted run. `stop_after=k` returns after epoch k (as if killed there).
+
+    `gcl.device`: the model, its graph, the losses and the all-rank validation run there (the model stays
+    there afterwards); negatives, edge dropout and noise are drawn on the CPU with the seeded generator, so
+    every device sees the same draws and a CPU run is what it was before the setting existed."""
     if rank is not None and (data.item_group is None or ((model.contrastive or rank.item_side > 0)
                                                           and data.user_group is None)):
         raise ValueError("the rank level needs item groups (and user groups for contrastive backbones and "
@@ -268,20 +274,29 @@ def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | N
     if gcl.num_threads:
         torch.set_num_threads(gcl.num_threads)
     try:
-        return _train(model, data, gcl, rank, seed, ckpt_dir, progress, stop_after)
+        device = resolve_device(gcl.device)
+        model.to(device)
+        model.graph = model.graph.to(device)
+        return _train(model, data, gcl, rank, seed, ckpt_dir, progress, stop_after, device)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
-           ckpt_dir: Path | None, progress: bool, stop_after: int | None) -> TrainResult:
+           ckpt_dir: Path | None, progress: bool, stop_after: int | None, device: str = "cpu") -> TrainResult:
     generator = torch.Generator().manual_seed(seed)
+
+    def on(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.to(device) if t is not None else None
+
+    # the groups index device tensors in the losses; the sampler and the evaluation sets stay on the CPU
+    on_device = dataclasses.replace(data, user_group=on(data.user_group), item_group=on(data.item_group))
     optimizer = torch.optim.Adam(model.parameters(), lr=gcl.lr)
     start, best, best_epoch, bad, rows, spent = 0, -1.0, -1, 0, [], 0.0
     best_state = copy.deepcopy(model.state_dict())
     last = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
     if last is not None and last.is_file():
-        ck = torch.load(last, weights_only=False)
+        ck = torch.load(last, weights_only=False, map_location="cpu")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         generator.set_state(ck["generator"])
@@ -308,7 +323,8 @@ def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | 
             negs = data.sampler.sample(users, generator, items)
             neg_users = data.sampler.sample_users(items, generator) if item_side else None
             weight = data.pair_weight[idx] if data.pair_weight is not None else None
-            parts = batch_losses(model, data, users, items, negs, gcl, rank, generator, weight, neg_users)
+            parts = batch_losses(model, on_device, on(users), on(items), on(negs), gcl, rank, generator, on(weight),
+                                 on(neg_users))
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -344,5 +360,6 @@ def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | 
             break
     bar.close()
     model.load_state_dict(best_state)
+    best_state = {k: v.cpu() for k, v in best_state.items()}   # model.pt loads anywhere
     return TrainResult(best_state, pl.DataFrame(rows, schema_overrides={"epoch": pl.Int32}) if rows else
                        pl.DataFrame(), best_epoch, spent, resumed_from)

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.artifacts import is_complete, read_manifest, read_table
+from lagcl.device import resolve_device
 from lagcl.errors import DataError, LagclError
 from lagcl.rerank.data import (PromptBuilder, build_pairs, candidate_sets, fallback_profiles, histories,
                                item_titles, sample_users, split_users, training_examples, without_test)
@@ -107,6 +108,10 @@ def run(plan: Plan) -> StageRef:
             sd.finish({**meta, "trained": False})
             return ref
 
+        if rc.spec.style == "late":
+            _run_late(plan, sd, meta, cands, interactions, augmented, items, user_text, item_text, roles, t0)
+            return ref
+
         prompts = PromptBuilder(user_text, item_text, item_titles(items), rc.spec.format, rc.spec.profile_chars,
                                 cfg.data.domain)
         pairs = build_pairs(cands, interactions, histories(interactions, augmented, rc.history), prompts, roles)
@@ -142,7 +147,7 @@ def run(plan: Plan) -> StageRef:
         for i in range(0, len(todo), USERS_PER_SHARD):
             chunk = pairs.filter(pl.col("user").is_in(todo[i:i + USERS_PER_SHARD]))
             s = score_texts(res.model, res.tokenizer, chunk["text"].to_list(), rc.spec.eval_batch_size,
-                            rc.spec.max_length)
+                            rc.spec.max_length, rc.spec.device)
             sd.write_shard("rerank_scores", chunk.select("user", "item").with_columns(pl.Series("score", s)))
             log.info("rerank: scored %d/%d users", len(done_users) + min(i + USERS_PER_SHARD, len(todo)), len(roles))
         scores = sd.read_shards("rerank_scores", SCORES).unique(["user", "item"], keep="last").sort("user", "item")
@@ -161,3 +166,51 @@ def run(plan: Plan) -> StageRef:
     log.info("rerank: %d pairs scored in %.1f s (training %.1f s)", meta["scored_pairs"], meta["score_seconds"],
              meta["train_seconds"])
     return ref
+
+
+def _run_late(plan: Plan, sd, meta: dict, cands: pl.DataFrame, interactions: pl.DataFrame,
+              augmented: pl.DataFrame | None, items: pl.DataFrame, user_text: dict, item_text: dict,
+              roles: dict[int, str], t0: float) -> None:
+    """`spec.style = late` (lagcl/rerank/late.py): every user and item text encoded once, a head trained on
+    the training users' pairs (eq. 15-16), every (u, v in C_u) scored by the head: cost ~ users + items."""
+    from lagcl.rerank.late import encode_texts, history_items, pair_features, score_features, train_head
+    from lagcl.rerank.train import resolve_model_path
+    from lagcl.semantic.embedding import SentenceEncoder
+
+    cfg, rc = plan.cfg, plan.cfg.rerank
+    spec = rc.spec
+    hist = histories(interactions, augmented, rc.history).filter(pl.col("user").is_in(list(roles)))
+    pairs = build_pairs(cands, interactions, hist, None, roles)
+    train = training_examples(pairs, rc.neg_per_pos, rc.max_train_pairs, cfg.seed)
+    sd.write_table("rerank_train", train.select("user", "item", "cf_rank", "label"))
+    device = resolve_device(spec.device)
+    t_enc = time.time()
+    folder, _ = resolve_model_path(spec)
+    encoder = SentenceEncoder(str(folder), device=device, batch_size=spec.eval_batch_size)
+    emb = encode_texts(encoder, user_text, item_text, list(roles), set(pairs["item"].to_list()) |
+                       history_items(hist), spec.profile_chars)
+    encode_seconds = time.time() - t_enc
+    log.info("rerank: late interaction, %d users + items encoded once each in %.1f s (%d pairs, %d training "
+             "pairs, %d positive)", emb.encoded, encode_seconds, pairs.height, train.height, int(train["label"].sum()))
+    t_train = time.time()
+    res = train_head(pair_features(train, hist, emb, rc.candidates), train["label"].to_list(),
+                     sd.file_path("reranker"), hidden=spec.head_hidden, epochs=spec.head_epochs, lr=spec.lr,
+                     weight_decay=spec.weight_decay, batch_size=spec.batch_size, seed=cfg.seed, device=device, log=log)
+    train_seconds = time.time() - t_train
+    t_inf = time.time()
+    s = score_features(res.head, pair_features(pairs, hist, emb, rc.candidates))
+    scores = pairs.select("user", "item").with_columns(pl.Series("score", s)).sort("user", "item")
+    sd.write_table("rerank_scores", scores)
+    out_dir = sd.file_path("reranker")
+    files = ["rerank_users.parquet", "rerank_train.parquet", "rerank_scores.parquet"] + sorted(
+        str(p.relative_to(sd.path)) for p in (out_dir / "model").rglob("*") if p.is_file())
+    meta.update({"trained": True, "style": "late", "device": device, "train_pairs": train.height,
+                 "train_positives": int(train["label"].sum()), "global_step": res.global_step,
+                 "train_loss": res.train_loss, "resumed_from": None, "texts_encoded": emb.encoded,
+                 "encode_seconds": round(encode_seconds, 2), "train_seconds": round(train_seconds, 2),
+                 "score_seconds": round(time.time() - t_inf, 2), "scored_pairs": scores.height,
+                 "stage_seconds": round(time.time() - t0, 2), "epochs": spec.head_epochs, "deepspeed": None,
+                 "lora": False})
+    sd.finish(meta, files=files)
+    log.info("rerank: %d pairs scored in %.1f s (encoding %.1f s, head training %.1f s)", scores.height,
+             meta["score_seconds"], encode_seconds, train_seconds)

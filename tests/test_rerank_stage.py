@@ -68,10 +68,16 @@ def plan(tmp_path):
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     cfg = load_config(overrides=[
-        f"cache_dir={tmp_path / 'cache'}", f"rerank.spec.path={tmp_path / 'tiny'}", "rerank.spec.max_length=64",
+        f"cache_dir={tmp_path / 'cache'}", "rerank.model=reranker-cpu-cross", f"rerank.spec.path={tmp_path / 'tiny'}",
+        "rerank.spec.max_length=64",
         "rerank.spec.batch_size=8", "rerank.spec.lr=0.005", f"rerank.candidates={K}", "rerank.holdout_users=0.25",
         "rerank.neg_per_pos=2", "rerank.alpha_grid=[0.0,0.5,1.0]", "rerank.tau_grid=[1.0]",
         "pipeline.stages.profiles=false", "pipeline.stages.augment=false", "pipeline.stages.groups=false"])
+    return with_upstream(cfg)
+
+
+def with_upstream(cfg):
+    """A plan whose prepare and gcl stages hold the dataset above and its popularity top-12."""
     p = make_plan(cfg)
     inter, users, items = dataset()
     with p.store.stage("prepare", p.fingerprints["prepare"]) as sd:
@@ -150,6 +156,32 @@ def test_rerank_then_evaluate_reports_cf_and_fused_side_by_side(plan):
     rr2 = Path(rerank_stage.run(again).path)
     assert read_manifest(rr2)["meta"]["reused_from"] == str(rr)
     assert read_table(rr2, "rerank_scores").equals(scores)
+
+
+def test_the_late_interaction_reranker_encodes_each_text_once_and_scores_every_candidate(tmp_path):
+    """The CPU default (reranker-cpu, spec.style=late, the packaged all-MiniLM-L6-v2): users + items texts
+    encoded, not users x |C_u| prompts; the evaluate stage fuses its scores like any reranker's."""
+    cfg = load_config(overrides=[
+        f"cache_dir={tmp_path / 'cache'}", f"rerank.candidates={K}", "rerank.holdout_users=0.25",
+        "rerank.neg_per_pos=2", "rerank.alpha_grid=[0.0,0.5,1.0]", "rerank.tau_grid=[1.0]", "rerank.spec.device=cpu",
+        "rerank.spec.head_epochs=3", "pipeline.stages.profiles=false", "pipeline.stages.augment=false",
+        "pipeline.stages.groups=false"])
+    assert cfg.rerank.model == "reranker-cpu" and cfg.rerank.spec.style == "late"
+    p = with_upstream(cfg)
+    rr = Path(rerank_stage.run(p).path)
+    meta = read_manifest(rr)["meta"]
+    scores = read_table(rr, "rerank_scores")
+    assert scores.height == N_USERS * K and scores["score"].is_finite().all()
+    inter = read_table(Path(p.ref("prepare").path), "interactions")
+    cands = set(popularity_topk(inter, K)["item"].to_list())
+    history = set(inter.filter(pl.col("split") == "train")["item"].to_list())
+    assert meta["style"] == "late" and meta["device"] == "cpu"
+    assert meta["texts_encoded"] == N_USERS + len(cands | history)
+    train = read_table(rr, "rerank_train")
+    assert "text" not in train.columns and set(train["label"].unique().to_list()) == {0.0, 1.0}
+    assert json.loads((rr / "reranker" / "model" / "done.json").read_text())["pairs"] == train.height
+    ev = Path(evaluate_stage.run(p).path)
+    assert {"cf", "cf+rerank (tuned)"} <= set(read_table(ev, "metrics")["variant"].unique())
 
 
 def test_a_zero_candidate_set_evaluates_the_cf_model_alone(plan):

@@ -88,6 +88,26 @@ class Graph:
                                                check_invariants=False).coalesce().to_sparse_csr()
 
     @property
+    def device(self) -> torch.device:
+        return self.r_hat.device
+
+    def to(self, device: str | torch.device) -> "Graph":
+        """This graph with its adjacency, R_hat, edges and weights on `device` (itself when already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if self.backend != "torch":
+            raise ConfigError(f"graph.backend={self.backend} runs on the CPU here: set gcl.device=cpu or use "
+                              "graph.backend=torch")
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.users, other.items = self.users.to(device), self.items.to(device)
+        other.r_hat = self.r_hat.to(device)
+        other.weights = self.weights.to(device) if self.weights is not None else None
+        other.adj = self.adj.to(device)
+        return other
+
+    @property
     def n_edges(self) -> int:
         return int(self.r_hat.values().numel())
 
@@ -96,10 +116,11 @@ class Graph:
 
     def edge_dropout(self, rate: float, generator: torch.Generator) -> "Graph":
         """SGL-ED: keep each interaction with probability 1 - rate, then renormalise the kept graph."""
-        idx = self.r_hat.indices()
+        # drawn on the CPU with the trainer's generator (the same draws on every device), built there, moved
+        idx = self.r_hat.indices().cpu()
         keep = torch.rand(idx.shape[1], generator=generator) >= rate
-        weights = self.weights[keep] if self.weights is not None else None
-        return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend, weights)
+        weights = self.weights.cpu()[keep] if self.weights is not None else None
+        return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend, weights).to(self.device)
 
 
 def _dgl_graph_class() -> type[Graph]:

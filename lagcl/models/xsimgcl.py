@@ -22,7 +22,8 @@ class XSimGCL(Backbone):
     def _layers(self, generator: torch.Generator | None) -> list[torch.Tensor]:
         def noise(x: torch.Tensor) -> torch.Tensor:
             # sign-aligned noise keeps each embedding in its hyper-octant (XSimGCL eq. 7)
-            r = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+            # drawn on the CPU with the trainer's generator (the same noise on every device)
+            r = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             return x + torch.sign(x) * F.normalize(r, dim=-1) * self.eps
         return light_layers(self.graph, self.ego, self.n_layers, noise if generator is not None else None)
 

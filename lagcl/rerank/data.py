@@ -154,9 +154,10 @@ class PromptBuilder:
         return system + "\n\n" + text
 
 
-def build_pairs(cands: pl.DataFrame, interactions: pl.DataFrame, hist: pl.DataFrame, prompts: PromptBuilder,
+def build_pairs(cands: pl.DataFrame, interactions: pl.DataFrame, hist: pl.DataFrame, prompts: PromptBuilder | None,
                 roles: dict[int, str]) -> pl.DataFrame:
-    """Every (u, v in C_u) of the users in `roles`: (user, item, cf_score, cf_rank, role, label, text).
+    """Every (u, v in C_u) of the users in `roles`: (user, item, cf_score, cf_rank, role, label, text); without
+    `prompts` (the late-interaction reranker reads no prompt) there is no `text` column.
 
     label = 1 if (u, v) is a validation positive (decision 10); test interactions are never read.
     """
@@ -167,6 +168,8 @@ def build_pairs(cands: pl.DataFrame, interactions: pl.DataFrame, hist: pl.DataFr
     pairs = (cands.join(role_df, on="user", how="inner")
              .join(valid_pos, on=["user", "item"], how="left").with_columns(pl.col("label").fill_null(0.0))
              .sort("user", "cf_rank"))
+    if prompts is None:
+        return pairs
     cand_lists = pairs.group_by("user", maintain_order=True).agg(pl.col("item").alias("cands"))
     by_user = {r["user"]: r for r in cand_lists.join(hist, on="user", how="left").iter_rows(named=True)}
     texts = []

@@ -8,17 +8,21 @@ from typing import Sequence
 import numpy as np
 
 
-def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512) -> np.ndarray:
-    """One logit per text, in the input order. Texts are batched by length, so padding (and time) stays small."""
+def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, max_length: int = 512,
+                device: str = "auto") -> np.ndarray:
+    """One logit per text, in the input order, on `device` (rerank.spec.device: auto = CUDA when available; a
+    GPU reranker is trained by the launcher and reloaded on the CPU, so it moves here). Texts are batched by
+    length, so padding (and time) stays small."""
     import torch
 
+    from lagcl.device import resolve_device
     from lagcl.rerank.train import prepare_tokenizer
 
     prepare_tokenizer(model, tokenizer)
     model.eval()
-    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-        model.to("cuda")       # a GPU reranker is trained by the launcher and reloaded here on the CPU
-    device = next(model.parameters()).device
+    device = torch.device(resolve_device(device))
+    if next(model.parameters()).device != device:
+        model.to(device)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty(len(texts), dtype=np.float64)
     with torch.inference_mode():

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lagcl.config import CONF_DIR, RerankerSpec
+from lagcl.device import resolve_device
 from lagcl.errors import ConfigError, LagclError
 
 REPO_ROOT = CONF_DIR.parent
@@ -218,7 +219,9 @@ def train_reranker(model, tokenizer, texts: Sequence[str], labels: Sequence[floa
     ds_conf = deepspeed_config(deepspeed) if isinstance(deepspeed, str) else deepspeed
     if ds_conf is not None:
         single_process_env()
-    cuda = torch.cuda.is_available()
+    # rerank.spec.device: cpu keeps the Trainer off the GPU; auto/cuda use it (the Trainer takes the first
+    # visible device: pick another one with CUDA_VISIBLE_DEVICES)
+    cuda = resolve_device(spec.device) != "cpu"
     steps = math.ceil(len(texts) / (spec.batch_size * spec.grad_accum)) * epochs
     args = TrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=epochs, per_device_train_batch_size=spec.batch_size,

@@ -1,0 +1,40 @@
+"""scripts/synthetic_data.py: datasets at a given shape, with item text and signed ratings, that the generic
+table reader reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lagcl.config import load_config
+from lagcl.data.formats import read_table
+from scripts.synthetic_data import SHAPES, generate, write
+
+
+def test_a_generated_dataset_has_the_asked_shape_unique_pairs_and_both_signs():
+    d = generate(60, 40, 500, seed=1)
+    r = d["ratings"]
+    assert r.height == 500 and r.select("user_id", "item_id").n_unique() == 500
+    assert set(r["rating"].unique().to_list()) <= {1, 2, 3, 4, 5}
+    assert 0.2 < (r["rating"] > 3).mean() < 0.8                     # likes and dislikes
+    assert d["items"].height == 40 and d["users"].height == 60
+    assert d["items"]["description"].str.len_chars().min() > 20 and d["items"]["genres"].str.len_chars().min() > 2
+    assert generate(60, 40, 500, seed=1)["ratings"].equals(r)       # seeded
+
+
+def test_a_shape_denser_than_half_the_matrix_is_refused():
+    with pytest.raises(ValueError, match="at most half"):
+        generate(10, 10, 60)
+
+
+def test_the_generic_table_reader_reads_a_written_dataset(tmp_path):
+    out = write("steam", tmp_path / "syn", scale=0.01)
+    cfg = load_config(data="synthetic", overrides=[f"data.path={out}"])
+    raw = read_table(cfg.data, Path(out))
+    n_users, n_items, n_inter = SHAPES["steam"]
+    assert raw.interactions.height == round(n_inter * 0.01) and raw.items.height == n_items
+    assert {"title", "categories", "description"} <= set(raw.items.columns)
+    assert raw.items["categories"].dtype == pl.List(pl.String)
+    assert cfg.data.item_text_fields == ["title", "categories", "description"]
