@@ -1,7 +1,7 @@
 """Stage 6: base CF and CF + reranker side by side (eq. 19-21), all-rank Recall/NDCG, report and plots.
 
 The reranker is kept (the headline) only when the tuned fusion beats CF on the held-out users' validation
-NDCG@20 (DESIGN.md 13); the report shows the whole chain control -> + data -> + rank -> + rerank."""
+NDCG@20 above the noise (gate.min_gain and gate.max_p, the paired test of lagcl/stats.py; DESIGN.md 13); the report shows the whole chain control -> + data -> + rank -> + rerank."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import polars as pl
 from lagcl.artifacts import is_complete, read_manifest, read_table
 from lagcl.augment import cold_warm
 from lagcl.errors import LagclError
-from lagcl.gate import Step, beats, format_chain, gain
+from lagcl.gate import Step, above_noise, beats, format_chain, gain
 from lagcl.recommend import recommendations
-from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
+from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, fusion_user_metrics, grid_search, user_items
+from lagcl.stats import format_p, mark, paired_users
 from tasks.base import Plan, StageRef, log
 
 STAGE = "evaluate"
@@ -78,18 +79,23 @@ def run(plan: Plan) -> StageRef:
         if k:
             fused = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else "cf+rerank"
             cand, base = val(fused, "valid", "ndcg"), val("cf", "valid", "ndcg")
-            ok = beats(cand, base, cfg.gate.min_gain)
+            t = paired_users(fusion_user_metrics(mat_valid, *variants[fused], truth["valid"])[1]["ndcg"],
+                             fusion_user_metrics(mat_valid, *variants["cf"], truth["valid"])[1]["ndcg"],
+                             cfg.gate.resamples)
+            ok = beats(cand, base, cfg.gate.min_gain) and above_noise(t, cfg.gate)
             reason = (f"validation NDCG@20 of {len(holdout)} held-out users {cand:.4f} vs CF {base:.4f} "
-                      f"({gain(cand, base):+.2%})")
+                      f"({gain(cand, base):+.2%}, p={format_p(t.p)}{mark(t.p)})")
             if ok or not cfg.gate.enabled:
                 head = fused
                 reason += "" if ok else "; kept because gate.enabled is false"
             else:
-                reason += ": reranker left out"
+                needs = f"> {cfg.gate.min_gain:+.2%}" + (f" with p < {cfg.gate.max_p:g}" if cfg.gate.max_p < 1 else "")
+                reason += f": reranker left out (needs {needs})"
             parts = cold_warm(inter, users, cfg.augment.cold_threshold)
             seg = {"": users, **{f"_{k}": v for k, v in parts.items()}}
             numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand,
-                       "valid_scope": f"{len(holdout)} held-out users"}
+                       "valid_scope": f"{len(holdout)} held-out users",
+                       **_test_vs_control(mat, variants[fused], truth, Path(ups["control"].path), cfg.gate)}
             for name, us in seg.items():
                 if not us:
                     continue
@@ -134,6 +140,24 @@ def run(plan: Plan) -> StageRef:
              meta["users"], meta["alpha"], meta["tau"])
     return ref
 
+
+
+def _test_vs_control(mat: CandidateMatrix, fusion: tuple[float, float], truth: dict, control_dir: Path, gate
+                     ) -> dict:
+    """The fused ranking's test Recall/NDCG@20 against the control's, paired over the same users (TEST_KEYS)."""
+    if not is_complete(control_dir, verify=False) or "per_user.parquet" not in (read_manifest(control_dir) or {}).get(
+            "files", {}):
+        return {}  # no control per-user table (a gcl stage built outside a pipeline run): no paired test
+    users, per = fusion_user_metrics(mat, *fusion, truth["test"], truth["valid"])
+    ctrl = read_table(control_dir, "per_user").filter((pl.col("variant") == "control") & (pl.col("split") == "test"))
+    fused = pl.DataFrame({"user": users.astype("int32"), "recall_f": per["recall"], "ndcg_f": per["ndcg"]})
+    both = fused.join(ctrl.select(pl.col("user").cast(pl.Int32), "recall", "ndcg"), on="user").sort("user")
+    out = {}
+    for m in ("recall", "ndcg"):
+        t = paired_users(both[f"{m}_f"].to_numpy(), both[m].to_numpy(), gate.resamples)
+        out.update({f"test_{m}@20_diff": t.diff, f"test_{m}@20_lo": t.lo, f"test_{m}@20_hi": t.hi,
+                    f"test_{m}@20_p": t.p})
+    return out
 
 
 def protocols_markdown(gcl_metrics: pl.DataFrame, chosen: str | None) -> str:

@@ -125,15 +125,16 @@ def test_rerank_then_evaluate_reports_cf_and_fused_side_by_side(plan):
     assert dict(zip(got["metric"], got["value"])) == pytest.approx({"recall": expected[("recall", 10)],
                                                                     "ndcg": expected[("ndcg", 10)]})
     em = read_manifest(ev)["meta"]
-    # the tuned fusion is the headline only when it beats CF on the held-out users' validation NDCG@20
+    # the tuned fusion is the headline only when it beats CF on the held-out users' validation NDCG@20, above
+    # the noise (the paired test's p is in the reason; 4 held-out users cannot clear p < 0.05)
     valid = m.filter((pl.col("split") == "valid") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20))
     tuned, cf_valid = (valid.filter(pl.col("variant") == v)["value"][0] for v in ("cf+rerank (tuned)", "cf"))
     step = em["levels"][-1]
     assert step["level"] == "rerank" and step["variant"] == "cf+rerank (tuned)" and step["trained"]
+    assert "p=" in step["reason"]
+    assert em["headline_variant"] == "cf" and not step["kept"] and "reranker left out" in step["reason"]
     if tuned > cf_valid:
-        assert em["headline_variant"] == "cf+rerank (tuned)" and step["kept"] and em["alpha"] in (0.0, 0.5, 1.0)
-    else:
-        assert em["headline_variant"] == "cf" and not step["kept"] and "reranker left out" in step["reason"]
+        assert "with p < 0.05" in step["reason"]
     assert read_table(ev, "grid").height == 3
     report = (ev / "report.md").read_text()
     assert "| cf | 1.00 |" in report and "metrics.png" in report

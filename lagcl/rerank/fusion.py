@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from lagcl.evaluate import UserItems, metrics_from_ranked
+from lagcl.evaluate import UserItems, metrics_from_ranked, user_metrics_from_ranked
 
 
 def softmax(scores: np.ndarray, tau: float) -> np.ndarray:
@@ -110,11 +110,23 @@ def fusion_metrics(mat: CandidateMatrix, alpha: float, tau: float, truth: UserIt
                    exclude: UserItems | None = None, ks: Iterable[int] = (10, 20, 50)) -> dict[tuple[str, int], float]:
     """Mean Recall@k / NDCG@k of the fused all-rank lists over the users of `mat` that have truth items."""
     ks = sorted(ks)
+    return metrics_from_ranked(*_fused(mat, alpha, tau, truth, exclude, max(ks)), ks)
+
+
+def fusion_user_metrics(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems,
+                        exclude: UserItems | None = None, k: int = 20) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-user Recall@k / NDCG@k of the fused lists (users with truth items): the rerank gate's paired test."""
+    users, per = user_metrics_from_ranked(*_fused(mat, alpha, tau, truth, exclude, k), (k,))
+    return users.numpy(), {m: per[(m, k)].numpy() for m in ("recall", "ndcg")}
+
+
+def _fused(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems, exclude: UserItems | None, k: int
+           ) -> tuple[torch.Tensor, torch.Tensor, UserItems]:
     n_items = truth.n_items
-    ranked = ranked_lists(mat, alpha, tau, max(ks), exclude, pad=n_items)
+    ranked = ranked_lists(mat, alpha, tau, k, exclude, pad=n_items)
     # the padding index is one past the last item: a column that no truth set contains
     padded_truth = UserItems(truth.indptr, truth.indices, n_items + 1)
-    return metrics_from_ranked(torch.from_numpy(ranked), torch.from_numpy(mat.users), padded_truth, ks)
+    return torch.from_numpy(ranked), torch.from_numpy(mat.users), padded_truth
 
 
 def grid_search(mat: CandidateMatrix, truth: UserItems, alphas: Iterable[float], taus: Iterable[float],
