@@ -55,6 +55,7 @@ def run(server: LLMServer, raw: Path, cache: Path, log: Path) -> tuple[int, floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=None, help="new ratings from this many users only")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rerun-llm"))
     args = ap.parse_args()
     work = args.workdir
@@ -64,7 +65,7 @@ def main() -> None:
     with LLMServer(pipeline_model) as server:
         full, t1 = run(server, raw, work / "a" / "cache", work / "1-full.log")
         print(f"1. full run: {full:,} model requests ({t1:.0f} s)", flush=True)
-        append_ratings(raw / "ml-100k.inter", args.new)
+        append_ratings(raw / "ml-100k.inter", args.new, users=args.users)
         rerun, t2 = run(server, raw, work / "a" / "cache", work / "2-rerun.log")
         print(f"2. rerun after {args.new:,} new ratings: {rerun:,} model requests ({t2:.0f} s)", flush=True)
         fresh, t3 = run(server, raw, work / "b" / "cache", work / "3-full-new.log")

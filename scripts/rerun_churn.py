@@ -28,17 +28,22 @@ from lagcl.data.prepare import prepare
 REPO = Path(__file__).resolve().parent.parent
 
 
-def append_ratings(inter: Path, n: int, seed: int = 0) -> list[str]:
+def append_ratings(inter: Path, n: int, seed: int = 0, users: int | None = None) -> list[str]:
     """Append n ratings (random existing users, items they have not rated, ratings 1-5) to an ML-100K
-    atomic .inter file; returns the lines added."""
+    atomic .inter file; returns the lines added. `users`: the ratings come from that many random users only
+    (a night's active users) instead of from users drawn row by row (which touches most users)."""
     lines = inter.read_text().splitlines()
     rows = [ln.split("\t") for ln in lines[1:]]
     seen = {(r[0], r[1]) for r in rows}
     items = sorted({r[1] for r in rows})
     rng = np.random.default_rng(seed)
+    active = sorted({r[0] for r in rows})
+    if users is not None:
+        active = [active[i] for i in rng.choice(len(active), size=users, replace=False)]
     new: list[str] = []
     while len(new) < n:
-        user, item = rows[rng.integers(len(rows))][0], items[rng.integers(len(items))]
+        user = rows[rng.integers(len(rows))][0] if users is None else active[rng.integers(len(active))]
+        item = items[rng.integers(len(items))]
         if (user, item) not in seen:
             seen.add((user, item))
             new.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t893286638")
@@ -49,6 +54,7 @@ def append_ratings(inter: Path, n: int, seed: int = 0) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new", type=int, default=3000)
+    ap.add_argument("--users", type=int, default=None, help="new ratings from this many users only")
     ap.add_argument("--out", type=Path, default=Path("/tmp/rerun-churn"))
     args = ap.parse_args()
     src = ensure_ml100k(REPO / "cache" / "raw" / "ml-100k")
@@ -56,7 +62,7 @@ def main() -> None:
     for d in (before, after):
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(src, d)
-    new = append_ratings(after / "ml-100k.inter", args.new)
+    new = append_ratings(after / "ml-100k.inter", args.new, users=args.users)
     rows = (before / "ml-100k.inter").read_text().splitlines()[1:]
 
     cfg = load_config(overrides=[f"data.path={before}"])
