@@ -35,6 +35,11 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     usage: bool = True  # False: the reply carries no `usage` object at all (some OpenAI-compatible servers)
+    # prompt caching, as the providers report it: of the input tokens, how many were read from / written to the
+    # prompt cache (Anthropic: `cache_read_input_tokens` / `cache_creation_input_tokens` beside an `input_tokens`
+    # that counts only the rest; OpenAI: `prompt_tokens_details.cached_tokens`, part of `prompt_tokens`)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -129,6 +134,8 @@ def prompt_text(body: dict[str, Any]) -> str:
     parts = [body.get("system") or ""] if isinstance(body.get("system"), str) else []
     for m in body.get("messages", []):
         content = m.get("content")
+        if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+            content = "".join(b["text"] for b in content)  # text blocks (an Anthropic cache_control breakpoint)
         parts.append(content if isinstance(content, str) else json.dumps(content))
     return "\n".join(parts)
 
@@ -298,8 +305,8 @@ class LLMServer:
 
     def _chat(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
-        usage = {"usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}} \
-            if reply.usage else {}
+        usage = {"usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout,
+                           "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens}}} if reply.usage else {}
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "test"),
                 "choices": [{"index": 0, "finish_reason": "stop",
@@ -308,7 +315,9 @@ class LLMServer:
 
     def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
-        usage = {"usage": {"input_tokens": tin, "output_tokens": tout}} if reply.usage else {}
+        usage = {"usage": {"input_tokens": tin - reply.cache_read_tokens - reply.cache_write_tokens,
+                           "output_tokens": tout, "cache_read_input_tokens": reply.cache_read_tokens,
+                           "cache_creation_input_tokens": reply.cache_write_tokens}} if reply.usage else {}
         return {"id": f"msg_{uuid.uuid4().hex[:8]}", "type": "message", "role": "assistant",
                 "model": body.get("model", "test"), "content": [{"type": "text", "text": reply.text}],
                 "stop_reason": "end_turn", "stop_sequence": None, **usage}

@@ -1,5 +1,9 @@
 """Chat Completions through the official `openai` SDK, against any OpenAI-compatible `base_url`
-(OpenAI, a vLLM server, llama.cpp server, Ollama's /v1)."""
+(OpenAI, a vLLM server, llama.cpp server, Ollama's /v1).
+
+Prompt caching is automatic at OpenAI for prompts of 1024+ tokens, on the longest prefix seen before: the
+templates put the stable part first (system instructions, then the user profile, then the candidates), and
+`usage.prompt_tokens_details.cached_tokens` (part of `prompt_tokens`) is counted as cache-read tokens."""
 
 from __future__ import annotations
 
@@ -73,10 +77,18 @@ class OpenAIBackend(Backend):
             raise TransientError("reply without choices", reason="invalid_reply")
         choice = reply.choices[0]
         usage = reply.usage  # some OpenAI-compatible servers send none: None, and the client estimates
-        return Completion(text=choice.message.content or "",
-                          input_tokens=_count(getattr(usage, "prompt_tokens", None)),
-                          output_tokens=_count(getattr(usage, "completion_tokens", None)),
-                          finish_reason=choice.finish_reason or "")
+        return _completion(choice.message.content or "", usage, choice.finish_reason or "")
+
+
+def _completion(text: str, usage: Any, finish_reason: str) -> Completion:
+    """A Completion from a chat reply's text and `usage` (an SDK object or a plain dict; None when absent)."""
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    prompt = _count(get(usage, "prompt_tokens"))
+    cached = _count(get(get(usage, "prompt_tokens_details"), "cached_tokens")) or 0
+    return Completion(text=text, input_tokens=prompt, output_tokens=_count(get(usage, "completion_tokens")),
+                      finish_reason=finish_reason, cache_read_tokens=min(cached, prompt or 0))
 
 
 def _count(value: Any) -> int | None:
