@@ -121,6 +121,9 @@ def make_plan(cfg: Config) -> Plan:
         extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")
         if name in ("control", "gcl", "evaluate"):  # the cold/warm split of the metrics
             extra += f";cold={cfg.augment.cold_threshold}"
+        if name == "augment" and cfg.llm.prompt_style != "paper":  # other scores (paper runs keep their folders)
+            extra += f";prompt_style={cfg.llm.prompt_style},{cfg.llm.compact_items_per_call}," \
+                     f"{cfg.llm.compact_summary_words}"
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
     return plan

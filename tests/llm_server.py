@@ -391,6 +391,12 @@ def pipeline_model(prompt: str) -> str:
                    "members": ids[i:i + size], "reasoning": "similar summaries"}
                   for k, i in enumerate(range(0, len(ids), size))]
         return json.dumps({"groups": groups})
+    if '"dislike_scores"' in prompt or '"like_scores"' in prompt:  # the compact style: id -> score, no reasons
+        key = "dislike_score" if '"dislike_scores"' in prompt else "like_score"
+        cards = _payload(prompt)
+        user = prompt.split("USER PROFILE:", 1)[1].split("CARDS:", 1)[0]
+        return json.dumps({key + "s": {r[_id_key(r)]: round(10 * _unit(key, user, r[_id_key(r)]), 1)
+                                       for r in cards}})
     if '"dislike_score"' in prompt or '"like_score"' in prompt:
         key = "dislike_score" if '"dislike_score"' in prompt else "like_score"
         items = _payload(prompt)
