@@ -97,6 +97,11 @@ class LLMConfig(Section):
     cache_min_tokens: dict[str, int] = Field(
         default_factory=dict, description="model -> shortest prefix (tokens) the provider caches")
 
+    def for_stage(self, stage: str) -> "LLMConfig":
+        """This config with the budget one stage may spend: the smaller of budget_usd and stage_budget_usd[stage]."""
+        caps = [b for b in (self.budget_usd, self.stage_budget_usd.get(stage)) if b is not None]  # type: ignore[call-overload]
+        return self.model_copy(update={"budget_usd": min(caps) if caps else None})
+
     @model_validator(mode="after")
     def _prices_have_two_or_four_values(self) -> "LLMConfig":
         for model, values in self.prices.items():

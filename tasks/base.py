@@ -130,11 +130,13 @@ def make_plan(cfg: Config) -> Plan:
 
 
 @contextmanager
-def semantic_engine(plan: Plan) -> Iterator[SemanticEngine]:
+def semantic_engine(plan: Plan, stage: str | None = None) -> Iterator[SemanticEngine]:
     """The run's semantic engine. With `pipeline.runner=dask` its profile and score requests fan out over
     the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one part per worker thread; the stage
-    process stays the only writer of its folder."""
+    process stays the only writer of its folder. `stage` applies llm.stage_budget_usd[stage]."""
     cfg = plan.cfg
+    if stage is not None:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.for_stage(stage)})
     if cfg.pipeline.runner != "dask":
         yield make_engine(cfg, plan.store.root)
         return
