@@ -61,7 +61,8 @@ class EngineConfig(Section):
     base_url: str | None = None
     api_key_env: str | None = Field(None, description="env var with the API key (default ANTHROPIC_/OPENAI_API_KEY)")
     api_key_required: bool = Field(True, description="false for local OpenAI-compatible servers that take no key")
-    batch_api: bool = Field(False, description="anthropic: score through the Message Batches API (half price)")
+    batch_api: bool = Field(False, description="anthropic / openai: score through the Message Batches / Batch API "
+                                               "(half price)")
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between Message Batch status polls")
     max_concurrency: int = Field(8, ge=1)
     requests_per_minute: int | None = None

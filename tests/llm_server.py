@@ -1,6 +1,7 @@
 """A local, scripted LLM server for the tests: speaks the OpenAI Chat Completions and the Anthropic
 Messages + Message Batches wire protocols on a free 127.0.0.1 port, so the real `openai` and
-`anthropic` SDKs talk to it through `base_url`.
+`anthropic` SDKs talk to it through `base_url`. The OpenAI Batch API (a JSONL file upload, a batch on it,
+its status, its output and error files) is spoken too.
 
 Each test scripts it: `server.script` is a queue of actions consumed one per model request
 (`Reply(text)`, `Status(code, retry_after)`, `Sleep(seconds)`); when the queue is empty the
@@ -155,6 +156,8 @@ class LLMServer:
         self.script: list[Reply | Status | Sleep] = []
         self.log: list[Logged] = []
         self.batches: dict[str, dict[str, Any]] = {}
+        self.openai_batches: dict[str, dict[str, Any]] = {}  # OpenAI Batch API: batch id -> batch
+        self.files: dict[str, bytes] = {}  # OpenAI Files API: file id -> content
         self.batch_polls_before_end = 1  # polls answered "in_progress" before a batch ends
         self.chaos: Chaos | None = None
         self.responder_errors: list[str] = []
@@ -236,6 +239,15 @@ class LLMServer:
             def do_GET(self) -> None:  # noqa: N802
                 self._record(None)
                 parts = self.path.rstrip("/").split("/")
+                if len(parts) >= 4 and parts[-3] == "files" and parts[-1] == "content":  # OpenAI file content
+                    data = server.files.get(parts[-2])
+                    if data is None:
+                        return self._send(404, {"error": {"type": "not_found", "message": "no such file"}})
+                    return self._send(200, data, content_type="application/octet-stream")
+                if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.openai_batches:
+                    batch = server.openai_batches[parts[-1]]
+                    batch["polls"] += 1
+                    return self._send(200, server._openai_batch_json(batch))
                 if "batches" in parts:
                     batch_id = parts[parts.index("batches") + 1]
                     batch = server.batches.get(batch_id)
@@ -255,10 +267,15 @@ class LLMServer:
                 if len(raw) < length:  # the client died while sending (a SIGKILL in the chaos harness)
                     self.close_connection = True
                     return self._answered(self._record(None), "incomplete_request", 0, False)
+                if self.path.rstrip("/").endswith("/files"):  # OpenAI Files API: a multipart upload
+                    self._record(None)
+                    return self._send(200, server._upload(self.headers.get("Content-Type", ""), raw))
                 body = json.loads(raw or b"{}")
                 entry = self._record(body)
                 if self.path.endswith("/messages/batches"):
                     return self._send(200, server._create_batch(body))
+                if self.path.rstrip("/").endswith("/batches"):  # OpenAI Batch API
+                    return self._send(200, server._create_openai_batch(body))
                 if not (self.path.endswith("/chat/completions") or self.path.endswith("/messages")):
                     return self._send(404, {"error": "unknown path"})
                 anthropic = self.path.endswith("/messages")
@@ -337,6 +354,57 @@ class LLMServer:
         batch = {"id": batch_id, "results": results, "polls": 0, "n": len(results)}
         self.batches[batch_id] = batch
         return self._batch_json(batch)
+
+    # the OpenAI Files and Batch APIs ---------------------------------------------------------------
+    def _upload(self, content_type: str, raw: bytes) -> dict[str, Any]:
+        from email.parser import BytesParser
+        from email.policy import default
+
+        message = BytesParser(policy=default).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                  for part in message.iter_parts()}
+        file_id = f"file-{uuid.uuid4().hex[:12]}"
+        self.files[file_id] = fields["file"]
+        return {"id": file_id, "object": "file", "bytes": len(fields["file"]), "created_at": int(time.time()),
+                "filename": "batch.jsonl", "purpose": (fields.get("purpose") or b"batch").decode(),
+                "status": "processed"}
+
+    def _create_openai_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        batch_id = f"batch_{uuid.uuid4().hex[:12]}"
+        output, errors = [], []
+        for line in self.files[body["input_file_id"]].decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            action = self._next_action(prompt_text(item["body"]))
+            if isinstance(action, Status):
+                errors.append({"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": item["custom_id"],
+                               "response": {"status_code": action.code, "request_id": "r",
+                                            "body": json.loads(action.body)}, "error": None})
+                continue
+            reply = action if isinstance(action, Reply) else Reply(self.responder(prompt_text(item["body"])))
+            output.append({"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": item["custom_id"],
+                           "response": {"status_code": 200, "request_id": "r", "body": self._chat(item["body"], reply)},
+                           "error": None})
+        files = {}
+        for kind, lines in (("output", output), ("error", errors)):
+            if lines:
+                files[kind] = f"file-{uuid.uuid4().hex[:12]}"
+                self.files[files[kind]] = ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+        batch = {"id": batch_id, "polls": 0, "n": len(output) + len(errors), "failed": len(errors),
+                 "input_file_id": body["input_file_id"], "output_file_id": files.get("output"),
+                 "error_file_id": files.get("error")}
+        self.openai_batches[batch_id] = batch
+        return self._openai_batch_json(batch)
+
+    def _openai_batch_json(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ended = batch["polls"] > self.batch_polls_before_end
+        return {"id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                "input_file_id": batch["input_file_id"], "status": "completed" if ended else "in_progress",
+                "created_at": int(time.time()), "output_file_id": batch["output_file_id"] if ended else None,
+                "error_file_id": batch["error_file_id"] if ended else None,
+                "request_counts": {"total": batch["n"], "completed": batch["n"] - batch["failed"] if ended else 0,
+                                   "failed": batch["failed"] if ended else 0}}
 
     def _batch_json(self, batch: dict[str, Any]) -> dict[str, Any]:
         ended = batch["polls"] > self.batch_polls_before_end
