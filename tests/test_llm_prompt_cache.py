@@ -111,3 +111,18 @@ def test_prices_take_two_or_four_values_and_two_mean_no_cache_discount():
         full_price([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="llm.prices.m must be"):
         LLMConfig(prices={"m": [1.0, 2.0, 3.0]})
+
+
+def test_the_engine_usage_written_to_stage_manifests_carries_the_cache_tokens(server, tmp_path):
+    from lagcl.config import load_config
+    from lagcl.semantic.llm_engine import LLMEngine
+
+    server.script = [Reply('{"like_scores": {"1": 5}}', input_tokens=1500, output_tokens=10, cache_read_tokens=1024)]
+    cfg = load_config(engine="openai", overrides=[f"engine.base_url={server.base_url}/v1", "engine.model=test-model"])
+    engine = LLMEngine(cfg.engine, LLMConfig(prices=PRICE, prompt_style="compact"), domain="movie",
+                       cache_dir=tmp_path)
+    [result] = engine.score([ScoreRequest(1, "Enjoys noir.", "pos", ((1, "A noir."),))])
+
+    usage = engine.usage()
+    assert result.scores == {1: 5.0} and (usage.cache_read_tokens, usage.cache_write_tokens) == (1024, 0)
+    assert usage.cost_usd == pytest.approx((476 * 2.0 + 1024 * 0.2 + 10 * 10.0) / 1e6)

@@ -43,6 +43,8 @@ class LLMUsage(Usage):
     invalid_replies: dict[str, int] = field(default_factory=dict)
     estimated_input_tokens: int = 0
     estimated_output_tokens: int = 0
+    cache_read_tokens: int = 0   # of input_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens: written to it
 
 
 class LLMEngine:
@@ -187,7 +189,8 @@ class LLMEngine:
                         http_calls=t.http_calls, retries=dict(sorted(t.retries.items())),
                         retry_wait_s=round(t.retry_wait_s, 3), invalid_replies=dict(sorted(t.invalid_replies.items())),
                         estimated_input_tokens=t.estimated_input_tokens,
-                        estimated_output_tokens=t.estimated_output_tokens)
+                        estimated_output_tokens=t.estimated_output_tokens,
+                        cache_read_tokens=t.cache_read_tokens, cache_write_tokens=t.cache_write_tokens)
 
     def accounting(self) -> dict[str, Any]:
         """Per-operation counts, tokens and spend of this run, plus everything ever paid through this cache:
