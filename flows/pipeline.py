@@ -371,7 +371,7 @@ def _local_server_settings() -> dict:
 def _dry_run(plan: Plan) -> int:
     """DRY_RUN=1: prepare the data (no LLM involved), then print what each LLM stage would cost."""
     from lagcl.artifacts import read_table
-    from lagcl.llm.estimate import estimate, planned_counts
+    from lagcl.llm.estimate import estimate, planned_counts, projections_table, scoring_load, variants, variants_table
 
     ref = prepare_stage.run(plan)
     interactions = read_table(Path(ref.path), "interactions")
@@ -382,9 +382,19 @@ def _dry_run(plan: Plan) -> int:
         print(f"engine 'embedding' runs offline on this machine and costs nothing; for an LLM engine's "
               f"price use ENGINE=anthropic|openai|vllm|transformers. Requests it would make: {counts}")
         return 0
-    estimate(counts, cfg.engine, cfg.llm, cfg.data.domain, items_per_call=cfg.augment.items_per_call,
-             group_batch=cfg.groups.batch_size, target_group_size=cfg.groups.target_group_size,
-             history=cfg.profiles.history)
+    sizes = dict(items_per_call=cfg.augment.items_per_call, group_batch=cfg.groups.batch_size,
+                 target_group_size=cfg.groups.target_group_size, history=cfg.profiles.history)
+    load = scoring_load(interactions, n_items, cfg)
+    report = estimate(counts, cfg.engine, cfg.llm, cfg.data.domain, load=load, **sizes)
+    for stage, cap in sorted(cfg.llm.stage_budget_usd.items()):
+        print(f"llm.stage_budget_usd.{stage}=${cap:,.2f}: estimated ${report.stage_usd(stage):,.2f}"
+              + (" -- over: the stage will stop there (resumable)" if report.stage_usd(stage) > cap else ""))
+    if cfg.llm.budget_usd is not None and report.total_usd > cfg.llm.budget_usd:
+        print(f"llm.budget_usd=${cfg.llm.budget_usd:,.2f} is below the estimate: the run will stop there (resumable)")
+    print()
+    print(variants_table(variants(counts, cfg.engine, cfg.llm, cfg.data.domain, load=load, **sizes)))
+    print()
+    print(projections_table(cfg, load.cold_users / max(1, n_users), **sizes))
     print("dry run: no LLM call was made")
     return 0
 

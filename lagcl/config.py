@@ -87,7 +87,8 @@ class EngineConfig(Section):
     base_url: str | None = None
     api_key_env: str | None = Field(None, description="env var with the API key (default ANTHROPIC_/OPENAI_API_KEY)")
     api_key_required: bool = Field(True, description="false for local OpenAI-compatible servers that take no key")
-    batch_api: bool = Field(False, description="anthropic: score through the Message Batches API (half price)")
+    batch_api: bool = Field(False, description="anthropic / openai: score through the Message Batches / Batch API "
+                                               "(half price)")
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between Message Batch status polls")
     max_concurrency: int = Field(8, ge=1)
     requests_per_minute: int | None = None
@@ -106,11 +107,35 @@ class EngineConfig(Section):
 
 class LLMConfig(Section):
     budget_usd: float | None = Field(None, description="stop cleanly (resumable) when spend reaches this")
-    prices: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="model -> (USD per 1M input tokens, USD per 1M output tokens)"
-    )
+    stage_budget_usd: dict[Literal["profiles", "augment", "groups"], float] = Field(
+        default_factory=dict, description="stage -> USD it may spend in one run (beside the run's budget_usd)")
+    prices: dict[str, list[float]] = Field(
+        default_factory=dict, description="model -> USD per 1M tokens: [input, output] or "
+                                          "[input, output, cache read, cache write]")
     dry_run: bool = False
     repair: bool = Field(True, description="re-ask once with the parse error when a reply is not valid JSON")
+    prompt_style: Literal["paper", "compact"] = Field(
+        "paper", description="scoring prompts: the paper's (full item profiles, a reason per score) or compact "
+                             "(one-line item cards, scores only, compact_items_per_call candidates per call)")
+    compact_items_per_call: int = Field(64, ge=1, description="compact style: candidates per scoring call")
+    compact_summary_words: int = Field(20, ge=1, description="compact style: words of the item profile per card")
+    prompt_cache: bool = Field(True, description="anthropic: mark the stable prefix (instructions + user "
+                                                 "profile) with cache_control; openai caches prefixes itself")
+    cache_min_tokens: dict[str, int] = Field(
+        default_factory=dict, description="model -> shortest prefix (tokens) the provider caches")
+
+    def for_stage(self, stage: str) -> "LLMConfig":
+        """This config with the budget one stage may spend: the smaller of budget_usd and stage_budget_usd[stage]."""
+        caps = [b for b in (self.budget_usd, self.stage_budget_usd.get(stage)) if b is not None]  # type: ignore[call-overload]
+        return self.model_copy(update={"budget_usd": min(caps) if caps else None})
+
+    @model_validator(mode="after")
+    def _prices_have_two_or_four_values(self) -> "LLMConfig":
+        for model, values in self.prices.items():
+            if len(values) not in (2, 4) or min(values) < 0:
+                raise ValueError(f"llm.prices.{model} must be [input, output] or [input, output, cache read, "
+                                 f"cache write], USD per 1M tokens, none negative; got {values}")
+        return self
 
 
 class ProfilesConfig(Section):

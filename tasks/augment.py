@@ -19,7 +19,7 @@ def run(plan: Plan) -> StageRef:
     with plan.stage_dir(STAGE) as sd:
         if finished(sd):
             return ref
-        with semantic_engine(plan) as engine:
+        with semantic_engine(plan, STAGE) as engine:
             t0 = time.time()
             inter = store.read_table("prepare", up["prepare"].fingerprint, "interactions")
             items = store.read_table("prepare", up["prepare"].fingerprint, "items")

@@ -132,6 +132,9 @@ def make_plan(cfg: Config) -> Plan:
             extra += f";cold={cfg.augment.cold_threshold}"
         if cfg.train_seed is not None and name in ("control", "gcl", "rerank", "evaluate"):
             extra += f";train_seed={cfg.train_seed}"
+        if name == "augment" and cfg.llm.prompt_style != "paper":  # other scores (paper runs keep their folders)
+            extra += f";prompt_style={cfg.llm.prompt_style},{cfg.llm.compact_items_per_call}," \
+                     f"{cfg.llm.compact_summary_words}"
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
     return plan
@@ -146,11 +149,13 @@ def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
 
 
 @contextmanager
-def semantic_engine(plan: Plan) -> Iterator[SemanticEngine]:
+def semantic_engine(plan: Plan, stage: str | None = None) -> Iterator[SemanticEngine]:
     """The run's semantic engine. With `pipeline.runner=dask` its profile and score requests fan out over
     the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one part per worker thread; the stage
-    process stays the only writer of its folder."""
+    process stays the only writer of its folder. `stage` applies llm.stage_budget_usd[stage]."""
     cfg = plan.cfg
+    if stage is not None:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.for_stage(stage)})
     if cfg.pipeline.runner != "dask":
         yield make_engine(cfg, plan.store.root)
         return

@@ -23,7 +23,7 @@ def run(plan: Plan) -> StageRef:
         if finished(sd):
             return ref
         t0 = time.time()
-        engine = make_engine(cfg, store.root)
+        engine = make_engine(cfg, store.root, STAGE)
         items = store.read_table("prepare", up["prepare"].fingerprint, "items")
         out, stats = {}, {}
         for kind in ("user", "item"):

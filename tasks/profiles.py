@@ -17,7 +17,7 @@ def run(plan: Plan) -> StageRef:
     with plan.stage_dir(STAGE) as sd:
         if finished(sd):
             return ref
-        with semantic_engine(plan) as engine:
+        with semantic_engine(plan, STAGE) as engine:
             t0 = time.time()
             store = plan.store
             inter, users, items = (store.read_table("prepare", prep.fingerprint, t)

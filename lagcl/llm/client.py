@@ -1,6 +1,7 @@
 """The one LLM call path: response cache -> budget -> rate limits -> backend call with retries ->
 accounting -> cache write. Every backend (anthropic, openai, vllm, transformers) goes through it, and
-so does the Anthropic Message Batches mode.
+so do the batch modes (Anthropic Message Batches, OpenAI Batch API: the backend's batch_submit /
+batch_status / batch_results).
 
 `await client.generate(requests)` answers a batch in request order (`generate_sync` for callers
 without an event loop). Identical requests in one batch are sent once.
@@ -213,7 +214,7 @@ class LLMClient:
             except PermanentError as exc:
                 raise LLMError(f"{what} was rejected: {exc}") from None
 
-    # Anthropic Message Batches: submit, record the id, poll, collect ------------------------------
+    # Batch APIs (Anthropic Message Batches, OpenAI Batch): submit, record the id, poll, collect -----
     async def _batches(self, todo: dict[str, LLMRequest]) -> dict[str, LLMResponse]:
         out: dict[str, LLMResponse] = {}
         backend: Any = self.backend

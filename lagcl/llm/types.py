@@ -23,6 +23,10 @@ class LLMRequest:
     temperature: float = 0.0
     json_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     operation: str = field(default="", compare=False)
+    # prompt caching: the first `cache_prefix_chars` characters of the first user turn are, with the system
+    # text, the same for every request of one user (instructions + user profile). Backends with explicit
+    # caching (Anthropic `cache_control`) mark that prefix; it never changes the prompt, so not the cache key.
+    cache_prefix_chars: int = field(default=0, compare=False)
 
     @staticmethod
     def single(system: str, user: str, **kw: Any) -> "LLMRequest":
@@ -31,7 +35,8 @@ class LLMRequest:
     def followup(self, assistant: str, user: str) -> "LLMRequest":
         """The same conversation with the model's reply and our next turn appended (used by repair)."""
         return LLMRequest(self.system, self.messages + (("assistant", assistant), ("user", user)),
-                          self.max_tokens, self.temperature, self.json_schema, self.operation)
+                          self.max_tokens, self.temperature, self.json_schema, self.operation,
+                          self.cache_prefix_chars)
 
     def prompt_chars(self) -> int:
         return len(self.system) + sum(len(text) for _, text in self.messages)
@@ -64,6 +69,11 @@ class Completion:
     finish_reason: str = ""
     input_estimated: bool = False
     output_estimated: bool = False
+    # prompt caching: of `input_tokens` (all prompt tokens), how many were read from the provider's prompt
+    # cache and how many were written to it (Anthropic `cache_read_input_tokens` / `cache_creation_input_tokens`;
+    # OpenAI `usage.prompt_tokens_details.cached_tokens`); priced at their own rates (llm.prices)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)

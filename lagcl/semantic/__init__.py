@@ -8,8 +8,11 @@ from lagcl.config import Config
 from lagcl.semantic.base import SemanticEngine
 
 
-def make_engine(cfg: Config, cache_dir: Path) -> SemanticEngine:
-    """The engine named by `engine.name`; LLM backends get the response cache under `cache_dir/llm`."""
+def make_engine(cfg: Config, cache_dir: Path, stage: str | None = None) -> SemanticEngine:
+    """The engine named by `engine.name`; LLM backends get the response cache under `cache_dir/llm`, and,
+    for `stage`, the budget that stage may spend (llm.stage_budget_usd beside llm.budget_usd)."""
+    if stage is not None:
+        cfg = cfg.model_copy(update={"llm": cfg.llm.for_stage(stage)})
     if cfg.engine.name == "embedding":
         from lagcl.semantic.embedding import EmbeddingEngine
 

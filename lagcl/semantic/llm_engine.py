@@ -43,6 +43,8 @@ class LLMUsage(Usage):
     invalid_replies: dict[str, int] = field(default_factory=dict)
     estimated_input_tokens: int = 0
     estimated_output_tokens: int = 0
+    cache_read_tokens: int = 0   # of input_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of input_tokens: written to it
 
 
 class LLMEngine:
@@ -55,7 +57,10 @@ class LLMEngine:
         self.model = engine.model
         self.domain = domain
         self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend)
-        self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature)
+        self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature,
+                               style=llm.prompt_style, summary_words=llm.compact_summary_words)
+        # compact style: consecutive score requests of one user and polarity share a call, up to this many items
+        self.items_per_call = llm.compact_items_per_call if llm.prompt_style == "compact" else 0
         self.repair = llm.repair
         self.failed = 0  # semantic results recorded as failed (after repair)
 
@@ -92,7 +97,7 @@ class LLMEngine:
                 if merge is not None and first_value is not None and value is not None:
                     value = merge(first_value, value)
                 results[i] = (value if value is not None else first_value,
-                              None if problem is None else f"after one repair attempt: {problem}")
+                              None if problem is None else _after_repair(problem))
         unusable: list[str] = []
         for i, (value, problem) in enumerate(results):
             if problem is not None:
@@ -124,18 +129,30 @@ class LLMEngine:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         id_key = domain_words(self.domain).id_key
 
-        def parse(i: int, text: str) -> tuple[Any, str | None]:
-            req = requests[i]
-            return parse_scores(text, id_key, req.polarity, [item for item, _ in req.items])
-
         def merge(first: dict[int, float], repaired: dict[int, float]) -> dict[int, float]:
             return {**first, **repaired}  # the repaired reply wins; valid scores of the first are kept
 
-        out = []
-        results = self._ask([self.prompts.score(r) for r in requests], parse, merge)
-        for req, (scores, problem) in zip(requests, results):
-            out.append(ScoreResult(req.user, req.polarity, dict(scores or {}), failed=problem))
-        return out
+        packs = pack_score_requests(requests, self.items_per_call)
+        packed = [ScoreRequest(requests[p[0]].user, requests[p[0]].user_profile, requests[p[0]].polarity,
+                               tuple(item for i in p for item in requests[i].items)) for p in packs]
+        wanted = [[item for item, _ in req.items] for req in packed]
+
+        def parse(i: int, text: str) -> tuple[Any, str | None]:
+            return parse_scores(text, id_key, packed[i].polarity, wanted[i])
+
+        out: list[ScoreResult | None] = [None] * len(requests)
+        results = self._ask([self.prompts.score(r) for r in packed], parse, merge)
+        for p, (scores, problem) in zip(packs, results):
+            scores = dict(scores or {})
+            for i in p:
+                req = requests[i]
+                own = {item: scores[item] for item, _ in req.items if item in scores}
+                # a request that shared its call is answered when all its items are, unless the reply broke
+                # another rule (unknown or repeated ids): then, as for a request alone, the reply is not trusted
+                reasons = set(getattr(problem, "reasons", ()) or ("other",))
+                ok = problem is None or (len(p) > 1 and len(own) == len(req.items) and reasons <= {"missing_id"})
+                out[i] = ScoreResult(req.user, req.polarity, own, failed=None if ok else problem)
+        return out  # type: ignore[return-value]
 
     # eq. 5 -------------------------------------------------------------------------------------
     def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> PartitionResult:
@@ -172,7 +189,8 @@ class LLMEngine:
                         http_calls=t.http_calls, retries=dict(sorted(t.retries.items())),
                         retry_wait_s=round(t.retry_wait_s, 3), invalid_replies=dict(sorted(t.invalid_replies.items())),
                         estimated_input_tokens=t.estimated_input_tokens,
-                        estimated_output_tokens=t.estimated_output_tokens)
+                        estimated_output_tokens=t.estimated_output_tokens,
+                        cache_read_tokens=t.cache_read_tokens, cache_write_tokens=t.cache_write_tokens)
 
     def accounting(self) -> dict[str, Any]:
         """Per-operation counts, tokens and spend of this run, plus everything ever paid through this cache:
@@ -180,6 +198,24 @@ class LLMEngine:
         return {"engine": self.name, "model": self.model, "by_operation": self.client.accounting.summary(),
                 "spent_usd": self.client.accounting.spent_usd, "cache_total_usd": self.client.cache.total_cost(),
                 "semantic_failures": self.failed}
+
+
+def pack_score_requests(requests: Sequence[ScoreRequest], items_per_call: int) -> list[list[int]]:
+    """Indices of `requests` grouped into calls: consecutive requests of one user, polarity and profile share a
+    call while their items fit in `items_per_call` (0: each request is its own call, the paper's layout)."""
+    packs: list[list[int]] = []
+    size = 0
+    for i, req in enumerate(requests):
+        if packs and items_per_call:
+            head = requests[packs[-1][0]]
+            if ((head.user, head.polarity, head.user_profile) == (req.user, req.polarity, req.user_profile)
+                    and size + len(req.items) <= items_per_call):
+                packs[-1].append(i)
+                size += len(req.items)
+                continue
+        packs.append([i])
+        size = len(req.items)
+    return packs
 
 
 # A token is about 4 characters; a reply many times longer than the tokens asked for is not an answer to
@@ -194,6 +230,13 @@ def _too_long(text: str, max_tokens: int) -> Problem | None:
         return None
     return Problem.of([("too_long", f"the reply is {len(text):,} characters long, far more than the {max_tokens} "
                                     f"tokens asked for; answer with the JSON object only")])
+
+
+def _after_repair(problem: str) -> str:
+    """The problem left after the repair, keeping its reasons (Problem.reasons) for the callers that read them."""
+    out = Problem(f"after one repair attempt: {problem}")
+    out.reasons = getattr(problem, "reasons", ())
+    return out
 
 
 def _clip(text: str, max_tokens: int) -> str:

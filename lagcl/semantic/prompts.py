@@ -11,12 +11,13 @@ Two rules keep data from acting as instructions and keep the LLM from inventing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +27,7 @@ from lagcl.llm.types import LLMRequest
 from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest
 
 PROMPT_DIR = CONF_DIR / "prompts"
+PromptStyle = Literal["paper", "compact"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,11 @@ class Prompts:
     """Renders conf/prompts/<name>.j2 (blocks `system` and `user`) into LLM requests."""
 
     def __init__(self, domain: str = "item", prompt_dir: str | Path | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, style: PromptStyle = "paper", summary_words: int = 20) -> None:
+        if style not in ("paper", "compact"):
+            raise ValueError(f"llm.prompt_style must be 'paper' or 'compact', got {style!r}")
+        self.style = style
+        self.summary_words = summary_words
         self.d = domain_words(domain)
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -119,13 +125,32 @@ class Prompts:
 
     # eq. 2-3 ---------------------------------------------------------------------------------
     def score(self, req: ScoreRequest) -> LLMRequest:
+        """The paper's scoring prompt (Figures 15-16: full item profiles, a reason per rating), or the compact
+        one (`style="compact"`: one-line item cards, scores only). Either way the user turn starts with the
+        user profile, and `cache_prefix_chars` marks where that stable part ends (prompt caching)."""
         key = self.d.id_key
-        # output budget grows with the number of items (about 60 tokens per rating with its reason)
-        max_tokens = max(self.max_tokens, 80 * len(req.items) + 50)
-        return self._request(f"score_{req.polarity}", f"score_{req.polarity}",
-                             score_schema(key, req.polarity), max_tokens=max_tokens,
-                             user_profile={"user_id": str(req.user), "profile": req.user_profile},
-                             item_profiles=[{key: str(i), "profile": text} for i, text in req.items])
+        user_profile = {"user_id": str(req.user), "profile": req.user_profile}
+        if self.style == "compact":
+            # output budget: about 8 tokens per `"id": score` entry, with room to spare
+            max_tokens = max(self.max_tokens, 16 * len(req.items) + 50)
+            request = self._request("score_compact", f"score_{req.polarity}", compact_score_schema(req.polarity),
+                                    max_tokens=max_tokens, polarity=req.polarity,
+                                    score_key=_score_key(req.polarity), user_profile=user_profile,
+                                    item_cards=[{key: str(i), "card": item_card(text, self.summary_words)}
+                                                for i, text in req.items])
+            profile_json = _json_compact(user_profile)
+        else:
+            # output budget grows with the number of items (about 60 tokens per rating with its reason)
+            max_tokens = max(self.max_tokens, 80 * len(req.items) + 50)
+            request = self._request(f"score_{req.polarity}", f"score_{req.polarity}",
+                                    score_schema(key, req.polarity), max_tokens=max_tokens,
+                                    user_profile=user_profile,
+                                    item_profiles=[{key: str(i), "profile": text} for i, text in req.items])
+            profile_json = _json(user_profile)
+        user = request.messages[0][1]
+        at = user.find(profile_json)  # a custom template without the profile first: no cache breakpoint
+        cut = at + len(profile_json) + 1 if at >= 0 else 0
+        return dataclasses.replace(request, cache_prefix_chars=cut)
 
     # eq. 5 -----------------------------------------------------------------------------------
     def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> LLMRequest:
@@ -172,6 +197,28 @@ def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
             "properties": {id_key: {"type": "string"}, score: {"type": "number", "minimum": 0, "maximum": 10},
                            "reasoning": {"type": "string"}}}
     return {"type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": item}}}
+
+
+def _score_key(polarity: Polarity) -> str:
+    return "like_score" if polarity == "pos" else "dislike_score"
+
+
+def compact_score_schema(polarity: Polarity) -> dict[str, Any]:
+    """The compact reply: {"like_scores": {"<id>": score, ...}} (dislike_scores for eq. 3)."""
+    return {"type": "object", "required": [_score_key(polarity) + "s"],
+            "properties": {_score_key(polarity) + "s": {
+                "type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}}}}
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def item_card(profile: str, words: int) -> str:
+    """The compact style's one-line summary of an item profile: its first sentence, at most `words` words
+    (cut ones end with '...')."""
+    first = _SENTENCE_END.split(profile.strip(), maxsplit=1)[0]
+    tokens = first.split()
+    return " ".join(tokens[:words]) + ("..." if len(tokens) > words else "")
 
 
 def partition_schema() -> dict[str, Any]:
@@ -326,11 +373,14 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
     be rated once: an id rated twice makes the reply invalid (repaired); two different scores for one id
     contradict each other and neither is kept, the same score twice is kept."""
     value = extract_json(text)
+    score_key = _score_key(polarity)
     if isinstance(value, list):
         value = {"ratings": value}
+    if isinstance(value, dict) and isinstance(value.get(score_key + "s"), dict):  # the compact reply
+        value = {"ratings": [{id_key: k, score_key: v} for k, v in value[score_key + "s"].items()]}
     if not isinstance(value, dict) or not isinstance(value.get("ratings"), list):
-        raise ReplyError('the JSON must be an object with a "ratings" list', "wrong_structure")
-    score_key = "like_score" if polarity == "pos" else "dislike_score"
+        raise ReplyError(f'the JSON must be an object with a "ratings" list (paper style) or a "{score_key}s" '
+                         f'object of id -> score (compact style)', "wrong_structure")
     wanted_set = {str(i) for i in wanted}
     scores: dict[int, float] = {}
     rated: dict[int, int] = {}

@@ -1,5 +1,12 @@
 """Claude through the official `anthropic` SDK: the Messages API, and the Message Batches API
-(half price, asynchronous) for the big scoring stage when `engine.batch_api` is true."""
+(half price, asynchronous) for the big scoring stage when `engine.batch_api` is true.
+
+Prompt caching (`llm.prompt_cache`): a request whose first `cache_prefix_chars` characters of the first user
+turn are stable (instructions + user profile) is sent as two content blocks, the first marked
+`cache_control: ephemeral`, so the system text and that block form one cached prefix. The provider caches it
+only when it is at least the model's minimum length (`llm.cache_min_tokens`); a shorter prefix is sent
+uncached at no extra cost. Usage then reports `cache_read_input_tokens` and `cache_creation_input_tokens`
+beside `input_tokens` (the uncached rest); the Completion counts all three as input, the first two apart."""
 
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ class AnthropicBackend(Backend):
     name = "anthropic"
     supports_batches = True
 
-    def __init__(self, model: str, api_key: str, base_url: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(self, model: str, api_key: str, base_url: str | None = None, timeout_s: float = 120.0,
+                 prompt_cache: bool = True) -> None:
         try:
             import anthropic  # noqa: F401
         except ImportError:
@@ -38,6 +46,7 @@ class AnthropicBackend(Backend):
         self._key = api_key
         self.base_url = base_url
         self.timeout_s = timeout_s
+        self.prompt_cache = prompt_cache
         self._client: Any = None
 
     async def start(self) -> None:
@@ -53,8 +62,13 @@ class AnthropicBackend(Backend):
             self._client = None
 
     def build(self, request: LLMRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens,
-                                  "messages": [{"role": role, "content": text} for role, text in request.messages]}
+        messages: list[dict[str, Any]] = [{"role": role, "content": text} for role, text in request.messages]
+        cut = request.cache_prefix_chars
+        if self.prompt_cache and 0 < cut < len(request.messages[0][1]):
+            first = request.messages[0][1]
+            messages[0]["content"] = [{"type": "text", "text": first[:cut], "cache_control": {"type": "ephemeral"}},
+                                      {"type": "text", "text": first[cut:]}]
+        params: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens, "messages": messages}
         if _SDK_TAKES_TEMPERATURE:  # recent SDKs (and models) dropped sampling parameters
             params["temperature"] = request.temperature
         if request.system:
@@ -65,9 +79,13 @@ class AnthropicBackend(Backend):
     def _completion(message: Any) -> Completion:
         text = "".join(getattr(block, "text", "") for block in message.content if block.type == "text")
         usage = getattr(message, "usage", None)  # None from a server that sends none: the client estimates
-        return Completion(text=text, input_tokens=_count(getattr(usage, "input_tokens", None)),
+        uncached = _count(getattr(usage, "input_tokens", None))
+        read = _count(getattr(usage, "cache_read_input_tokens", None)) or 0
+        written = _count(getattr(usage, "cache_creation_input_tokens", None)) or 0
+        return Completion(text=text, input_tokens=None if uncached is None else uncached + read + written,
                           output_tokens=_count(getattr(usage, "output_tokens", None)),
-                          finish_reason=getattr(message, "stop_reason", None) or "")
+                          finish_reason=getattr(message, "stop_reason", None) or "",
+                          cache_read_tokens=read, cache_write_tokens=written)
 
     async def _call(self, coro: Any) -> Any:
         import anthropic

@@ -1,10 +1,19 @@
 """Chat Completions through the official `openai` SDK, against any OpenAI-compatible `base_url`
-(OpenAI, a vLLM server, llama.cpp server, Ollama's /v1)."""
+(OpenAI, a vLLM server, llama.cpp server, Ollama's /v1).
+
+Prompt caching is automatic at OpenAI for prompts of 1024+ tokens, on the longest prefix seen before: the
+templates put the stable part first (system instructions, then the user profile, then the candidates), and
+`usage.prompt_tokens_details.cached_tokens` (part of `prompt_tokens`) is counted as cache-read tokens.
+
+The Batch API (`engine.batch_api`, half price, results within 24 hours) carries the scoring operations
+like the Anthropic Message Batches path: the requests go up as one JSONL file (custom_id = our cache key),
+a batch is created on it and its id recorded in the cache db before we wait, so a restarted run polls
+it instead of paying twice; the output and error files are read when the batch has ended."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 from lagcl.errors import LLMError
 from lagcl.llm.backends.base import Backend, TransientError, translate_sdk_error
@@ -13,8 +22,12 @@ from lagcl.llm.types import Completion, LLMRequest
 RESPONSE_FORMATS = ("json_object", "json_schema", "none")
 
 
+BATCH_ENDED = ("completed", "failed", "expired", "cancelled")
+
+
 class OpenAIBackend(Backend):
     name = "openai"
+    supports_batches = True
 
     def __init__(self, model: str, api_key: str | None, base_url: str | None = None, timeout_s: float = 120.0,
                  response_format: str = "json_object") -> None:
@@ -59,24 +72,76 @@ class OpenAIBackend(Backend):
             kwargs["response_format"] = {"type": "json_object"}
         return kwargs
 
-    async def complete(self, request: LLMRequest) -> Completion:
+    async def _call(self, coro: Any) -> Any:
         import openai
 
         try:
-            reply = await self._client.chat.completions.create(**self.build(request))
+            return await coro
         except openai.APIError as exc:
             raise translate_sdk_error(openai, exc, f"the server at {self.base_url or 'api.openai.com'}",
                                       self._key) from None
         except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
             raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
+
+    async def complete(self, request: LLMRequest) -> Completion:
+        reply = await self._call(self._client.chat.completions.create(**self.build(request)))
         if not reply.choices:
             raise TransientError("reply without choices", reason="invalid_reply")
         choice = reply.choices[0]
         usage = reply.usage  # some OpenAI-compatible servers send none: None, and the client estimates
-        return Completion(text=choice.message.content or "",
-                          input_tokens=_count(getattr(usage, "prompt_tokens", None)),
-                          output_tokens=_count(getattr(usage, "completion_tokens", None)),
-                          finish_reason=choice.finish_reason or "")
+        return _completion(choice.message.content or "", usage, choice.finish_reason or "")
+
+    # Batch API --------------------------------------------------------------------------------------
+    async def batch_submit(self, items: Sequence[tuple[str, LLMRequest]]) -> str:
+        lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                             "body": self.build(req)}, ensure_ascii=False) for key, req in items]
+        upload = await self._call(self._client.files.create(
+            file=("lagcl-batch.jsonl", ("\n".join(lines) + "\n").encode()), purpose="batch"))
+        batch = await self._call(self._client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"))
+        return batch.id
+
+    async def batch_status(self, batch_id: str) -> str:
+        batch = await self._call(self._client.batches.retrieve(batch_id))
+        return "ended" if batch.status in BATCH_ENDED else batch.status
+
+    async def batch_results(self, batch_id: str) -> dict[str, Completion | str]:
+        batch = await self._call(self._client.batches.retrieve(batch_id))
+        out: dict[str, Completion | str] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = await self._call(self._client.files.content(file_id))
+            for line in content.text.splitlines():
+                if line.strip():
+                    key, result = _batch_line(json.loads(line))
+                    out[key] = result
+        if batch.status != "completed" and not out:
+            return {}  # failed / expired / cancelled with nothing answered: every request goes in the next batch
+        return out
+
+
+def _batch_line(line: dict[str, Any]) -> tuple[str, Completion | str]:
+    """One line of a Batch API output or error file -> (custom_id, Completion or why it failed)."""
+    response = line.get("response") or {}
+    body = response.get("body") or {}
+    if line.get("error") or response.get("status_code") != 200 or not body.get("choices"):
+        error = line.get("error") or body.get("error") or {"status_code": response.get("status_code")}
+        return line["custom_id"], f"errored: {json.dumps(error)[:300]}"
+    choice = body["choices"][0]
+    return line["custom_id"], _completion((choice.get("message") or {}).get("content") or "", body.get("usage"),
+                                          choice.get("finish_reason") or "")
+
+
+def _completion(text: str, usage: Any, finish_reason: str) -> Completion:
+    """A Completion from a chat reply's text and `usage` (an SDK object or a plain dict; None when absent)."""
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    prompt = _count(get(usage, "prompt_tokens"))
+    cached = _count(get(get(usage, "prompt_tokens_details"), "cached_tokens")) or 0
+    return Completion(text=text, input_tokens=prompt, output_tokens=_count(get(usage, "completion_tokens")),
+                      finish_reason=finish_reason, cache_read_tokens=min(cached, prompt or 0))
 
 
 def _count(value: Any) -> int | None:
