@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import torch
@@ -281,7 +282,9 @@ class TrainState:
     rows: list[dict] = field(default_factory=list)   # one per epoch: the `epochs` table
     train_seconds: float = 0.0     # training time of the epochs done, validation excluded
 
-    PROGRESS = ("epoch", "best", "best_epoch", "bad", "rows", "train_seconds", "best_state")
+    # the fields a checkpoint holds as they are (model, optimiser and generator go in as their states)
+    PROGRESS: ClassVar[tuple[str, ...]] = ("epoch", "best", "best_epoch", "bad", "rows", "train_seconds",
+                                           "best_state")
 
     def checkpoint(self) -> dict:
         return {"version": CKPT_VERSION, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -330,7 +333,8 @@ class Trainer:
                                              item_group=self._on(data.item_group))
         optimizer = torch.optim.Adam(model.parameters(), lr=gcl.lr)
         self.state = TrainState(model, optimizer, generator, copy.deepcopy(model.state_dict()))
-        metric, k = gcl.valid_key
+        k = gcl.valid_key[1]
+        # 20 always: the `epochs` table keeps its valid_recall@20 / valid_ndcg@20 columns whatever the metric
         self.valid_ks = (20,) if k == 20 else tuple(sorted({20, k}))
         self.valid_column = f"valid_{gcl.valid_metric}"
 

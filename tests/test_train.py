@@ -191,7 +191,8 @@ def test_a_checkpoint_restores_every_part_of_the_training_state(tmp_path):
     # and both go on to the same run
     first, second = trainer.fit(progress=False), resumed.fit(progress=False)
     assert first.resumed_from == second.resumed_from == 2
-    assert first.epochs.drop("train_seconds", "eval_seconds").equals(second.epochs.drop("train_seconds", "eval_seconds"))
+    timing = ["train_seconds", "eval_seconds"]
+    assert first.epochs.drop(timing).equals(second.epochs.drop(timing))
     assert all(torch.equal(v, second.best_state[k]) for k, v in first.best_state.items())
 
 
