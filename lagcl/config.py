@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,27 @@ from lagcl.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+# Marks a setting added after stage folders were cached under its section's hash, whose default is the
+# behaviour from before it existed: at that default it stays out of the hash (`Section.hash_payload`), so
+# those folders stay valid; any other value is hashed as usual.
+HASHED_WHEN_SET = {"hashed_when_set": True}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def hash_payload(self) -> dict[str, Any]:
+        """The section as hashed into stage fingerprints: every value, less HASHED_WHEN_SET settings at
+        their default."""
+        out = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if extra.get("hashed_when_set") and value == info.get_default(call_default_factory=True):
+                del out[name]
+            elif isinstance(value, Section):
+                out[name] = value.hash_payload()
+        return out
 
 
 class DataConfig(Section):
@@ -192,7 +212,24 @@ class GCLConfig(Section):
                                     "else CPU), cpu, cuda[:n]; negatives and noise are drawn on the CPU")
     num_threads: int = Field(1, ge=0, description="torch CPU threads while training (0 = torch's default); "
                              "on ML-100K-sized graphs one thread is fastest, thread sync dominates tiny SpMMs")
+    valid_metric: str = Field("recall@20", json_schema_extra=HASHED_WHEN_SET,
+                              description="validation metric of early stopping and the best epoch: recall@K or "
+                              "ndcg@K (all-rank, training positives masked)")
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("valid_metric", mode="before")
+    @classmethod
+    def _metric_at_k(cls, v: Any) -> str:
+        text = str(v).strip().lower()
+        if not re.fullmatch(r"(recall|ndcg)@[1-9][0-9]*", text):
+            raise ValueError("expected recall@K or ndcg@K with K >= 1 (e.g. recall@20, ndcg@10)")
+        return text
+
+    @property
+    def valid_key(self) -> tuple[str, int]:
+        """`valid_metric` as the (metric, k) key of lagcl.evaluate's results."""
+        metric, k = self.valid_metric.split("@")
+        return metric, int(k)
 
 
 class RankConfig(Section):
@@ -394,8 +431,11 @@ class Config(Section):
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (the config part of a stage fingerprint)."""
-        payload = {s: getattr(self, s).model_dump(mode="json") if isinstance(getattr(self, s), BaseModel)
-                   else getattr(self, s) for s in sections}
+        payload = {}
+        for s in sections:
+            value = getattr(self, s)
+            payload[s] = (value.hash_payload() if isinstance(value, Section)
+                          else value.model_dump(mode="json") if isinstance(value, BaseModel) else value)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -4,8 +4,8 @@ With probability `dislike_prob` (and when the user has any) the negative is one 
 dislikes (ratings <= threshold and LLM-augmented negatives); otherwise it is uniform over the items
 that are not the user's positives (training positives and augmented positives). With `hard_share` and
 item groups, that share of the uniform draws is instead drawn from the positive item's own group: a
-hard negative of eq. 7. Uniform draws alone make hard triplets as rare as a random pair sharing a group
-(~2% with ~50 groups), which leaves LABPR's w_h almost without effect.
+hard negative of eq. 7. Uniform draws alone make hard triplets as rare as a random pair sharing a group,
+which leaves LABPR's w_h almost without effect (BENCHMARKS.md "Rank-level settings").
 """
 
 from __future__ import annotations

@@ -1,5 +1,11 @@
-"""The GCL trainer: Adam over BPR/LABPR + InfoNCE/LA-InfoNCE (eq. 9-12), validation Recall@20 each
-epoch, early stopping, and a checkpoint each epoch that resumes bit-for-bit (model, optimiser, RNG).
+"""The GCL trainer: Adam over BPR/LABPR + InfoNCE/LA-InfoNCE (eq. 9-12), validation on
+`gcl.valid_metric` (Recall@20 by default) each epoch, early stopping, and a checkpoint each epoch that
+resumes bit-for-bit (model, optimiser, RNG).
+
+`Trainer` is RecBole's trainer in its steps: `_train_epoch`, `_valid_epoch`, the early-stopping decision
+(`TrainState.record`, `TrainState.stopped`), `_save_checkpoint`, `resume_checkpoint` and `fit`; what one
+epoch hands to the next is a `TrainState`, and `last.pt` is that state (`TrainState.checkpoint` and
+`TrainState.restore` are the one definition of its contents).
 
 `rank=None` trains the backbone with its own standard losses (Table 2 "base"); a RankConfig switches
 on the rank level: LABPR with item groups, LA-InfoNCE with user/item groups, dislike-aware sampling.
@@ -13,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import torch
@@ -256,9 +263,162 @@ def metric_rows(model: Backbone, data: TrainData, ks, segments: dict[str, torch.
     return rows
 
 
+LOSS_PARTS = ("loss", "rec", "cl", "reg", "hard", "hard_loss")
+
+
+@dataclass
+class TrainState:
+    """What one epoch hands to the next, and what `last.pt` holds: the live model, optimiser and sampling
+    generator (their states are checkpointed) and the run's progress (checkpointed as is)."""
+
+    model: Backbone
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    best_state: dict               # the weights of the best epoch so far
+    epoch: int = 0                 # epochs done
+    best: float = -1.0             # the best epoch's validation value of gcl.valid_metric
+    best_epoch: int = -1
+    bad: int = 0                   # epochs since the best one
+    rows: list[dict] = field(default_factory=list)   # one per epoch: the `epochs` table
+    train_seconds: float = 0.0     # training time of the epochs done, validation excluded
+
+    # the fields a checkpoint holds as they are (model, optimiser and generator go in as their states)
+    PROGRESS: ClassVar[tuple[str, ...]] = ("epoch", "best", "best_epoch", "bad", "rows", "train_seconds",
+                                           "best_state")
+
+    def checkpoint(self) -> dict:
+        return {"version": CKPT_VERSION, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), **{name: getattr(self, name) for name in self.PROGRESS}}
+
+    def restore(self, ck: dict) -> None:
+        if ck.get("version") != CKPT_VERSION:
+            raise ValueError(f"checkpoint version {ck.get('version')!r}, this trainer reads {CKPT_VERSION}: "
+                             "delete it to train from scratch")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.generator.set_state(ck["generator"])
+        for name in self.PROGRESS:
+            setattr(self, name, ck[name])
+
+    def record(self, value: float) -> bool:
+        """Count one more epoch with validation value `value`; True when it is a new best (its weights
+        are kept)."""
+        self.epoch += 1
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, self.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            return True
+        self.bad += 1
+        return False
+
+    def stopped(self, gcl: GCLConfig) -> bool:
+        """Early stopping: `gcl.patience` epochs without a better validation value, and not before
+        `gcl.min_epochs` (contrastive backbones can sit in an early validation trough)."""
+        return self.bad >= gcl.patience and self.epoch >= gcl.min_epochs
+
+
+class Trainer:
+    """Trains one backbone on one TrainData; `fit` runs the epochs, one step each method."""
+
+    def __init__(self, model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
+                 device: str = "cpu"):
+        if rank is not None and (data.item_group is None or ((model.contrastive or rank.item_side > 0)
+                                                              and data.user_group is None)):
+            raise ValueError("the rank level needs item groups (and user groups for contrastive backbones and "
+                             "the item-side LABPR term)")
+        self.model, self.data, self.gcl, self.rank, self.device = model, data, gcl, rank, device
+        generator = torch.Generator().manual_seed(seed)
+        # the groups index device tensors in the losses; the sampler and the evaluation sets stay on the CPU
+        self.on_device = dataclasses.replace(data, user_group=self._on(data.user_group),
+                                             item_group=self._on(data.item_group))
+        optimizer = torch.optim.Adam(model.parameters(), lr=gcl.lr)
+        self.state = TrainState(model, optimizer, generator, copy.deepcopy(model.state_dict()))
+        k = gcl.valid_key[1]
+        # 20 always: the `epochs` table keeps its valid_recall@20 / valid_ndcg@20 columns whatever the metric
+        self.valid_ks = (20,) if k == 20 else tuple(sorted({20, k}))
+        self.valid_column = f"valid_{gcl.valid_metric}"
+
+    def _on(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.to(self.device) if t is not None else None
+
+    def _train_epoch(self) -> dict[str, float]:
+        """One pass over the BPR positives in seeded random batches; the mean of each loss part."""
+        data, state, gcl, on = self.data, self.state, self.gcl, self._on
+        item_side = self.rank is not None and self.rank.item_side > 0
+        self.model.new_epoch(state.generator)
+        n_pairs = data.pair_users.numel()
+        perm = torch.randperm(n_pairs, generator=state.generator)
+        sums = dict.fromkeys(LOSS_PARTS, 0.0)
+        n_batches = 0
+        for b in range(0, n_pairs, gcl.batch_size):
+            idx = perm[b:b + gcl.batch_size]
+            users, items = data.pair_users[idx], data.pair_items[idx]
+            negs = data.sampler.sample(users, state.generator, items)
+            neg_users = data.sampler.sample_users(items, state.generator) if item_side else None
+            weight = data.pair_weight[idx] if data.pair_weight is not None else None
+            parts = batch_losses(self.model, self.on_device, on(users), on(items), on(negs), gcl, self.rank,
+                                 state.generator, on(weight), on(neg_users))
+            state.optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            state.optimizer.step()
+            for k in sums:
+                sums[k] += float(parts[k].detach())
+            n_batches += 1
+        return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+    def _valid_epoch(self) -> dict[tuple[str, int], float]:
+        """All-rank validation at 20 (the `epochs` table's columns) and at gcl.valid_metric's k."""
+        return validate(self.model, self.data, ks=self.valid_ks, batch_size=self.gcl.eval_batch_users)
+
+    def _save_checkpoint(self, path: Path) -> None:
+        _save_atomic(self.state.checkpoint(), path)
+
+    def resume_checkpoint(self, path: Path) -> None:
+        self.state.restore(torch.load(path, weights_only=False, map_location="cpu"))
+
+    def fit(self, ckpt_dir: Path | None = None, progress: bool = True, stop_after: int | None = None
+            ) -> TrainResult:
+        """Epochs until `gcl.epochs` or early stopping; with `ckpt_dir`, resumes from its `last.pt` and
+        writes it after every epoch. `stop_after=k` returns after epoch k (as if killed there)."""
+        state, gcl = self.state, self.gcl
+        last = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
+        if last is not None and last.is_file():
+            self.resume_checkpoint(last)
+        resumed_from = state.epoch
+        bar = tqdm(total=gcl.epochs, initial=state.epoch, disable=not progress or state.stopped(gcl),
+                   desc=f"gcl {type(self.model).__name__}", dynamic_ncols=True)
+        self.model.train()
+        while state.epoch < gcl.epochs and not state.stopped(gcl):
+            t0 = time.perf_counter()
+            losses = self._train_epoch()
+            train_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            m = self._valid_epoch()
+            eval_s = time.perf_counter() - t1
+            state.train_seconds += train_s
+            improved = state.record(m[self.gcl.valid_key])
+            valid = {"valid_recall@20": m[("recall", 20)], "valid_ndcg@20": m[("ndcg", 20)]}
+            valid.setdefault(self.valid_column, m[self.gcl.valid_key])
+            state.rows.append({"epoch": state.epoch, **losses, **valid, "train_seconds": train_s,
+                               "eval_seconds": eval_s, "best": improved})
+            bar.update()
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", rec=f"{losses['rec']:.4f}", cl=f"{losses['cl']:.3f}",
+                            R20=f"{valid['valid_recall@20']:.4f}", N20=f"{valid['valid_ndcg@20']:.4f}",
+                            best=state.best_epoch)
+            if last is not None:
+                self._save_checkpoint(last)
+            if stop_after is not None and state.epoch >= stop_after:
+                break
+        bar.close()
+        self.model.load_state_dict(state.best_state)
+        best_state = {k: v.cpu() for k, v in state.best_state.items()}   # model.pt loads anywhere
+        epochs = pl.DataFrame(state.rows, schema_overrides={"epoch": pl.Int32}) if state.rows else pl.DataFrame()
+        return TrainResult(best_state, epochs, state.best_epoch, state.train_seconds, resumed_from)
+
+
 def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
           ckpt_dir: Path | None = None, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train until `gcl.epochs` or `gcl.patience` epochs without a better validation Recall@20.
+    """Train until `gcl.epochs` or `gcl.patience` epochs without a better validation `gcl.valid_metric`.
 
     With `ckpt_dir`, `last.pt` is written after every epoch and a rerun resumes from it, giving the
     same result as an uninterrupted run. `stop_after=k` returns after epoch k (as if killed there).
@@ -266,10 +426,6 @@ def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | N
     `gcl.device`: the model, its graph, the losses and the all-rank validation run there (the model stays
     there afterwards); negatives, edge dropout and noise are drawn on the CPU with the seeded generator, so
     every device sees the same draws and a CPU run is what it was before the setting existed."""
-    if rank is not None and (data.item_group is None or ((model.contrastive or rank.item_side > 0)
-                                                          and data.user_group is None)):
-        raise ValueError("the rank level needs item groups (and user groups for contrastive backbones and "
-                         "the item-side LABPR term)")
     threads = torch.get_num_threads()
     if gcl.num_threads:
         torch.set_num_threads(gcl.num_threads)
@@ -277,89 +433,6 @@ def train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | N
         device = resolve_device(gcl.device)
         model.to(device)
         model.graph = model.graph.to(device)
-        return _train(model, data, gcl, rank, seed, ckpt_dir, progress, stop_after, device)
+        return Trainer(model, data, gcl, rank, seed, device).fit(ckpt_dir, progress, stop_after)
     finally:
         torch.set_num_threads(threads)
-
-
-def _train(model: Backbone, data: TrainData, gcl: GCLConfig, rank: RankConfig | None, seed: int,
-           ckpt_dir: Path | None, progress: bool, stop_after: int | None, device: str = "cpu") -> TrainResult:
-    generator = torch.Generator().manual_seed(seed)
-
-    def on(t: torch.Tensor | None) -> torch.Tensor | None:
-        return t.to(device) if t is not None else None
-
-    # the groups index device tensors in the losses; the sampler and the evaluation sets stay on the CPU
-    on_device = dataclasses.replace(data, user_group=on(data.user_group), item_group=on(data.item_group))
-    optimizer = torch.optim.Adam(model.parameters(), lr=gcl.lr)
-    start, best, best_epoch, bad, rows, spent = 0, -1.0, -1, 0, [], 0.0
-    best_state = copy.deepcopy(model.state_dict())
-    last = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
-    if last is not None and last.is_file():
-        ck = torch.load(last, weights_only=False, map_location="cpu")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        generator.set_state(ck["generator"])
-        start, best, best_epoch, bad = ck["epoch"], ck["best"], ck["best_epoch"], ck["bad"]
-        rows, spent, best_state = ck["rows"], ck["train_seconds"], ck["best_state"]
-    resumed_from = start
-    n_edges = data.pair_users.numel()
-    done = bad >= gcl.patience and start >= gcl.min_epochs
-    item_side = rank is not None and rank.item_side > 0
-    bar = tqdm(range(start, gcl.epochs), disable=not progress or done, desc=f"gcl {type(model).__name__}",
-               initial=start, total=gcl.epochs, dynamic_ncols=True)
-    model.train()
-    for epoch in bar:
-        if done:
-            break
-        t0 = time.perf_counter()
-        model.new_epoch(generator)
-        perm = torch.randperm(n_edges, generator=generator)
-        sums = {"loss": 0.0, "rec": 0.0, "cl": 0.0, "reg": 0.0, "hard": 0.0, "hard_loss": 0.0}
-        n_batches = 0
-        for b in range(0, n_edges, gcl.batch_size):
-            idx = perm[b:b + gcl.batch_size]
-            users, items = data.pair_users[idx], data.pair_items[idx]
-            negs = data.sampler.sample(users, generator, items)
-            neg_users = data.sampler.sample_users(items, generator) if item_side else None
-            weight = data.pair_weight[idx] if data.pair_weight is not None else None
-            parts = batch_losses(model, on_device, on(users), on(items), on(negs), gcl, rank, generator, on(weight),
-                                 on(neg_users))
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            for k in sums:
-                sums[k] += float(parts[k].detach())
-            n_batches += 1
-        train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        m = validate(model, data, ks=(20,), batch_size=gcl.eval_batch_users)
-        eval_s = time.perf_counter() - t1
-        spent += train_s
-        recall, ndcg = m[("recall", 20)], m[("ndcg", 20)]
-        improved = recall > best
-        if improved:
-            best, best_epoch, bad = recall, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        rows.append({"epoch": epoch + 1, **{k: v / max(n_batches, 1) for k, v in sums.items()},
-                     "valid_recall@20": recall, "valid_ndcg@20": ndcg, "train_seconds": train_s,
-                     "eval_seconds": eval_s, "best": improved})
-        bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}", rec=f"{sums['rec'] / n_batches:.4f}",
-                        cl=f"{sums['cl'] / n_batches:.3f}", R20=f"{recall:.4f}", N20=f"{ndcg:.4f}",
-                        best=best_epoch)
-        # contrastive backbones can sit in an early validation trough: no stop before gcl.min_epochs
-        done = bad >= gcl.patience and epoch + 1 >= gcl.min_epochs
-        if last is not None:
-            _save_atomic({"version": CKPT_VERSION, "epoch": epoch + 1, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "best": best,
-                          "best_epoch": best_epoch, "bad": bad, "rows": rows, "train_seconds": spent,
-                          "best_state": best_state}, last)
-        if stop_after is not None and epoch + 1 >= stop_after:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    best_state = {k: v.cpu() for k, v in best_state.items()}   # model.pt loads anywhere
-    return TrainResult(best_state, pl.DataFrame(rows, schema_overrides={"epoch": pl.Int32}) if rows else
-                       pl.DataFrame(), best_epoch, spent, resumed_from)

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from lagcl.config import load_config, parse_override
@@ -66,3 +69,20 @@ def test_section_hash_changes_only_with_its_own_section():
     b = load_config(overrides=["gcl.lr=0.01"])
     assert a.section_hash("data") == b.section_hash("data")
     assert a.section_hash("gcl") != b.section_hash("gcl")
+
+
+def test_the_validation_metric_is_recall_or_ndcg_at_k_and_anything_else_is_a_named_error():
+    assert load_config().gcl.valid_key == ("recall", 20)
+    assert load_config(overrides=["gcl.valid_metric=NDCG@10"]).gcl.valid_key == ("ndcg", 10)
+    for bad in ("mrr@10", "recall", "ndcg@0", "recall@20x"):
+        with pytest.raises(ConfigError, match="gcl.valid_metric.*recall@K or ndcg@K"):
+            load_config(overrides=[f"gcl.valid_metric={bad}"])
+
+
+def test_a_setting_added_with_the_old_behaviour_as_default_leaves_the_fingerprints_of_that_default_as_they_were():
+    cfg = load_config()
+    without = cfg.gcl.model_dump(mode="json")
+    del without["valid_metric"]  # the gcl section before the setting existed
+    before = hashlib.sha256(json.dumps({"gcl": without}, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.section_hash("gcl") == before
+    assert load_config(overrides=["gcl.valid_metric=ndcg@20"]).section_hash("gcl") != before

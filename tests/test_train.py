@@ -1,4 +1,5 @@
-"""Negative sampling, training data, resumable training, and the gcl stage end to end (tiny data)."""
+"""Negative sampling, training data, resumable training, the validation metric, and the gcl stage end to end
+(tiny data)."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from lagcl.artifacts import read_table
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.sampling import NegativeSampler
-from lagcl.train import build_train_data, category_groups, train
+from lagcl.train import CKPT_VERSION, Trainer, TrainState, build_train_data, category_groups, train
 from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
@@ -130,6 +131,90 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     best = result.epochs.filter(pl.col("best"))["epoch"].max()
     assert result.best_epoch == best == ck["best_epoch"]
     assert result.epochs["valid_recall@20"].max() == result.epochs.filter(pl.col("epoch") == best)["valid_recall@20"][0]
+
+
+def _lightgcn(**settings):
+    inter, users, items = tiny_tables()
+    ug, ig = category_groups(inter, items, users.height, items.height)
+    data = build_train_data(inter, users.height, items.height, None, ug, ig, dislike_prob=0.3)
+    gcl = GCLConfig(**{"backbone": "lightgcn", "emb_dim": 8, "n_layers": 2, "epochs": 8, "patience": 50,
+                       "batch_size": 64, "lr": 0.01, "device": "cpu", **settings})
+    return build_model(gcl, Graph(data.edge_users, data.edge_items, users.height, items.height), 3), data, gcl
+
+
+def test_the_validation_metric_setting_picks_the_best_epoch_and_the_early_stop():
+    # on this data Recall@20 peaks at epoch 1 and NDCG@10 later: same training, other epoch kept
+    runs = {}
+    for metric in ("recall@20", "ndcg@10"):
+        model, data, gcl = _lightgcn(valid_metric=metric, patience=2)
+        runs[metric] = train(model, data, gcl, None, seed=3, progress=False)
+    for metric, result in runs.items():
+        column = result.epochs[f"valid_{metric}"]
+        assert result.best_epoch == column.arg_max() + 1
+        assert result.epochs.filter(pl.col("best"))["epoch"].max() == result.best_epoch
+        # stopped `patience` epochs after its own best one
+        assert result.epochs.height == result.best_epoch + 2
+    assert runs["recall@20"].best_epoch != runs["ndcg@10"].best_epoch
+    shared = min(r.epochs.height for r in runs.values())
+    assert runs["recall@20"].epochs["loss"][:shared].equals(runs["ndcg@10"].epochs["loss"][:shared])
+
+
+def test_the_weights_kept_are_those_of_the_best_epoch_by_the_validation_metric(tmp_path):
+    model, data, gcl = _lightgcn(valid_metric="ndcg@10", epochs=5)
+    result = train(model, data, gcl, None, seed=3, progress=False)
+    model, data, gcl = _lightgcn(valid_metric="ndcg@10", epochs=5)
+    train(model, data, gcl, None, seed=3, ckpt_dir=tmp_path, progress=False, stop_after=result.best_epoch)
+    at_best = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    for name, value in result.best_state.items():
+        assert torch.equal(value, at_best[name]), name
+
+
+def test_a_checkpoint_restores_every_part_of_the_training_state(tmp_path):
+    model, data, gcl = _lightgcn(epochs=4)
+    trainer = Trainer(model, data, gcl, None, seed=3)
+    trainer.fit(progress=False, stop_after=2)
+    torch.save(trainer.state.checkpoint(), tmp_path / "last.pt")
+
+    other, _, _ = _lightgcn(epochs=4)
+    torch.nn.init.normal_(other.user_emb)  # other weights: the checkpoint must replace them all
+    resumed = Trainer(other, data, gcl, None, seed=99)
+    resumed.resume_checkpoint(tmp_path / "last.pt")
+    a, b = trainer.state, resumed.state
+    for name in ("epoch", "best", "best_epoch", "bad", "rows", "train_seconds"):
+        assert getattr(a, name) == getattr(b, name), name
+    for mine, theirs in ((a.model.state_dict(), b.model.state_dict()), (a.best_state, b.best_state)):
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert a.optimizer.state_dict()["state"].keys() == b.optimizer.state_dict()["state"].keys()
+    for k, s in a.optimizer.state_dict()["state"].items():
+        assert all(torch.equal(v, b.optimizer.state_dict()["state"][k][n]) for n, v in s.items())
+    # and both go on to the same run
+    first, second = trainer.fit(progress=False), resumed.fit(progress=False)
+    assert first.resumed_from == second.resumed_from == 2
+    timing = ["train_seconds", "eval_seconds"]
+    assert first.epochs.drop(timing).equals(second.epochs.drop(timing))
+    assert all(torch.equal(v, second.best_state[k]) for k, v in first.best_state.items())
+
+
+def test_a_checkpoint_of_another_version_is_refused_not_misread(tmp_path):
+    model, data, gcl = _lightgcn()
+    trainer = Trainer(model, data, gcl, None, seed=3)
+    torch.save({**trainer.state.checkpoint(), "version": CKPT_VERSION + 1}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="checkpoint version"):
+        trainer.resume_checkpoint(tmp_path / "last.pt")
+
+
+def test_early_stopping_waits_for_patience_epochs_without_a_better_value_and_for_min_epochs():
+    gcl = GCLConfig(patience=2, min_epochs=5)
+    model = torch.nn.Linear(2, 1)
+    state = TrainState(model, torch.optim.Adam(model.parameters()), torch.Generator(), model.state_dict())
+    stops = []
+    for value in (0.3, 0.2, 0.1, 0.4, 0.4, 0.1, 0.2):  # a tie is no improvement
+        state.record(value)
+        stops.append(state.stopped(gcl))
+    # epoch 3 is patience epochs past the best but before min_epochs; epoch 5 is the first to stop
+    assert stops == [False, False, False, False, False, True, True]
+    assert (state.best, state.best_epoch, state.bad) == (0.4, 4, 3)
 
 
 def test_gcl_stage_writes_the_chosen_models_checkpoint_topk_levels_epochs_and_metrics(tmp_path):
