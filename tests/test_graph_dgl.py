@@ -197,7 +197,7 @@ def test_two_training_epochs_follow_the_same_trajectory_on_both_backends(backbon
 @pytest.fixture(scope="module")
 def ml100k_prepared():
     from lagcl.data.fetch import ensure_ml100k
-    from lagcl.data.formats import read_raw
+    from lagcl.data.readers import read_raw
     from lagcl.data.prepare import prepare
 
     raw_dir = ensure_ml100k(REPO / "cache" / "raw" / "ml-100k")
