@@ -31,7 +31,6 @@ ATOMIC_COLUMNS = {
 }
 
 
-
 def file_roles(cfg: DataConfig) -> tuple[Roles, Roles]:
     return {"inter": f"{cfg.name}.inter"}, {"item": f"{cfg.name}.item", "user": f"{cfg.name}.user"}
 

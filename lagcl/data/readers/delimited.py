@@ -145,6 +145,7 @@ class _Replayable:
         self.taken.append((n, line))
         return line
 
+
 def with_raw_id(df: pl.DataFrame, id_field: str, path: Path, key: str) -> pl.DataFrame:
     if id_field not in df.columns:
         raise DataError(f"{path}: no id column '{id_field}' (columns: {df.columns}); set data.columns.{key}")
