@@ -36,7 +36,7 @@ from prefect.states import Failed  # noqa: E402
 
 from lagcl.artifacts import is_complete, read_manifest  # noqa: E402
 from lagcl.config import Config, load_config  # noqa: E402
-from lagcl.data.formats import check_raw_files  # noqa: E402
+from lagcl.data.readers import check_raw_files  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
 from tasks import control as control_stage  # noqa: E402
 from tasks import gcl as gcl_stage  # noqa: E402

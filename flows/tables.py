@@ -34,6 +34,7 @@ from lagcl.errors import LagclError  # noqa: E402
 from lagcl.stats import combined, format_p, mark, paired_seeds, paired_users, spread  # noqa: E402
 from tasks.base import log, make_plan  # noqa: E402
 
+METRICS = ("recall", "ndcg")
 GCL_STAGES_ONLY = ["pipeline.stages.rerank=false", "pipeline.stages.evaluate=false", "gate.enabled=false"]
 
 
@@ -78,7 +79,7 @@ def variant_per_user(gcl_folder: Path, pick: str) -> tuple[str, pl.DataFrame]:
                          f"{[(r['level'], r['variant'], r['kept']) for r in levels]}); is that level configured?")
     name = steps[-1]["variant"]
     pu = read_table(gcl_folder, "per_user").filter((pl.col("variant") == name) & (pl.col("split") == "test"))
-    return name, pu.select("user", "recall", "ndcg")
+    return name, pu.select("user", *METRICS)
 
 
 def table_rows(per_seed: dict[str, list[pl.DataFrame]], names: dict[str, str], resamples: int = 10000
@@ -91,24 +92,19 @@ def table_rows(per_seed: dict[str, list[pl.DataFrame]], names: dict[str, str], r
     out = []
     for row, frames in per_seed.items():
         rec: dict = {"row": row, "variant": names[row], "seeds": n}
-        for metric in ("recall", "ndcg"):
+        both = None if row == control_key else _users_over_seeds(frames, control)
+        for metric in METRICS:
             vals = [float(f[metric].mean()) for f in frames]
             s = spread(vals)
             rec.update({f"{metric}@20": s.mean, f"{metric}@20_std": s.std, f"{metric}@20_lo": s.lo,
                         f"{metric}@20_hi": s.hi})
-            if row == control_key:
+            if both is None:
                 continue
             base = [float(f[metric].mean()) for f in control]
             seeds = paired_seeds(vals, base)
             # each user's difference averaged over seeds (the same users have test items in every seed)
-            joined = [f.select("user", pl.col(metric).alias(f"v{i}")).join(
-                c.select("user", pl.col(metric).alias(f"c{i}")), on="user") for i, (f, c) in
-                enumerate(zip(frames, control))]
-            both = joined[0]
-            for j in joined[1:]:
-                both = both.join(j, on="user")
-            v = np.mean([both[f"v{i}"].to_numpy() for i in range(n)], axis=0)
-            c = np.mean([both[f"c{i}"].to_numpy() for i in range(n)], axis=0)
+            v = np.mean([both[f"{metric}_v{i}"].to_numpy() for i in range(n)], axis=0)
+            c = np.mean([both[f"{metric}_c{i}"].to_numpy() for i in range(n)], axis=0)
             users = paired_users(v, c, resamples)
             p = combined(users.p, seeds.p if n >= 2 else None)
             rec.update({f"{metric}@20_diff": seeds.diff, f"{metric}@20_diff_lo": seeds.lo if n >= 2 else users.lo,
@@ -117,6 +113,18 @@ def table_rows(per_seed: dict[str, list[pl.DataFrame]], names: dict[str, str], r
                         f"{metric}@20_gain": seeds.diff / rec_base if (rec_base := float(np.mean(base))) else None})
         out.append(rec)
     return out
+
+
+def _users_over_seeds(frames: list[pl.DataFrame], control: list[pl.DataFrame]) -> pl.DataFrame:
+    """One row per user present in every seed: seed i's variant metrics (`<metric>_v<i>`) beside the
+    control's (`<metric>_c<i>`)."""
+    joined = [f.select("user", *(pl.col(m).alias(f"{m}_v{i}") for m in METRICS)).join(
+        c.select("user", *(pl.col(m).alias(f"{m}_c{i}") for m in METRICS)), on="user")
+        for i, (f, c) in enumerate(zip(frames, control))]
+    both = joined[0]
+    for j in joined[1:]:
+        both = both.join(j, on="user")
+    return both
 
 
 def _cell(r: dict, metric: str) -> str:
@@ -157,7 +165,7 @@ def plot(blocks: dict[str, list[dict]], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("recall", "ndcg")):
+    for ax, metric in zip(axes, METRICS):
         labels, means, errs = [], [], []
         for backbone, rows in blocks.items():
             for r in rows:

@@ -37,10 +37,6 @@ class Paired:
     p: float
     method: str
 
-    def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}diff": self.diff, f"{prefix}lo": self.lo, f"{prefix}hi": self.hi, f"{prefix}p": self.p,
-                f"{prefix}n": self.n}
-
 
 @dataclass(frozen=True)
 class Spread:

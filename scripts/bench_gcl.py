@@ -59,8 +59,8 @@ def synthetic_ml1m(seed: int = 0, n_users: int = 6040, n_items: int = 3706, n_ed
 
 def ml100k():
     from lagcl.config import load_config
-    from lagcl.data.formats import read_raw
     from lagcl.data.prepare import prepare
+    from lagcl.data.readers import read_raw
 
     cfg = load_config()
     out = prepare(read_raw(cfg.data, REPO), cfg.data, cfg.seed)
@@ -97,8 +97,8 @@ def accuracy(model: str, rank: str, overrides: list[str]) -> str:
     import torch
 
     from lagcl.config import load_config
-    from lagcl.data.formats import read_raw
     from lagcl.data.prepare import prepare
+    from lagcl.data.readers import read_raw
     from lagcl.models import Graph, build_model
     from lagcl.train import build_train_data, category_groups, train, validate
 

@@ -22,8 +22,8 @@ from lagcl.augment import cold_users
 from lagcl.config import load_config
 from lagcl.data.digest import raw_inputs
 from lagcl.data.fetch import ensure_ml100k
-from lagcl.data.formats import read_raw
 from lagcl.data.prepare import prepare
+from lagcl.data.readers import read_raw
 
 REPO = Path(__file__).resolve().parent.parent
 

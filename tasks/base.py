@@ -16,7 +16,7 @@ from typing import Iterator
 from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
 from lagcl.config import Config
 from lagcl.data.digest import InputFile, inputs_digest, raw_inputs
-from lagcl.data.formats import raw_root
+from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lagcl.data.digest import inputs_digest, raw_inputs
-from lagcl.data.formats import raw_root, read_raw
+from lagcl.data.readers import raw_root, read_raw
 from lagcl.data.prepare import prepare
 from lagcl.errors import DataError
 from tasks.base import REPO_ROOT, Plan, StageRef, log

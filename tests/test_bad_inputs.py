@@ -16,8 +16,8 @@ import pytest
 from llm_server import LLMServer, Reply, pipeline_model
 
 from lagcl.config import DataConfig, LLMConfig, load_config
-from lagcl.data.formats import read_raw
 from lagcl.data.prepare import prepare
+from lagcl.data.readers import read_raw
 from lagcl.errors import DataError
 from lagcl.profiles import profile_requests
 from lagcl.semantic.base import ProfileRequest, ScoreRequest

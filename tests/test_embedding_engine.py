@@ -6,8 +6,8 @@ import pytest
 
 from lagcl.config import EngineConfig
 from lagcl.data.fetch import ensure_ml100k
-from lagcl.data.formats import read_raw
 from lagcl.data.prepare import prepare
+from lagcl.data.readers import read_raw
 from lagcl.config import load_config
 from lagcl.profiles import profile_requests
 from lagcl.semantic import make_engine

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from lagcl.config import DataConfig, load_config
-from lagcl.data.formats import READERS, read_raw
+from lagcl.data.readers import READERS, read_raw
 from lagcl.errors import DataError
 
 CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"

@@ -197,8 +197,8 @@ def test_two_training_epochs_follow_the_same_trajectory_on_both_backends(backbon
 @pytest.fixture(scope="module")
 def ml100k_prepared():
     from lagcl.data.fetch import ensure_ml100k
-    from lagcl.data.formats import read_raw
     from lagcl.data.prepare import prepare
+    from lagcl.data.readers import read_raw
 
     raw_dir = ensure_ml100k(REPO / "cache" / "raw" / "ml-100k")
     cfg = load_config(overrides=[f"data.path={raw_dir}"])

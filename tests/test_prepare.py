@@ -12,9 +12,8 @@ import pytest
 
 from lagcl.config import DataConfig, load_config
 from lagcl.data.fetch import ensure_ml100k
-from lagcl.data.formats import read_raw
 from lagcl.data.prepare import kcore, prepare, split_counts
-from lagcl.data.raw import RawDataset
+from lagcl.data.readers import RawDataset, read_raw
 
 REPO = Path(__file__).resolve().parent.parent
 RATIOS = (0.7, 0.1, 0.2)

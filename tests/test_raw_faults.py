@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 
 from lagcl.config import DataConfig, load_config
-from lagcl.data.formats import read_raw
 from lagcl.data.prepare import DUPLICATE_RULE, prepare
+from lagcl.data.readers import read_raw
 from lagcl.errors import ConfigError, DataError
 
 

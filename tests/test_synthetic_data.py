@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from lagcl.config import load_config
-from lagcl.data.formats import read_table
+from lagcl.data.readers.table import read_table
 from scripts.synthetic_data import SHAPES, generate, write
 
 

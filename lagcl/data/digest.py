@@ -42,7 +42,7 @@ def input_paths(cfg: DataConfig, root: Path) -> dict[str, Path]:
     """role -> path of every file the format reads: its default names (ML-100K: the atomic files) with
     `data.files` on top. Optional roles whose file is absent are left out; required ones stay, so a missing
     file shows as missing rather than silently dropping out of the digest."""
-    from lagcl.data.formats import FILE_ROLES
+    from lagcl.data.readers import FILE_ROLES
 
     fmt = "atomic" if cfg.format == "ml-100k" else cfg.format
     named = cfg.model_copy(update={"name": "ml-100k"}) if cfg.format == "ml-100k" else cfg

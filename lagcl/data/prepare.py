@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.raw import RawDataset
+from lagcl.data.readers import RawDataset
 from lagcl.errors import DataError
 
 SPLITS = ("train", "valid", "test")

@@ -9,10 +9,9 @@ DGL's own GraphConv(norm="both") uses:
     A x = D^-1/2 (sum over in-edges of the source's D^-1/2 x) = s * copy_u_sum(g, s * x),  s = deg^-1/2
 
 rather than `u_mul_e_sum(g, x, w)` over the edge weights: the two are the same sum (checked in
-tests/test_graph_dgl.py), but DGL 2.1.0's weighted CPU SpMM (u_mul_e) was ~10x slower than its
-unweighted one (copy_u) on the ML-1M-sized graph (BENCHMARKS.md "Graph backends"), and the factored form
-is as fast as torch's CSR SpMM or faster. `propagate_edge_weighted` keeps the weighted kernel for that
-comparison.
+tests/test_graph_dgl.py), but DGL 2.1.0's weighted CPU SpMM (u_mul_e) is far slower than its unweighted
+one (copy_u), while the factored form keeps up with torch's CSR SpMM (timings: BENCHMARKS.md "Graph
+backends"). `propagate_edge_weighted` keeps the weighted kernel for that comparison.
 
 Numerical equality with graph.py: the interactions are deduplicated and ordered exactly as
 `normalized_interactions` orders them (sorted user * n_items + item), degrees and weights are computed in

@@ -1,7 +1,12 @@
-"""The contract between a raw-format reader and `prepare`.
+"""The contract between a raw-format reader and `prepare`, and where a reader finds its files.
 
 A reader returns a RawDataset with raw (string) ids; `prepare` signs, filters, splits and maps ids to
 contiguous int32. Readers never filter or sign: that keeps every format's behaviour identical.
+
+Files are found by role (`data.files` maps role -> file name; each reader has default names).
+Required files are checked before any is read, so a missing file is reported with all the others
+and where the dataset is published. An optional file (user attributes, say) is read when it is
+there, and becomes required when `data.files` names it.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from pathlib import Path
 
 import polars as pl
 
+from lagcl.config import DataConfig
 from lagcl.errors import DataError
 
 INTERACTION_SCHEMA = {"user_raw": pl.String, "item_raw": pl.String, "rating": pl.Float64, "timestamp": pl.Int64}
+
+Roles = dict[str, str | None]  # role -> default file name (None: data.files must name it)
 
 
 @dataclass
@@ -64,3 +72,47 @@ def require_files(root: Path, files: dict[str, str], dataset: str, published_at:
         if p.stat().st_size == 0:
             raise DataError(f"{p} ({role}) is empty; download it again from the dataset's publisher")
     return paths
+
+
+def locate(cfg: DataConfig, root: Path, required: dict[str, str | None],
+           optional: dict[str, str | None] | None = None) -> dict[str, Path]:
+    """role -> path. Required roles must exist (one error for all); optional roles are read when their
+    file is there, and are required when `data.files` names them. A default of None means the role
+    has no standard file name, so `data.files` must give it."""
+    optional = optional or {}
+    unknown = sorted(set(cfg.files) - set(required) - set(optional))
+    if unknown:
+        raise DataError(f"data.files has role(s) {unknown} that format '{cfg.format}' does not read; "
+                        f"its roles are: {', '.join([*required, *optional])}")
+    unnamed = [r for r, default in required.items() if default is None and r not in cfg.files]
+    if unnamed:
+        raise DataError(f"format '{cfg.format}' needs the file name of role(s) {unnamed}: set "
+                        + ", ".join(f"data.files.{r}" for r in unnamed) + f" in conf/data/{cfg.name}.yaml")
+    names = {**{r: d for r, d in {**required, **optional}.items() if d is not None}, **cfg.files}
+    must = {r: n for r, n in names.items() if r in required or r in cfg.files}
+    paths = require_files(root, must, cfg.name, cfg.published_at)
+    for role in optional:
+        if role not in paths and role in names:
+            p = root / names[role]
+            if p.is_file() and p.stat().st_size > 0:
+                paths[role] = p
+    return paths
+
+
+def column_names(cfg: DataConfig, defaults: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(cfg.columns) - set(defaults))
+    if unknown:
+        raise DataError(f"data.columns has key(s) {unknown} that format '{cfg.format}' does not use; "
+                        f"its keys are: {', '.join(defaults)}")
+    return {**defaults, **cfg.columns}
+
+
+def no_columns(cfg: DataConfig) -> None:
+    if cfg.columns:
+        raise DataError(f"data.columns is set, but format '{cfg.format}' has fixed field names; "
+                        "data.columns is read by the 'atomic' and 'table' formats only")
+
+
+def raw_root(cfg: DataConfig, repo_root: Path) -> Path:
+    root = Path(cfg.path)
+    return root if root.is_absolute() else repo_root / root
