@@ -155,7 +155,7 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
     todo = [c for c in todo_chunks if not all((c.user, c.polarity, i) in done_keys for i in c.items)]
     users = sorted({c.user for c in todo})
     all_users = len({c.user for c in todo_chunks})
-    if todo and hasattr(engine, "prime"):
+    if todo:
         # embedding engines: embed every profile of the run up front, so a resumed run computes
         # exactly the scores the uninterrupted run would have (see EmbeddingEngine.prime)
         engine.prime(sorted({user_profile[c.user] for c in todo_chunks} | {item_profile[i] for c in todo_chunks for i in c.items}))

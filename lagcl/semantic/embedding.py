@@ -44,6 +44,11 @@ import numpy as np
 from lagcl.config import EngineConfig
 from lagcl.errors import ConfigError, LLMError
 from lagcl.semantic.base import (
+    DISLIKED_GENRES,
+    GENRES,
+    LIKED_GENRES,
+    RATING_COUNTS,
+    EngineDefaults,
     Group,
     Kind,
     PartitionResult,
@@ -61,10 +66,6 @@ LIKES = "Likes:"
 DISLIKES = "Dislikes:"
 SUCH_AS = ", such as "
 RATINGS = "Ratings:"  # an item's rating-history sentence: kept in the profile, left out of its embedding
-# Attribute keys `lagcl.profiles` fills from the rating history; the composer reads them by name.
-LIKED_GENRES = "liked genres"
-DISLIKED_GENRES = "disliked genres"
-GENRES = "genres"
 WHITEN_DIMS = 32  # principal axes kept for group similarity (more axes: lower similarities, fewer merges)
 # keys shown as "key: value" facts; genre keys and history keys are composed into sentences instead
 _SENTENCE_KEYS = {LIKED_GENRES, DISLIKED_GENRES, GENRES}
@@ -140,9 +141,9 @@ def compose_profile(req: ProfileRequest, domain: str = "item", history: int = 30
         parts = [f"{head}."]
         if attrs.get(GENRES):
             parts.append(f"Genres: {attrs[GENRES]}.")
-        parts += [f"{k.capitalize()}: {v}." for k, v in attrs.items() if k not in _SENTENCE_KEYS | {"ratings"}]
-        if attrs.get("ratings"):
-            parts.append(f"{RATINGS} {attrs['ratings']}.")
+        parts += [f"{k.capitalize()}: {v}." for k, v in attrs.items() if k not in _SENTENCE_KEYS | {RATING_COUNTS}]
+        if attrs.get(RATING_COUNTS):
+            parts.append(f"{RATINGS} {attrs[RATING_COUNTS]}.")
         reasoning = "Composed from the title" * bool(req.title) + (
             (" and " if req.title else "Composed from ") + ", ".join(facts) if facts else "") + "."
         return Profile("item", req.id, " ".join(parts), reasoning.strip())
@@ -232,7 +233,7 @@ def describe_group(kind: Kind, texts: Sequence[str]) -> tuple[str, str]:
     return name, chars
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(EngineDefaults):
     """SemanticEngine over all-MiniLM-L6-v2 sentence embeddings (CPU, offline, deterministic)."""
 
     name = "embedding"
