@@ -26,6 +26,7 @@ import polars as pl
 
 from lagcl.artifacts import StageDir
 from lagcl.semantic.base import Group, Kind, Profile, SemanticEngine
+from lagcl.semantic.replies import check_members
 
 log = logging.getLogger("lagcl.groups")
 
@@ -53,25 +54,14 @@ class PartitionCheck:
 
 
 def check_partition(asked: Sequence[int], result) -> PartitionCheck:
-    """Keep what the reply says about the asked ids, each id once; list the ids it left out."""
-    asked_set = set(asked)
+    """Keep what the reply says about the asked ids, each id once; list the ids it left out
+    (the rules are lagcl.semantic.replies.check_members)."""
     if result is None or result.failed:
-        return PartitionCheck([], sorted(asked_set), failed=(result.failed if result else "no reply"))
-    seen: set[int] = set()
-    groups, unknown, duplicate = [], 0, 0
-    for g in result.groups:
-        members = []
-        for m in g.members:
-            if m not in asked_set:
-                unknown += 1
-            elif m in seen:
-                duplicate += 1
-            else:
-                seen.add(m)
-                members.append(int(m))
-        if members:
-            groups.append((g.name or "", g.characteristics or "", sorted(members)))
-    return PartitionCheck(groups, sorted(asked_set - seen), unknown, duplicate)
+        return PartitionCheck([], sorted(set(asked)), failed=(result.failed if result else "no reply"))
+    check = check_members(asked, (g.members for g in result.groups))
+    groups = [(g.name or "", g.characteristics or "", sorted(members))
+              for g, members in zip(result.groups, check.members) if members]
+    return PartitionCheck(groups, sorted(set(check.missing)), len(check.unknown), len(check.duplicated))
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lagcl.config import CONF_DIR
 from lagcl.llm.types import LLMRequest
 from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest
+from lagcl.semantic.replies import check_members, check_scores
 
 PROMPT_DIR = CONF_DIR / "prompts"
 PromptStyle = Literal["paper", "compact"]
@@ -366,12 +367,21 @@ def _first(d: dict[str, Any], keys: Sequence[str]) -> Any:
     return None
 
 
+def _rating_score(raw_score: Any) -> Any:
+    """A rating's score as the reply model reads it (a number, or a number in a string), or the raw value
+    when it is none: check_scores then rejects it, and the repair request quotes it as it was."""
+    try:
+        return RatingReply.model_validate({"id": "", "score": raw_score}).score
+    except ValidationError:
+        return raw_score
+
+
 def parse_scores(text: str, id_key: str, polarity: Polarity,
                  wanted: Sequence[int]) -> tuple[dict[int, float], Problem | None]:
     """Scores for the requested ids, and the problems found (None when the reply is complete and clean).
-    Invalid entries (unknown id, score outside [0, 10], not a number) are dropped, never kept. Each id must
-    be rated once: an id rated twice makes the reply invalid (repaired); two different scores for one id
-    contradict each other and neither is kept, the same score twice is kept."""
+    The rules are lagcl.semantic.replies.check_scores: invalid entries (unknown id, score outside [0, 10],
+    not a number) are dropped, never kept; an id rated twice makes the reply invalid (repaired); two
+    different scores for one id contradict each other and neither is kept, the same score twice is kept."""
     value = extract_json(text)
     score_key = _score_key(polarity)
     if isinstance(value, list):
@@ -381,86 +391,52 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
     if not isinstance(value, dict) or not isinstance(value.get("ratings"), list):
         raise ReplyError(f'the JSON must be an object with a "ratings" list (paper style) or a "{score_key}s" '
                          f'object of id -> score (compact style)', "wrong_structure")
-    wanted_set = {str(i) for i in wanted}
-    scores: dict[int, float] = {}
-    rated: dict[int, int] = {}
-    contradicted: set[int] = set()
-    unknown, bad = [], []
-    for entry in value["ratings"]:
-        if not isinstance(entry, dict):
-            bad.append(repr(entry)[:40])
-            continue
-        raw_id = _first(entry, (id_key, "item_id", "id"))
-        raw_score = _first(entry, (score_key, "score", "like_score", "dislike_score"))
-        item = str(raw_id).strip() if raw_id is not None else ""
-        if item not in wanted_set:
-            unknown.append(item or "(missing id)")
-            continue
-        try:
-            rating = RatingReply.model_validate({"id": item, "score": raw_score})
-        except ValidationError:
-            bad.append(f"{item}: {raw_score!r}")
-            continue
-        item_id = int(rating.id)
-        rated[item_id] = rated.get(item_id, 0) + 1
-        if item_id in scores and scores[item_id] != rating.score:
-            contradicted.add(item_id)
-        scores.setdefault(item_id, rating.score)
-    for item_id in contradicted:
-        del scores[item_id]
-    twice = [i for i in wanted if rated.get(i, 0) > 1]
-    missing = [i for i in wanted if i not in scores and i not in contradicted]
+    ratings: list[tuple[Any, Any] | str] = [
+        (_first(e, (id_key, "item_id", "id")), _rating_score(_first(e, (score_key, "score", "like_score",
+                                                                         "dislike_score"))))
+        if isinstance(e, dict) else repr(e)[:40] for e in value["ratings"]]
+    check = check_scores(wanted, ratings)
     problems: list[tuple[str, str]] = []
-    if unknown:
+    if check.unknown:
         problems.append(("unknown_id", f"these {id_key}s were not in the request and were rejected: "
-                                       f"{', '.join(unknown[:20])}"))
-    if bad:
+                                       f"{', '.join(check.unknown[:20])}"))
+    if check.bad:
+        bad = [score if item is None else f"{item}: {score!r}" for item, score in check.bad]
         problems.append(("out_of_range", f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}"))
-    if twice:
-        text = f"these {id_key}s were rated more than once (rate each exactly once): {', '.join(map(str, twice[:20]))}"
-        if contradicted:
-            kept_none = ", ".join(map(str, sorted(contradicted)[:20]))
+    if check.twice:
+        text = (f"these {id_key}s were rated more than once (rate each exactly once): "
+                f"{', '.join(map(str, check.twice[:20]))}")
+        if check.contradicted:
+            kept_none = ", ".join(map(str, sorted(check.contradicted)[:20]))
             text += f" (with different scores, so no score is kept for {kept_none})"
         problems.append(("duplicate_id", text))
-    if missing:
-        problems.append(("missing_id", f"these {id_key}s got no valid score: {', '.join(map(str, missing[:50]))}"))
-    return scores, Problem.of(problems)
+    if check.missing:
+        problems.append(("missing_id", f"these {id_key}s got no valid score: "
+                                       f"{', '.join(map(str, check.missing[:50]))}"))
+    return check.scores, Problem.of(problems)
 
 
 def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], Problem | None]:
-    """Groups with only requested ids, each id in its first group; the ids left out; the problems."""
+    """Groups with only requested ids, each id in its first group; the ids left out; the problems
+    (the rules are lagcl.semantic.replies.check_members)."""
     value = extract_json(text)
     if isinstance(value, list):
         value = {"groups": value}
     reply = _validate(PartitionReply, value)
-    wanted_set = {str(i) for i in wanted}
-    seen: set[int] = set()
-    groups: list[Group] = []
-    unknown, duplicated = [], []
-    for n, g in enumerate(reply.groups):
-        members = []
-        for m in g.members:
-            m = m.strip()
-            if m not in wanted_set:
-                unknown.append(m)
-            elif int(m) in seen:
-                duplicated.append(m)
-            else:
-                seen.add(int(m))
-                members.append(int(m))
-        if members:
-            groups.append(Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members)))
-    missing = [i for i in wanted if i not in seen]
+    check = check_members(wanted, (g.members for g in reply.groups))
+    groups = [Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members))
+              for n, (g, members) in enumerate(zip(reply.groups, check.members)) if members]
     problems: list[tuple[str, str]] = []
-    if unknown:
-        problems.append(("unknown_id", f"these ids were not in the input and were rejected: {', '.join(unknown[:20])}"))
-    if duplicated:
+    if check.unknown:
+        problems.append(("unknown_id", f"these ids were not in the input and were rejected: "
+                                       f"{', '.join(check.unknown[:20])}"))
+    if check.duplicated:
         problems.append(("duplicate_id", f"these ids were assigned to more than one group: "
-                                         f"{', '.join(duplicated[:20])}"))
-    if missing:
+                                         f"{', '.join(check.duplicated[:20])}"))
+    if check.missing:
         problems.append(("missing_id", f"these ids were not assigned to any group: "
-                                       f"{', '.join(map(str, missing[:50]))}"))
-    return groups, missing, Problem.of(problems)
+                                       f"{', '.join(map(str, check.missing[:50]))}"))
+    return groups, check.missing, Problem.of(problems)
 
 
 def parse_similarity(text: str) -> float:
