@@ -12,15 +12,16 @@ Two rules keep data from acting as instructions and keep the LLM from inventing 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, field_validator
 
 from lagcl.config import CONF_DIR
 from lagcl.llm.types import LLMRequest
@@ -185,30 +186,8 @@ class Prompts:
         return request.followup(bad_reply, user)
 
 
-# reply schemas (also the JSON schemas for guided decoding) ---------------------------------------
-def profile_schema(id_key: str) -> dict[str, Any]:
-    return {"type": "object", "required": [id_key, "summarization", "reasoning"],
-            "properties": {id_key: {"type": "string"}, "summarization": {"type": "string"},
-                           "reasoning": {"type": "string"}}}
-
-
-def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
-    score = "like_score" if polarity == "pos" else "dislike_score"
-    item = {"type": "object", "required": [id_key, score],
-            "properties": {id_key: {"type": "string"}, score: {"type": "number", "minimum": 0, "maximum": 10},
-                           "reasoning": {"type": "string"}}}
-    return {"type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": item}}}
-
-
 def _score_key(polarity: Polarity) -> str:
     return "like_score" if polarity == "pos" else "dislike_score"
-
-
-def compact_score_schema(polarity: Polarity) -> dict[str, Any]:
-    """The compact reply: {"like_scores": {"<id>": score, ...}} (dislike_scores for eq. 3)."""
-    return {"type": "object", "required": [_score_key(polarity) + "s"],
-            "properties": {_score_key(polarity) + "s": {
-                "type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}}}}
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -222,18 +201,12 @@ def item_card(profile: str, words: int) -> str:
     return " ".join(tokens[:words]) + ("..." if len(tokens) > words else "")
 
 
-def partition_schema() -> dict[str, Any]:
-    group = {"type": "object", "required": ["group_name", "members"],
-             "properties": {"group_id": {"type": "string"}, "group_name": {"type": "string"},
-                            "members": {"type": "array", "items": {"type": "string"}},
-                            "reasoning": {"type": "string"}}}
-    return {"type": "object", "required": ["groups"], "properties": {"groups": {"type": "array", "items": group}}}
-
-
-def similarity_schema() -> dict[str, Any]:
-    return {"type": "object", "required": ["similarity_score"],
-            "properties": {"similarity_score": {"type": "number", "minimum": 0, "maximum": 1},
-                           "reasoning": {"type": "string"}}}
+# reply models: what the parser validates, and (through reply_schema) the JSON schema each request
+# sends for guided decoding ------------------------------------------------------------------------
+OPTIONAL = {"x-optional": True}  # a field the prompt mentions but a reply may leave out
+# a field the parser never reads: asked for as text, never a reason to reject a reply
+Unread = Annotated[Any, WithJsonSchema({"type": "string"})]
+Score = Annotated[float, Field(ge=0, le=10)]  # eq. 2-3
 
 
 class _Loose(BaseModel):
@@ -243,6 +216,12 @@ class _Loose(BaseModel):
 class ProfileReply(_Loose):
     summarization: str
     reasoning: str = ""
+
+
+def profile_reply(id_key: str) -> type[BaseModel]:
+    """Eq. 1's reply as the prompt asks for it: the id first, then ProfileReply's two texts."""
+    return create_model("ProfileReplyWithId", __base__=_Loose, **{id_key: (str, ...)},
+                        **{name: (f.annotation, f) for name, f in ProfileReply.model_fields.items()})
 
 
 class RatingReply(_Loose):
@@ -258,10 +237,24 @@ class RatingReply(_Loose):
         return v.strip() if isinstance(v, str) else v
 
 
+def score_reply(id_key: str, polarity: Polarity) -> type[BaseModel]:
+    """Eq. 2-3's reply in the paper's style: {"ratings": [{"<id_key>": ..., "like_score": ..., "reasoning": ...}]}
+    (`dislike_score` for eq. 3); parse_scores also takes RatingReply's other key names."""
+    rating = create_model("Rating", __base__=_Loose, **{id_key: (str, ...), _score_key(polarity): (Score, ...)},
+                          reasoning=(Unread, Field(None, json_schema_extra=OPTIONAL)))
+    return create_model("ScoreReply", __base__=_Loose, ratings=(list[rating], ...))
+
+
+def compact_score_reply(polarity: Polarity) -> type[BaseModel]:
+    """The compact reply: {"like_scores": {"<id>": score, ...}} (dislike_scores for eq. 3)."""
+    return create_model("CompactScoreReply", __base__=_Loose, **{_score_key(polarity) + "s": (dict[str, Score], ...)})
+
+
 class GroupReply(_Loose):
+    group_id: Unread = Field(None, json_schema_extra=OPTIONAL)
     group_name: str = ""
     members: list[str]
-    reasoning: str = ""
+    reasoning: str = Field("", json_schema_extra=OPTIONAL)
 
 
 class PartitionReply(_Loose):
@@ -269,7 +262,66 @@ class PartitionReply(_Loose):
 
 
 class SimilarityReply(_Loose):
-    similarity_score: float
+    # the range is asked of the model; parse_similarity checks it itself, to name the problem out_of_range
+    similarity_score: float = Field(json_schema_extra={"minimum": 0, "maximum": 1})
+    reasoning: Unread = Field(None, json_schema_extra=OPTIONAL)
+
+
+# the order the keys are sent in (readable: the type first, bounds last); the cache key sorts them anyway
+_SCHEMA_KEY_ORDER = {k: i for i, k in enumerate(("type", "required", "properties", "items", "additionalProperties",
+                                                 "minimum", "maximum"))}
+
+
+def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent with a request (vLLM guided decoding, OpenAI `json_schema` response format):
+    `model.model_json_schema()` with definitions inlined, titles and defaults dropped, and every field
+    required but those marked OPTIONAL. It is part of the response cache key, so it stays byte-stable."""
+    raw = model.model_json_schema()
+    defs = raw.pop("$defs", {})
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return clean(defs[node["$ref"].rsplit("/", 1)[-1]])
+        out = {k: clean(v) for k, v in node.items() if k not in ("title", "default", "properties", "required")}
+        if "properties" in node:
+            props = {name: clean(v) for name, v in node["properties"].items()}
+            out["required"] = [name for name, v in props.items() if not v.pop("x-optional", False)]
+            out["properties"] = props
+        return dict(sorted(out.items(), key=lambda kv: _SCHEMA_KEY_ORDER.get(kv[0], len(_SCHEMA_KEY_ORDER))))
+
+    return clean(raw)
+
+
+# every request carries its schema: built once per (operation, keys), a fresh copy for each request
+@functools.lru_cache(maxsize=None)
+def _schema_json(operation: str, *keys: str) -> str:
+    model = {"profile": profile_reply, "score": score_reply, "compact_score": compact_score_reply,
+             "partition": lambda: PartitionReply, "similarity": lambda: SimilarityReply}[operation](*keys)
+    return json.dumps(reply_schema(model))
+
+
+def profile_schema(id_key: str) -> dict[str, Any]:
+    return json.loads(_schema_json("profile", id_key))
+
+
+def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
+    return json.loads(_schema_json("score", id_key, polarity))
+
+
+def compact_score_schema(polarity: Polarity) -> dict[str, Any]:
+    return json.loads(_schema_json("compact_score", polarity))
+
+
+def partition_schema() -> dict[str, Any]:
+    return json.loads(_schema_json("partition"))
+
+
+def similarity_schema() -> dict[str, Any]:
+    return json.loads(_schema_json("similarity"))
 
 
 # parsing -------------------------------------------------------------------------------------
