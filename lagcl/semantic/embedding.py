@@ -36,6 +36,7 @@ import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -126,48 +127,89 @@ class SentenceEncoder:
 
 
 # --- profile text --------------------------------------------------------------------------------
-def _join(names: Sequence[str], limit: int) -> str:
-    shown = list(names[:limit])
-    more = len(names) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+@dataclass(frozen=True)
+class Taste:
+    """One side of a user's rating history: its most common genres and the items, newest first."""
+
+    genres: str = ""
+    titles: tuple[str, ...] = ()
+    shown: int = 0  # titles written out; the others are counted ("and 3 more")
+
+    def __bool__(self) -> bool:
+        return bool(self.genres or self.titles)
+
+    def text(self, domain: str) -> str:
+        parts = [f"{self.genres} {domain}s"] * bool(self.genres)
+        if self.titles:
+            more = len(self.titles) - self.shown
+            parts.append("such as " + "; ".join(self.titles[:self.shown]) + (f"; and {more} more" if more > 0 else ""))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ComposedProfile:
+    """Eq. 1 without an LLM, as data: the facts of one request the profile is composed from. The prose
+    (`summarization`, `reasoning`) is rendered from these fields only where text is the output."""
+
+    kind: Kind
+    id: int
+    domain: str
+    sources: tuple[str, ...]  # the request's non-empty attribute keys, in request order
+    title: str = ""  # items
+    traits: tuple[tuple[str, str], ...] = ()  # "key: value" facts (users: who they are; items: year...)
+    genres: str = ""  # items
+    rating_counts: str = ""  # items: training ratings ("90 in training, 80% positive")
+    likes: Taste = Taste()  # users
+    dislikes: Taste = Taste()  # users
+
+    @staticmethod
+    def of(req: ProfileRequest, domain: str = "item", history: int = 30) -> "ComposedProfile":
+        attrs = {k: v for k, v in req.attributes.items() if str(v).strip()}
+        if req.kind == "item":
+            return ComposedProfile("item", req.id, domain, tuple(attrs), title=req.title,
+                                   traits=tuple((k, v) for k, v in attrs.items()
+                                                if k not in _SENTENCE_KEYS | {RATING_COUNTS}),
+                                   genres=attrs.get(GENRES, ""), rating_counts=attrs.get(RATING_COUNTS, ""))
+        return ComposedProfile("user", req.id, domain, tuple(attrs),
+                               traits=tuple((k, v) for k, v in attrs.items() if k not in _SENTENCE_KEYS),
+                               likes=Taste(attrs.get(LIKED_GENRES, ""), req.liked, min(len(req.liked), history)),
+                               dislikes=Taste(attrs.get(DISLIKED_GENRES, ""), req.disliked,
+                                              min(len(req.disliked), history)))
+
+    def summarization(self) -> str:
+        if self.kind == "item":
+            parts = [f"{self.title or f'{self.domain.capitalize()} {self.id}'}."]
+            parts += [f"Genres: {self.genres}."] * bool(self.genres)
+            parts += [f"{k.capitalize()}: {v}." for k, v in self.traits]
+            parts += [f"{RATINGS} {self.rating_counts}."] * bool(self.rating_counts)
+            return " ".join(parts)
+        who = ", ".join(f"{k}: {v}" for k, v in self.traits)
+        parts = [f"A user ({who})." if who else "A user.",
+                 f"{LIKES} {self.likes.text(self.domain) or 'nothing rated highly yet'}."]
+        parts += [f"{DISLIKES} {self.dislikes.text(self.domain)}."] * bool(self.dislikes)
+        return " ".join(parts)
+
+    def reasoning(self) -> str:
+        d = self.domain
+        if self.kind == "item":
+            facts = ", ".join(self.sources)
+            if self.title:
+                return "Composed from the title" + (f" and {facts}" if facts else "") + "."
+            return f"Composed from {facts}." if facts else "."
+        used = [k for k in self.sources if k not in _SENTENCE_KEYS]
+        used += [f"{len(self.likes.titles)} liked {d}s (newest first, {self.likes.shown} shown)"] * bool(self.likes.titles)
+        used += [f"{len(self.dislikes.titles)} disliked {d}s"] * bool(self.dislikes.titles)
+        used += [f"genre counts of the {side} {d}s" for side, t in (("liked", self.likes), ("disliked", self.dislikes))
+                 if t.genres]
+        return ("Composed from " + "; ".join(used) + ".") if used else "No metadata or history: a blank profile."
+
+    def profile(self) -> Profile:
+        return Profile(self.kind, self.id, self.summarization(), self.reasoning())
 
 
 def compose_profile(req: ProfileRequest, domain: str = "item", history: int = 30) -> Profile:
     """Eq. 1 without an LLM: a readable text built only from the facts in the request."""
-    attrs = {k: v for k, v in req.attributes.items() if str(v).strip()}
-    facts = [k for k in attrs]
-    if req.kind == "item":
-        head = req.title or f"{domain.capitalize()} {req.id}"
-        parts = [f"{head}."]
-        if attrs.get(GENRES):
-            parts.append(f"Genres: {attrs[GENRES]}.")
-        parts += [f"{k.capitalize()}: {v}." for k, v in attrs.items() if k not in _SENTENCE_KEYS | {RATING_COUNTS}]
-        if attrs.get(RATING_COUNTS):
-            parts.append(f"{RATINGS} {attrs[RATING_COUNTS]}.")
-        reasoning = "Composed from the title" * bool(req.title) + (
-            (" and " if req.title else "Composed from ") + ", ".join(facts) if facts else "") + "."
-        return Profile("item", req.id, " ".join(parts), reasoning.strip())
-    who = ", ".join(f"{k}: {v}" for k, v in attrs.items() if k not in _SENTENCE_KEYS)
-    parts = [f"A user ({who})." if who else "A user."]
-    likes = []
-    if attrs.get(LIKED_GENRES):
-        likes.append(f"{attrs[LIKED_GENRES]} {domain}s")
-    if req.liked:
-        likes.append(f"such as {_join(req.liked, history)}")
-    parts.append(f"{LIKES} " + (", ".join(likes) if likes else "nothing rated highly yet") + ".")
-    dislikes = []
-    if attrs.get(DISLIKED_GENRES):
-        dislikes.append(f"{attrs[DISLIKED_GENRES]} {domain}s")
-    if req.disliked:
-        dislikes.append(f"such as {_join(req.disliked, history)}")
-    if dislikes:
-        parts.append(f"{DISLIKES} " + ", ".join(dislikes) + ".")
-    used = [k for k in facts if k not in _SENTENCE_KEYS]
-    used += [f"{len(req.liked)} liked {domain}s (newest first, {min(len(req.liked), history)} shown)"] * bool(req.liked)
-    used += [f"{len(req.disliked)} disliked {domain}s"] * bool(req.disliked)
-    used += [f"genre counts of the {k.split()[0]} {domain}s" for k in (LIKED_GENRES, DISLIKED_GENRES) if attrs.get(k)]
-    reasoning = ("Composed from " + "; ".join(used) + ".") if used else "No metadata or history: a blank profile."
-    return Profile("user", req.id, " ".join(parts), reasoning)
+    return ComposedProfile.of(req, domain, history).profile()
 
 
 def split_user_profile(text: str) -> tuple[str, str | None]:
