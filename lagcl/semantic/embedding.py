@@ -1,33 +1,28 @@
 """The offline embedding engine: the four semantic operations without an LLM (DESIGN.md, "Engines").
 
 It approximates the LLM engine on a CPU, and labels everything it writes as an approximation:
-- profile (eq. 1): the summarization is a readable text composed from the request's metadata and
-  rating history (no generation); the reasoning names the facts it was composed from;
+- profile (eq. 1): the request's metadata and rating history are kept as data (`ComposedProfile`), and
+  the summarization is a readable text rendered from them (no generation); the reasoning names the
+  facts it was composed from;
 - score (eq. 2-3): all-MiniLM-L6-v2 sentence embeddings, cosine between the user's "likes" text and
   the item profile, mapped linearly from [-1, 1] to [0, 10] for the like score (polarity "pos").
   The dislike score (polarity "neg") is cos(item, dislikes) - 2 cos(item, likes), mapped linearly
   from [-3, 3] to [0, 10]: an item scores high when it resembles what the user rated <= 3 and does
-  not resemble what the user liked. Measured on a third of ML-100K's cold-start users (top 20 of a
-  1024-item sample; "held-out" = share that are the user's valid/test positives, random 0.0057;
-  "lean" = mean genre dislike lean, random 0.090):
-      10 - like           held-out 0.0006  lean 0.065   (far from everything: easy negatives)
-      dislikes only       held-out 0.0179  lean 0.216   (picks items the user would like!)
-      dislikes - likes    held-out 0.0106  lean 0.248
-      dislikes - 2 likes  held-out 0.0006  lean 0.113   <- chosen
-  The chosen contrast is the only one that both avoids the user's real held-out likes and leans to
-  the genres the user dislikes. A profile without a dislikes part (e.g. written by an LLM) falls
-  back to `10 - like`;
+  not resemble what the user liked. Of the contrasts compared on ML-100K's cold-start users (10 - like,
+  dislikes only, dislikes - likes, dislikes - 2 likes; BENCHMARKS.md, "Choice of dislike score") it is
+  the only one that both avoids the user's real held-out likes and leans to the genres the user
+  dislikes. A profile without a dislikes part (e.g. written by an LLM) falls back to `10 - like`;
 - partition (eq. 5): k-means on the batch's profile embeddings, k = ceil(n / target_group_size),
-  each group named after its members' most common attributes;
+  seeded with the run's seed, each group named after its members' most common attributes;
 - similarity (eq. 6): cosine of the two groups' centroids (mean member-profile embedding), clipped
   to [0, 1], taken in a whitened space: profile embeddings minus the mean of every known profile of
   that kind, projected on their top `WHITEN_DIMS` principal axes scaled to unit variance. Why: raw
-  MiniLM centroids of movie profiles all point the same way (on ML-100K every candidate pair of
-  groups had raw centroid cosine >= 0.77, median 0.93 for items and 0.99 for users, so tau_sim = 0.8
-  merged everything into one group); centring alone still left user pairs at median 0.88. In the
-  whitened space ML-100K candidate pairs spread over 0-0.81 (median 0.32 items, 0.56 users), so
-  tau_sim = 0.8 merges only near-identical groups (1 user pair, 0 item pairs; see BENCHMARKS.md).
-Everything is deterministic: fixed model weights, a fixed k-means seed, ties broken by id.
+  MiniLM centroids of movie profiles all point the same way, so with raw cosines tau_sim merged
+  nearly everything into one group, and centring alone did not spread user pairs enough; whitened,
+  tau_sim merges only near-identical groups (BENCHMARKS.md, "Groups").
+Profiles reach the later stages as text (the profiles tables), so score, partition and similarity
+read their parts back from it (`split_user_profile`, `listed_titles`, `content_text`, `profile_facts`).
+Everything is deterministic: fixed model weights, a seeded k-means, ties broken by id.
 """
 
 from __future__ import annotations
