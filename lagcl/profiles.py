@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import polars as pl
 
 from lagcl.artifacts import StageDir
-from lagcl.semantic.base import DISLIKED_GENRES, GENRES, LIKED_GENRES, RATING_COUNTS, Profile, ProfileRequest, SemanticEngine
+from lagcl.semantic.base import (DISLIKED_GENRES, GENRES, LIKED_GENRES, RATING_COUNTS, Profile, ProfileRequest,
+                                 SemanticEngine)
 
 log = logging.getLogger("lagcl.profiles")
 

@@ -283,7 +283,8 @@ def test_the_reply_schemas_come_from_the_reply_models_and_require_what_the_promp
     assert score_schema("movie_id", "neg") == {
         "type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": {
             "type": "object", "required": ["movie_id", "dislike_score"],
-            "properties": {"movie_id": {"type": "string"}, "dislike_score": {"type": "number", "minimum": 0, "maximum": 10},
+            "properties": {"movie_id": {"type": "string"},
+                           "dislike_score": {"type": "number", "minimum": 0, "maximum": 10},
                            "reasoning": {"type": "string"}}}}}}
     assert compact_score_schema("pos")["properties"]["like_scores"]["additionalProperties"] == {
         "type": "number", "minimum": 0, "maximum": 10}

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lagcl.config import Config
-from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest, ScoreResult,
-                                 SemanticEngine, Usage)
+from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
+                                 ScoreResult, SemanticEngine, Usage)
 
 # per worker process: engines by config key, and the text set each embedding engine was primed with
 _WORKER_ENGINES: dict[str, Any] = {}

@@ -192,7 +192,8 @@ class ComposedProfile:
                 return "Composed from the title" + (f" and {facts}" if facts else "") + "."
             return f"Composed from {facts}." if facts else "."
         used = [k for k in self.sources if k not in _SENTENCE_KEYS]
-        used += [f"{len(self.likes.titles)} liked {d}s (newest first, {self.likes.shown} shown)"] * bool(self.likes.titles)
+        liked = self.likes.titles
+        used += [f"{len(liked)} liked {d}s (newest first, {self.likes.shown} shown)"] * bool(liked)
         used += [f"{len(self.dislikes.titles)} disliked {d}s"] * bool(self.dislikes.titles)
         used += [f"genre counts of the {side} {d}s" for side, t in (("liked", self.likes), ("disliked", self.dislikes))
                  if t.genres]
