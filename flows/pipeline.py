@@ -371,7 +371,7 @@ def _local_server_settings() -> dict:
 def _dry_run(plan: Plan) -> int:
     """DRY_RUN=1: prepare the data (no LLM involved), then print what each LLM stage would cost."""
     from lagcl.artifacts import read_table
-    from lagcl.llm.estimate import estimate, planned_counts, projections_table, scoring_load, variants, variants_table
+    from tasks.estimate import estimate, planned_counts, projections_table, scoring_load, variants, variants_table
 
     ref = prepare_stage.run(plan)
     interactions = read_table(Path(ref.path), "interactions")

@@ -21,7 +21,6 @@ failure) is recorded in `failures` and never guessed; the next run asks again.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,6 +30,7 @@ import polars as pl
 from lagcl.artifacts import StageDir
 from lagcl.hashing import mix, stable_key
 from lagcl.semantic.base import Polarity, ScoreRequest, ScoreResult, SemanticEngine
+from lagcl.semantic.replies import check_scores
 
 log = logging.getLogger("lagcl.augment")
 
@@ -109,31 +109,28 @@ def chunks(samples: dict[tuple[int, str], np.ndarray], items_per_call: int) -> l
 
 
 def check_result(chunk: Chunk, result: ScoreResult | None) -> tuple[dict[int, float] | None, str | None]:
-    """(scores, None) when the reply can be used exactly as given, else (None, reason)."""
+    """(scores, None) when the reply can be used exactly as given, else (None, reason); a reply is usable
+    when lagcl.semantic.replies.check_scores finds nothing wrong with it."""
     if result is None:
         return None, "no reply"
     if result.failed:
         return None, f"engine: {result.failed}"
     if result.user != chunk.user or result.polarity != chunk.polarity:
         return None, f"reply for user {result.user}/{result.polarity}, asked {chunk.user}/{chunk.polarity}"
-    scores = result.scores
-    if not isinstance(scores, dict):
+    if not isinstance(result.scores, dict):
         return None, "scores missing"
-    asked = set(chunk.items)
-    keys = list(scores)
-    if len(set(keys)) != len(keys):
+    check = check_scores(chunk.items, result.scores.items())
+    if check.twice:
         return None, "duplicate item ids"
-    unknown = [k for k in keys if k not in asked]
-    if unknown:
-        return None, f"unknown item ids {sorted(map(str, unknown))[:5]}"
-    missing = asked - set(keys)
-    if missing:
-        return None, f"{len(missing)} item(s) not scored, e.g. {sorted(missing)[:5]}"
-    bad = [(k, v) for k, v in scores.items()
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 10]
-    if bad:
-        return None, f"score outside [0, 10]: item {bad[0][0]} -> {bad[0][1]!r}"
-    return {int(k): float(v) for k, v in scores.items()}, None
+    if check.unknown:
+        return None, f"unknown item ids {sorted(check.unknown)[:5]}"
+    rated = {item for item, _ in check.bad}
+    unscored = [i for i in check.missing if str(i) not in rated]
+    if unscored:
+        return None, f"{len(unscored)} item(s) not scored, e.g. {sorted(unscored)[:5]}"
+    if check.bad:
+        return None, f"score outside [0, 10]: item {check.bad[0][0]} -> {check.bad[0][1]!r}"
+    return check.scores, None
 
 
 @dataclass
@@ -155,7 +152,7 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
     todo = [c for c in todo_chunks if not all((c.user, c.polarity, i) in done_keys for i in c.items)]
     users = sorted({c.user for c in todo})
     all_users = len({c.user for c in todo_chunks})
-    if todo and hasattr(engine, "prime"):
+    if todo:
         # embedding engines: embed every profile of the run up front, so a resumed run computes
         # exactly the scores the uninterrupted run would have (see EmbeddingEngine.prime)
         engine.prime(sorted({user_profile[c.user] for c in todo_chunks} | {item_profile[i] for c in todo_chunks for i in c.items}))

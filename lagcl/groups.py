@@ -26,6 +26,7 @@ import polars as pl
 
 from lagcl.artifacts import StageDir
 from lagcl.semantic.base import Group, Kind, Profile, SemanticEngine
+from lagcl.semantic.replies import check_members
 
 log = logging.getLogger("lagcl.groups")
 
@@ -53,25 +54,14 @@ class PartitionCheck:
 
 
 def check_partition(asked: Sequence[int], result) -> PartitionCheck:
-    """Keep what the reply says about the asked ids, each id once; list the ids it left out."""
-    asked_set = set(asked)
+    """Keep what the reply says about the asked ids, each id once; list the ids it left out
+    (the rules are lagcl.semantic.replies.check_members)."""
     if result is None or result.failed:
-        return PartitionCheck([], sorted(asked_set), failed=(result.failed if result else "no reply"))
-    seen: set[int] = set()
-    groups, unknown, duplicate = [], 0, 0
-    for g in result.groups:
-        members = []
-        for m in g.members:
-            if m not in asked_set:
-                unknown += 1
-            elif m in seen:
-                duplicate += 1
-            else:
-                seen.add(m)
-                members.append(int(m))
-        if members:
-            groups.append((g.name or "", g.characteristics or "", sorted(members)))
-    return PartitionCheck(groups, sorted(asked_set - seen), unknown, duplicate)
+        return PartitionCheck([], sorted(set(asked)), failed=(result.failed if result else "no reply"))
+    check = check_members(asked, (g.members for g in result.groups))
+    groups = [(g.name or "", g.characteristics or "", sorted(members))
+              for g, members in zip(result.groups, check.members) if members]
+    return PartitionCheck(groups, sorted(set(check.missing)), len(check.unknown), len(check.duplicated))
 
 
 @dataclass
@@ -134,8 +124,9 @@ def partition_groups(sd: StageDir, kind: Kind) -> pl.DataFrame:
 def profile_vectors(engine: SemanticEngine, profiles: Sequence[Profile], encoder=None) -> dict[int, np.ndarray]:
     """Unit embeddings of profiles for candidate-pair selection: the engine's own grouping vector when it
     has one (embedding engine), else all-MiniLM-L6-v2 sentence embeddings of the summarization."""
-    if hasattr(engine, "profile_vector"):
-        return {p.id: engine.profile_vector(p.summarization) for p in profiles}
+    own = {p.id: engine.profile_vector(p.summarization) for p in profiles}
+    if all(v is not None for v in own.values()):
+        return own
     if encoder is None:
         from lagcl.semantic.embedding import SentenceEncoder
 
@@ -255,14 +246,12 @@ def build_groups(engine: SemanticEngine, kind: Kind, profiles: Sequence[Profile]
                  on_batch: Callable[[int, int], None] | None = None) -> KindGroups:
     """Eq. 5-6 for one kind: partition in batches, rate candidate pairs, merge above tau_sim."""
     by_id = {p.id: p for p in profiles}
-    if hasattr(engine, "prime"):
-        engine.prime([p.summarization for p in profiles])  # same embeddings in fresh and resumed runs
+    engine.prime([p.summarization for p in profiles])  # same embeddings in fresh and resumed runs
     part = run_partitions(engine, kind, by_id, batches(list(by_id), batch_size, seed), target_group_size, sd, on_batch)
     pg = partition_groups(sd, kind)
     members = pg["members"].to_list()
     groups = [Group(kind, n, c, tuple(m)) for n, c, m in zip(pg["name"], pg["characteristics"], members)]
-    if hasattr(engine, "index_profiles"):
-        engine.index_profiles(list(profiles))  # engines that rate groups from their members' profiles
+    engine.index_profiles(list(profiles))  # engines that rate groups from their members' profiles
     vec = profile_vectors(engine, profiles)
     centroids = np.stack([np.mean([vec[m] for m in ms], axis=0) for ms in members]) if members else np.zeros((0, 1))
     pairs = candidate_pairs(centroids, k)

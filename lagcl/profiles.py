@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import polars as pl
 
 from lagcl.artifacts import StageDir
-from lagcl.semantic.base import Profile, ProfileRequest, SemanticEngine
-from lagcl.semantic.embedding import DISLIKED_GENRES, GENRES, LIKED_GENRES
+from lagcl.semantic.base import (DISLIKED_GENRES, GENRES, LIKED_GENRES, RATING_COUNTS, Profile, ProfileRequest,
+                                 SemanticEngine)
 
 log = logging.getLogger("lagcl.profiles")
 
@@ -80,7 +80,7 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
         if r["categories"]:
             attrs[GENRES] = ", ".join(r["categories"])
         n, p = stats.get(r["item"], (0, 0))
-        attrs["ratings"] = f"{n} in training, {p / n:.0%} positive" if n else "none in training"
+        attrs[RATING_COUNTS] = f"{n} in training, {p / n:.0%} positive" if n else "none in training"
         out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs))
     return out
 

@@ -42,7 +42,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", ("data",), (), "1"),
     StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
     StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "3"),
-    StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "1"),
+    StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "2"),
     StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "2"),
     StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
                                                                                     "control"), "3"),

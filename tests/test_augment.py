@@ -9,7 +9,7 @@ import pytest
 from lagcl.artifacts import StageDir
 from lagcl.augment import (SCORES, SCORES_SCHEMA, Chunk, augment_quality, candidate_samples, check_result, chunks,
                            cold_users, run_scoring, select_augmented, top_k)
-from lagcl.semantic.base import ScoreResult, Usage
+from lagcl.semantic.base import EngineDefaults, ScoreResult, Usage
 
 
 def interactions(rows):
@@ -20,7 +20,7 @@ def interactions(rows):
                                 "sign": pl.Int8, "split": pl.String})
 
 
-class ScriptedEngine:
+class ScriptedEngine(EngineDefaults):
     """A SemanticEngine that scores by a fixed rule (like = item % 10, dislike = 9 - item % 10) and can be
     told to answer some users badly; it counts every request it receives."""
 

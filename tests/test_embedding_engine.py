@@ -38,6 +38,11 @@ def test_the_config_default_builds_the_embedding_engine_and_it_labels_itself_an_
     assert (engine.name, engine.model, engine.approximate) == ("embedding", "all-MiniLM-L6-v2", True)
 
 
+def test_the_config_gives_the_embedding_engine_the_profile_history_and_the_runs_seed(tmp_path):
+    engine = make_engine(load_config(overrides=["profiles.history=50", "seed=7"]), tmp_path)
+    assert (engine.history, engine.seed) == (50, 7)
+
+
 def test_a_user_profile_is_composed_from_traits_and_history_and_says_what_it_was_built_from():
     p = compose_profile(SCIFI_FAN, domain="movie")
     assert p.kind == "user" and p.id == 7

@@ -15,7 +15,7 @@ from lagcl.config import DataLevelConfig, GateConfig, GCLConfig, RankConfig, loa
 from lagcl.data_level import precision_check, select_calibrated
 from lagcl.gate import FitContext, Variant, choose_levels, data_level_plan, fit_variant, topk_table
 from lagcl.sampling import NegativeSampler
-from lagcl.semantic.base import ScoreResult
+from lagcl.semantic.base import EngineDefaults, ScoreResult
 from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
@@ -52,7 +52,7 @@ def clustered_tables(n_users=120, n_items=200, seed=0):
     return inter, users, items
 
 
-class OracleEngine:
+class OracleEngine(EngineDefaults):
     """Knows each user's held-out positives: likes them (score 9), everything else gets a low random score."""
 
     name, model, approximate = "oracle", "test", True

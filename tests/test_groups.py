@@ -8,11 +8,11 @@ from lagcl.artifacts import StageDir
 from lagcl.config import EngineConfig
 from lagcl.groups import (PARTITIONS, batches, build_groups, candidate_pairs, check_partition, genre_purity,
                           group_stats, merge_groups, run_partitions)
-from lagcl.semantic.base import Group, PartitionResult, Profile, ProfileRequest, Usage
+from lagcl.semantic.base import EngineDefaults, Group, PartitionResult, Profile, ProfileRequest, Usage
 from lagcl.semantic.embedding import EmbeddingEngine
 
 
-class ScriptedPartitioner:
+class ScriptedPartitioner(EngineDefaults):
     """A SemanticEngine whose partition replies follow a script: groups ids by id % 3, and can leave ids
     out, invent ids or place an id twice; it records every batch of ids it is asked about."""
 

@@ -274,3 +274,19 @@ def test_the_usage_a_stage_writes_to_its_manifest_counts_http_calls_retries_wait
     assert usage["output_tokens"] == usage["estimated_output_tokens"] == math.ceil(len(good_model("profile")) / 4)
     assert usage["input_tokens"] == usage["estimated_input_tokens"] > 0
     assert usage["invalid_replies"] == {}
+
+
+def test_the_reply_schemas_come_from_the_reply_models_and_require_what_the_prompt_asks_for():
+    # byte-stable: the schema is part of every request's response cache key
+    from lagcl.semantic.prompts import compact_score_schema, partition_schema, score_schema, similarity_schema
+
+    assert score_schema("movie_id", "neg") == {
+        "type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": {
+            "type": "object", "required": ["movie_id", "dislike_score"],
+            "properties": {"movie_id": {"type": "string"},
+                           "dislike_score": {"type": "number", "minimum": 0, "maximum": 10},
+                           "reasoning": {"type": "string"}}}}}}
+    assert compact_score_schema("pos")["properties"]["like_scores"]["additionalProperties"] == {
+        "type": "number", "minimum": 0, "maximum": 10}
+    assert partition_schema()["properties"]["groups"]["items"]["required"] == ["group_name", "members"]
+    assert similarity_schema()["properties"]["similarity_score"] == {"type": "number", "minimum": 0, "maximum": 1}

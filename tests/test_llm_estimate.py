@@ -6,7 +6,7 @@ import pytest
 
 from lagcl.config import EngineConfig, LLMConfig, load_config
 from lagcl.llm.accounting import estimate_tokens
-from lagcl.llm.estimate import estimate, sample_requests
+from tasks.estimate import estimate, sample_requests
 
 
 def test_the_estimate_prints_calls_tokens_and_price_per_stage():
@@ -53,7 +53,7 @@ def test_unknown_operations_are_refused():
 
 
 # the estimate as a decision tool: prompt styles, prompt cache, batches, projections -------------------
-from lagcl.llm.estimate import (PAPER_DATASETS, ScoringLoad, projected_counts, projections_table,  # noqa: E402
+from tasks.estimate import (PAPER_DATASETS, ScoringLoad, projected_counts, projections_table,  # noqa: E402
                                 variants, variants_table)
 
 SONNET = EngineConfig(name="anthropic", model="claude-sonnet-4-5")

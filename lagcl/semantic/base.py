@@ -10,15 +10,31 @@ An engine answers, in batches:
 Two implementations: the LLM engine (the paper's prompts through an LLM client) and the embedding
 engine (offline, CPU; an approximation, and says so in `approximate`). Stages talk only to this
 interface, so switching engines is a config change (`conf/engine/<name>.yaml`).
+
+Besides the four operations an engine has three capabilities, which `EngineDefaults` gives every engine
+as no-ops; the embedding engine, which works on the profiles' embeddings, overrides them:
+- prime:          embed up front every text the coming calls need (identical floats in fresh and resumed runs);
+- profile_vector: the vector a profile is grouped by (eq. 6 candidate pairs), or None: the caller embeds it;
+- index_profiles: learn the member profiles that similarity (eq. 6) forms group centroids from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Kind = Literal["user", "item"]
 Polarity = Literal["pos", "neg"]
+
+# ProfileRequest.attributes keys that `lagcl.profiles` fills from the rating history (genre counts of the
+# liked / disliked items) and from the item metadata; engines read them by name.
+LIKED_GENRES = "liked genres"
+DISLIKED_GENRES = "disliked genres"
+GENRES = "genres"
+RATING_COUNTS = "ratings"  # an item's training rating counts ("12 in training, 75% positive")
 
 
 @dataclass(frozen=True)
@@ -99,3 +115,24 @@ class SemanticEngine(Protocol):
     def similarity(self, pairs: Sequence[tuple[Group, Group]]) -> list[float]: ...
 
     def usage(self) -> Usage: ...
+
+    def prime(self, profile_texts: Sequence[str]) -> None: ...
+
+    def profile_vector(self, text: str) -> np.ndarray | None: ...
+
+    def index_profiles(self, profiles: Sequence[Profile]) -> None: ...
+
+
+class EngineDefaults:
+    """The capabilities of an engine that has nothing to prepare: no priming, no grouping vector of its own
+    (the caller embeds profiles itself), nothing to learn from member profiles (its similarity reads the
+    groups it is given)."""
+
+    def prime(self, profile_texts: Sequence[str]) -> None:
+        return None
+
+    def profile_vector(self, text: str) -> np.ndarray | None:
+        return None
+
+    def index_profiles(self, profiles: Sequence[Profile]) -> None:
+        return None

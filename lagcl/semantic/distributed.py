@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lagcl.config import Config
-from lagcl.semantic.base import (Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest, ScoreResult,
-                                 SemanticEngine, Usage)
+from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
+                                 ScoreResult, SemanticEngine, Usage)
 
 # per worker process: engines by config key, and the text set each embedding engine was primed with
 _WORKER_ENGINES: dict[str, Any] = {}
@@ -73,7 +73,7 @@ def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: 
     """One part on a worker: (answers in request order, what the worker's engine counted for them, the error
     that stopped it): what was paid reaches the caller's accounting even when the part fails."""
     key, engine = _worker_engine(cfg_json, cache_dir)
-    if prime is not None and hasattr(engine, "prime") and _WORKER_PRIMED.get(key) != prime[0]:
+    if prime is not None and _WORKER_PRIMED.get(key) != prime[0]:
         engine.prime(prime[1])  # same batches as the local run: identical floats (EmbeddingEngine.prime)
         _WORKER_PRIMED[key] = prime[0]
     accounting = getattr(getattr(engine, "client", None), "accounting", None)
@@ -87,7 +87,7 @@ def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: 
     return answers, _sub(engine.usage(), before), None
 
 
-class DistributedEngine:
+class DistributedEngine(EngineDefaults):
     """A SemanticEngine whose `profile` and `score` run in `parts` pieces on `executor`'s workers."""
 
     def __init__(self, cfg: Config, cache_dir: Path | str, executor: Executor, parts: int,

@@ -1,33 +1,28 @@
 """The offline embedding engine: the four semantic operations without an LLM (DESIGN.md, "Engines").
 
 It approximates the LLM engine on a CPU, and labels everything it writes as an approximation:
-- profile (eq. 1): the summarization is a readable text composed from the request's metadata and
-  rating history (no generation); the reasoning names the facts it was composed from;
+- profile (eq. 1): the request's metadata and rating history are kept as data (`ComposedProfile`), and
+  the summarization is a readable text rendered from them (no generation); the reasoning names the
+  facts it was composed from;
 - score (eq. 2-3): all-MiniLM-L6-v2 sentence embeddings, cosine between the user's "likes" text and
   the item profile, mapped linearly from [-1, 1] to [0, 10] for the like score (polarity "pos").
   The dislike score (polarity "neg") is cos(item, dislikes) - 2 cos(item, likes), mapped linearly
   from [-3, 3] to [0, 10]: an item scores high when it resembles what the user rated <= 3 and does
-  not resemble what the user liked. Measured on a third of ML-100K's cold-start users (top 20 of a
-  1024-item sample; "held-out" = share that are the user's valid/test positives, random 0.0057;
-  "lean" = mean genre dislike lean, random 0.090):
-      10 - like           held-out 0.0006  lean 0.065   (far from everything: easy negatives)
-      dislikes only       held-out 0.0179  lean 0.216   (picks items the user would like!)
-      dislikes - likes    held-out 0.0106  lean 0.248
-      dislikes - 2 likes  held-out 0.0006  lean 0.113   <- chosen
-  The chosen contrast is the only one that both avoids the user's real held-out likes and leans to
-  the genres the user dislikes. A profile without a dislikes part (e.g. written by an LLM) falls
-  back to `10 - like`;
+  not resemble what the user liked. Of the contrasts compared on ML-100K's cold-start users (10 - like,
+  dislikes only, dislikes - likes, dislikes - 2 likes; BENCHMARKS.md, "Choice of dislike score") it is
+  the only one that both avoids the user's real held-out likes and leans to the genres the user
+  dislikes. A profile without a dislikes part (e.g. written by an LLM) falls back to `10 - like`;
 - partition (eq. 5): k-means on the batch's profile embeddings, k = ceil(n / target_group_size),
-  each group named after its members' most common attributes;
+  seeded with the run's seed, each group named after its members' most common attributes;
 - similarity (eq. 6): cosine of the two groups' centroids (mean member-profile embedding), clipped
   to [0, 1], taken in a whitened space: profile embeddings minus the mean of every known profile of
   that kind, projected on their top `WHITEN_DIMS` principal axes scaled to unit variance. Why: raw
-  MiniLM centroids of movie profiles all point the same way (on ML-100K every candidate pair of
-  groups had raw centroid cosine >= 0.77, median 0.93 for items and 0.99 for users, so tau_sim = 0.8
-  merged everything into one group); centring alone still left user pairs at median 0.88. In the
-  whitened space ML-100K candidate pairs spread over 0-0.81 (median 0.32 items, 0.56 users), so
-  tau_sim = 0.8 merges only near-identical groups (1 user pair, 0 item pairs; see BENCHMARKS.md).
-Everything is deterministic: fixed model weights, a fixed k-means seed, ties broken by id.
+  MiniLM centroids of movie profiles all point the same way, so with raw cosines tau_sim merged
+  nearly everything into one group, and centring alone did not spread user pairs enough; whitened,
+  tau_sim merges only near-identical groups (BENCHMARKS.md, "Groups").
+Profiles reach the later stages as text (the profiles tables), so score, partition and similarity
+read their parts back from it (`split_user_profile`, `listed_titles`, `content_text`, `profile_facts`).
+Everything is deterministic: fixed model weights, a seeded k-means, ties broken by id.
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ import math
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +40,11 @@ import numpy as np
 from lagcl.config import EngineConfig
 from lagcl.errors import ConfigError, LLMError
 from lagcl.semantic.base import (
+    DISLIKED_GENRES,
+    GENRES,
+    LIKED_GENRES,
+    RATING_COUNTS,
+    EngineDefaults,
     Group,
     Kind,
     PartitionResult,
@@ -61,10 +62,6 @@ LIKES = "Likes:"
 DISLIKES = "Dislikes:"
 SUCH_AS = ", such as "
 RATINGS = "Ratings:"  # an item's rating-history sentence: kept in the profile, left out of its embedding
-# Attribute keys `lagcl.profiles` fills from the rating history; the composer reads them by name.
-LIKED_GENRES = "liked genres"
-DISLIKED_GENRES = "disliked genres"
-GENRES = "genres"
 WHITEN_DIMS = 32  # principal axes kept for group similarity (more axes: lower similarities, fewer merges)
 # keys shown as "key: value" facts; genre keys and history keys are composed into sentences instead
 _SENTENCE_KEYS = {LIKED_GENRES, DISLIKED_GENRES, GENRES}
@@ -125,48 +122,90 @@ class SentenceEncoder:
 
 
 # --- profile text --------------------------------------------------------------------------------
-def _join(names: Sequence[str], limit: int) -> str:
-    shown = list(names[:limit])
-    more = len(names) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+@dataclass(frozen=True)
+class Taste:
+    """One side of a user's rating history: its most common genres and the items, newest first."""
+
+    genres: str = ""
+    titles: tuple[str, ...] = ()
+    shown: int = 0  # titles written out; the others are counted ("and 3 more")
+
+    def __bool__(self) -> bool:
+        return bool(self.genres or self.titles)
+
+    def text(self, domain: str) -> str:
+        parts = [f"{self.genres} {domain}s"] * bool(self.genres)
+        if self.titles:
+            more = len(self.titles) - self.shown
+            parts.append("such as " + "; ".join(self.titles[:self.shown]) + (f"; and {more} more" if more > 0 else ""))
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ComposedProfile:
+    """Eq. 1 without an LLM, as data: the facts of one request the profile is composed from. The prose
+    (`summarization`, `reasoning`) is rendered from these fields only where text is the output."""
+
+    kind: Kind
+    id: int
+    domain: str
+    sources: tuple[str, ...]  # the request's non-empty attribute keys, in request order
+    title: str = ""  # items
+    traits: tuple[tuple[str, str], ...] = ()  # "key: value" facts (users: who they are; items: year...)
+    genres: str = ""  # items
+    rating_counts: str = ""  # items: training ratings ("90 in training, 80% positive")
+    likes: Taste = Taste()  # users
+    dislikes: Taste = Taste()  # users
+
+    @staticmethod
+    def of(req: ProfileRequest, domain: str = "item", history: int = 30) -> "ComposedProfile":
+        attrs = {k: v for k, v in req.attributes.items() if str(v).strip()}
+        if req.kind == "item":
+            return ComposedProfile("item", req.id, domain, tuple(attrs), title=req.title,
+                                   traits=tuple((k, v) for k, v in attrs.items()
+                                                if k not in _SENTENCE_KEYS | {RATING_COUNTS}),
+                                   genres=attrs.get(GENRES, ""), rating_counts=attrs.get(RATING_COUNTS, ""))
+        return ComposedProfile("user", req.id, domain, tuple(attrs),
+                               traits=tuple((k, v) for k, v in attrs.items() if k not in _SENTENCE_KEYS),
+                               likes=Taste(attrs.get(LIKED_GENRES, ""), req.liked, min(len(req.liked), history)),
+                               dislikes=Taste(attrs.get(DISLIKED_GENRES, ""), req.disliked,
+                                              min(len(req.disliked), history)))
+
+    def summarization(self) -> str:
+        if self.kind == "item":
+            parts = [f"{self.title or f'{self.domain.capitalize()} {self.id}'}."]
+            parts += [f"Genres: {self.genres}."] * bool(self.genres)
+            parts += [f"{k.capitalize()}: {v}." for k, v in self.traits]
+            parts += [f"{RATINGS} {self.rating_counts}."] * bool(self.rating_counts)
+            return " ".join(parts)
+        who = ", ".join(f"{k}: {v}" for k, v in self.traits)
+        parts = [f"A user ({who})." if who else "A user.",
+                 f"{LIKES} {self.likes.text(self.domain) or 'nothing rated highly yet'}."]
+        parts += [f"{DISLIKES} {self.dislikes.text(self.domain)}."] * bool(self.dislikes)
+        return " ".join(parts)
+
+    def reasoning(self) -> str:
+        d = self.domain
+        if self.kind == "item":
+            facts = ", ".join(self.sources)
+            if self.title:
+                return "Composed from the title" + (f" and {facts}" if facts else "") + "."
+            return f"Composed from {facts}." if facts else "."
+        used = [k for k in self.sources if k not in _SENTENCE_KEYS]
+        liked = self.likes.titles
+        used += [f"{len(liked)} liked {d}s (newest first, {self.likes.shown} shown)"] * bool(liked)
+        used += [f"{len(self.dislikes.titles)} disliked {d}s"] * bool(self.dislikes.titles)
+        used += [f"genre counts of the {side} {d}s" for side, t in (("liked", self.likes), ("disliked", self.dislikes))
+                 if t.genres]
+        return ("Composed from " + "; ".join(used) + ".") if used else "No metadata or history: a blank profile."
+
+    def profile(self) -> Profile:
+        return Profile(self.kind, self.id, self.summarization(), self.reasoning())
 
 
 def compose_profile(req: ProfileRequest, domain: str = "item", history: int = 30) -> Profile:
     """Eq. 1 without an LLM: a readable text built only from the facts in the request."""
-    attrs = {k: v for k, v in req.attributes.items() if str(v).strip()}
-    facts = [k for k in attrs]
-    if req.kind == "item":
-        head = req.title or f"{domain.capitalize()} {req.id}"
-        parts = [f"{head}."]
-        if attrs.get(GENRES):
-            parts.append(f"Genres: {attrs[GENRES]}.")
-        parts += [f"{k.capitalize()}: {v}." for k, v in attrs.items() if k not in _SENTENCE_KEYS | {"ratings"}]
-        if attrs.get("ratings"):
-            parts.append(f"{RATINGS} {attrs['ratings']}.")
-        reasoning = "Composed from the title" * bool(req.title) + (
-            (" and " if req.title else "Composed from ") + ", ".join(facts) if facts else "") + "."
-        return Profile("item", req.id, " ".join(parts), reasoning.strip())
-    who = ", ".join(f"{k}: {v}" for k, v in attrs.items() if k not in _SENTENCE_KEYS)
-    parts = [f"A user ({who})." if who else "A user."]
-    likes = []
-    if attrs.get(LIKED_GENRES):
-        likes.append(f"{attrs[LIKED_GENRES]} {domain}s")
-    if req.liked:
-        likes.append(f"such as {_join(req.liked, history)}")
-    parts.append(f"{LIKES} " + (", ".join(likes) if likes else "nothing rated highly yet") + ".")
-    dislikes = []
-    if attrs.get(DISLIKED_GENRES):
-        dislikes.append(f"{attrs[DISLIKED_GENRES]} {domain}s")
-    if req.disliked:
-        dislikes.append(f"such as {_join(req.disliked, history)}")
-    if dislikes:
-        parts.append(f"{DISLIKES} " + ", ".join(dislikes) + ".")
-    used = [k for k in facts if k not in _SENTENCE_KEYS]
-    used += [f"{len(req.liked)} liked {domain}s (newest first, {min(len(req.liked), history)} shown)"] * bool(req.liked)
-    used += [f"{len(req.disliked)} disliked {domain}s"] * bool(req.disliked)
-    used += [f"genre counts of the {k.split()[0]} {domain}s" for k in (LIKED_GENRES, DISLIKED_GENRES) if attrs.get(k)]
-    reasoning = ("Composed from " + "; ".join(used) + ".") if used else "No metadata or history: a blank profile."
-    return Profile("user", req.id, " ".join(parts), reasoning)
+    return ComposedProfile.of(req, domain, history).profile()
 
 
 def split_user_profile(text: str) -> tuple[str, str | None]:
@@ -232,7 +271,7 @@ def describe_group(kind: Kind, texts: Sequence[str]) -> tuple[str, str]:
     return name, chars
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(EngineDefaults):
     """SemanticEngine over all-MiniLM-L6-v2 sentence embeddings (CPU, offline, deterministic)."""
 
     name = "embedding"

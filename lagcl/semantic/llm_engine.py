@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence, TypeVar
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.llm import LLMClient, LLMRequest, make_client
 from lagcl.llm.backends.base import Backend
-from lagcl.semantic.base import (Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest, ScoreResult,
-                                 Usage)
+from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
+                                 ScoreResult, Usage)
 from lagcl.semantic.prompts import (Problem, Prompts, ReplyError, domain_words, parse_partition, parse_profile,
                                     parse_scores, parse_similarity)
 
@@ -47,7 +47,7 @@ class LLMUsage(Usage):
     cache_write_tokens: int = 0  # of input_tokens: written to it
 
 
-class LLMEngine:
+class LLMEngine(EngineDefaults):
     approximate = False
 
     def __init__(self, engine: EngineConfig, llm: LLMConfig, domain: str = "item",

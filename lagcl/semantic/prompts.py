@@ -12,19 +12,21 @@ Two rules keep data from acting as instructions and keep the LLM from inventing 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, field_validator
 
 from lagcl.config import CONF_DIR
 from lagcl.llm.types import LLMRequest
 from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest
+from lagcl.semantic.replies import check_members, check_scores
 
 PROMPT_DIR = CONF_DIR / "prompts"
 PromptStyle = Literal["paper", "compact"]
@@ -184,30 +186,8 @@ class Prompts:
         return request.followup(bad_reply, user)
 
 
-# reply schemas (also the JSON schemas for guided decoding) ---------------------------------------
-def profile_schema(id_key: str) -> dict[str, Any]:
-    return {"type": "object", "required": [id_key, "summarization", "reasoning"],
-            "properties": {id_key: {"type": "string"}, "summarization": {"type": "string"},
-                           "reasoning": {"type": "string"}}}
-
-
-def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
-    score = "like_score" if polarity == "pos" else "dislike_score"
-    item = {"type": "object", "required": [id_key, score],
-            "properties": {id_key: {"type": "string"}, score: {"type": "number", "minimum": 0, "maximum": 10},
-                           "reasoning": {"type": "string"}}}
-    return {"type": "object", "required": ["ratings"], "properties": {"ratings": {"type": "array", "items": item}}}
-
-
 def _score_key(polarity: Polarity) -> str:
     return "like_score" if polarity == "pos" else "dislike_score"
-
-
-def compact_score_schema(polarity: Polarity) -> dict[str, Any]:
-    """The compact reply: {"like_scores": {"<id>": score, ...}} (dislike_scores for eq. 3)."""
-    return {"type": "object", "required": [_score_key(polarity) + "s"],
-            "properties": {_score_key(polarity) + "s": {
-                "type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 10}}}}
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -221,18 +201,12 @@ def item_card(profile: str, words: int) -> str:
     return " ".join(tokens[:words]) + ("..." if len(tokens) > words else "")
 
 
-def partition_schema() -> dict[str, Any]:
-    group = {"type": "object", "required": ["group_name", "members"],
-             "properties": {"group_id": {"type": "string"}, "group_name": {"type": "string"},
-                            "members": {"type": "array", "items": {"type": "string"}},
-                            "reasoning": {"type": "string"}}}
-    return {"type": "object", "required": ["groups"], "properties": {"groups": {"type": "array", "items": group}}}
-
-
-def similarity_schema() -> dict[str, Any]:
-    return {"type": "object", "required": ["similarity_score"],
-            "properties": {"similarity_score": {"type": "number", "minimum": 0, "maximum": 1},
-                           "reasoning": {"type": "string"}}}
+# reply models: what the parser validates, and (through reply_schema) the JSON schema each request
+# sends for guided decoding ------------------------------------------------------------------------
+OPTIONAL = {"x-optional": True}  # a field the prompt mentions but a reply may leave out
+# a field the parser never reads: asked for as text, never a reason to reject a reply
+Unread = Annotated[Any, WithJsonSchema({"type": "string"})]
+Score = Annotated[float, Field(ge=0, le=10)]  # eq. 2-3
 
 
 class _Loose(BaseModel):
@@ -242,6 +216,12 @@ class _Loose(BaseModel):
 class ProfileReply(_Loose):
     summarization: str
     reasoning: str = ""
+
+
+def profile_reply(id_key: str) -> type[BaseModel]:
+    """Eq. 1's reply as the prompt asks for it: the id first, then ProfileReply's two texts."""
+    return create_model("ProfileReplyWithId", __base__=_Loose, **{id_key: (str, ...)},
+                        **{name: (f.annotation, f) for name, f in ProfileReply.model_fields.items()})
 
 
 class RatingReply(_Loose):
@@ -257,10 +237,24 @@ class RatingReply(_Loose):
         return v.strip() if isinstance(v, str) else v
 
 
+def score_reply(id_key: str, polarity: Polarity) -> type[BaseModel]:
+    """Eq. 2-3's reply in the paper's style: {"ratings": [{"<id_key>": ..., "like_score": ..., "reasoning": ...}]}
+    (`dislike_score` for eq. 3); parse_scores also takes RatingReply's other key names."""
+    rating = create_model("Rating", __base__=_Loose, **{id_key: (str, ...), _score_key(polarity): (Score, ...)},
+                          reasoning=(Unread, Field(None, json_schema_extra=OPTIONAL)))
+    return create_model("ScoreReply", __base__=_Loose, ratings=(list[rating], ...))
+
+
+def compact_score_reply(polarity: Polarity) -> type[BaseModel]:
+    """The compact reply: {"like_scores": {"<id>": score, ...}} (dislike_scores for eq. 3)."""
+    return create_model("CompactScoreReply", __base__=_Loose, **{_score_key(polarity) + "s": (dict[str, Score], ...)})
+
+
 class GroupReply(_Loose):
+    group_id: Unread = Field(None, json_schema_extra=OPTIONAL)
     group_name: str = ""
     members: list[str]
-    reasoning: str = ""
+    reasoning: str = Field("", json_schema_extra=OPTIONAL)
 
 
 class PartitionReply(_Loose):
@@ -268,7 +262,66 @@ class PartitionReply(_Loose):
 
 
 class SimilarityReply(_Loose):
-    similarity_score: float
+    # the range is asked of the model; parse_similarity checks it itself, to name the problem out_of_range
+    similarity_score: float = Field(json_schema_extra={"minimum": 0, "maximum": 1})
+    reasoning: Unread = Field(None, json_schema_extra=OPTIONAL)
+
+
+# the order the keys are sent in (readable: the type first, bounds last); the cache key sorts them anyway
+_SCHEMA_KEY_ORDER = {k: i for i, k in enumerate(("type", "required", "properties", "items", "additionalProperties",
+                                                 "minimum", "maximum"))}
+
+
+def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent with a request (vLLM guided decoding, OpenAI `json_schema` response format):
+    `model.model_json_schema()` with definitions inlined, titles and defaults dropped, and every field
+    required but those marked OPTIONAL. It is part of the response cache key, so it stays byte-stable."""
+    raw = model.model_json_schema()
+    defs = raw.pop("$defs", {})
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return clean(defs[node["$ref"].rsplit("/", 1)[-1]])
+        out = {k: clean(v) for k, v in node.items() if k not in ("title", "default", "properties", "required")}
+        if "properties" in node:
+            props = {name: clean(v) for name, v in node["properties"].items()}
+            out["required"] = [name for name, v in props.items() if not v.pop("x-optional", False)]
+            out["properties"] = props
+        return dict(sorted(out.items(), key=lambda kv: _SCHEMA_KEY_ORDER.get(kv[0], len(_SCHEMA_KEY_ORDER))))
+
+    return clean(raw)
+
+
+# every request carries its schema: built once per (operation, keys), a fresh copy for each request
+@functools.lru_cache(maxsize=None)
+def _schema_json(operation: str, *keys: str) -> str:
+    model = {"profile": profile_reply, "score": score_reply, "compact_score": compact_score_reply,
+             "partition": lambda: PartitionReply, "similarity": lambda: SimilarityReply}[operation](*keys)
+    return json.dumps(reply_schema(model))
+
+
+def profile_schema(id_key: str) -> dict[str, Any]:
+    return json.loads(_schema_json("profile", id_key))
+
+
+def score_schema(id_key: str, polarity: Polarity) -> dict[str, Any]:
+    return json.loads(_schema_json("score", id_key, polarity))
+
+
+def compact_score_schema(polarity: Polarity) -> dict[str, Any]:
+    return json.loads(_schema_json("compact_score", polarity))
+
+
+def partition_schema() -> dict[str, Any]:
+    return json.loads(_schema_json("partition"))
+
+
+def similarity_schema() -> dict[str, Any]:
+    return json.loads(_schema_json("similarity"))
 
 
 # parsing -------------------------------------------------------------------------------------
@@ -366,12 +419,21 @@ def _first(d: dict[str, Any], keys: Sequence[str]) -> Any:
     return None
 
 
+def _rating_score(raw_score: Any) -> Any:
+    """A rating's score as the reply model reads it (a number, or a number in a string), or the raw value
+    when it is none: check_scores then rejects it, and the repair request quotes it as it was."""
+    try:
+        return RatingReply.model_validate({"id": "", "score": raw_score}).score
+    except ValidationError:
+        return raw_score
+
+
 def parse_scores(text: str, id_key: str, polarity: Polarity,
                  wanted: Sequence[int]) -> tuple[dict[int, float], Problem | None]:
     """Scores for the requested ids, and the problems found (None when the reply is complete and clean).
-    Invalid entries (unknown id, score outside [0, 10], not a number) are dropped, never kept. Each id must
-    be rated once: an id rated twice makes the reply invalid (repaired); two different scores for one id
-    contradict each other and neither is kept, the same score twice is kept."""
+    The rules are lagcl.semantic.replies.check_scores: invalid entries (unknown id, score outside [0, 10],
+    not a number) are dropped, never kept; an id rated twice makes the reply invalid (repaired); two
+    different scores for one id contradict each other and neither is kept, the same score twice is kept."""
     value = extract_json(text)
     score_key = _score_key(polarity)
     if isinstance(value, list):
@@ -381,86 +443,52 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
     if not isinstance(value, dict) or not isinstance(value.get("ratings"), list):
         raise ReplyError(f'the JSON must be an object with a "ratings" list (paper style) or a "{score_key}s" '
                          f'object of id -> score (compact style)', "wrong_structure")
-    wanted_set = {str(i) for i in wanted}
-    scores: dict[int, float] = {}
-    rated: dict[int, int] = {}
-    contradicted: set[int] = set()
-    unknown, bad = [], []
-    for entry in value["ratings"]:
-        if not isinstance(entry, dict):
-            bad.append(repr(entry)[:40])
-            continue
-        raw_id = _first(entry, (id_key, "item_id", "id"))
-        raw_score = _first(entry, (score_key, "score", "like_score", "dislike_score"))
-        item = str(raw_id).strip() if raw_id is not None else ""
-        if item not in wanted_set:
-            unknown.append(item or "(missing id)")
-            continue
-        try:
-            rating = RatingReply.model_validate({"id": item, "score": raw_score})
-        except ValidationError:
-            bad.append(f"{item}: {raw_score!r}")
-            continue
-        item_id = int(rating.id)
-        rated[item_id] = rated.get(item_id, 0) + 1
-        if item_id in scores and scores[item_id] != rating.score:
-            contradicted.add(item_id)
-        scores.setdefault(item_id, rating.score)
-    for item_id in contradicted:
-        del scores[item_id]
-    twice = [i for i in wanted if rated.get(i, 0) > 1]
-    missing = [i for i in wanted if i not in scores and i not in contradicted]
+    ratings: list[tuple[Any, Any] | str] = [
+        (_first(e, (id_key, "item_id", "id")), _rating_score(_first(e, (score_key, "score", "like_score",
+                                                                         "dislike_score"))))
+        if isinstance(e, dict) else repr(e)[:40] for e in value["ratings"]]
+    check = check_scores(wanted, ratings)
     problems: list[tuple[str, str]] = []
-    if unknown:
+    if check.unknown:
         problems.append(("unknown_id", f"these {id_key}s were not in the request and were rejected: "
-                                       f"{', '.join(unknown[:20])}"))
-    if bad:
+                                       f"{', '.join(check.unknown[:20])}"))
+    if check.bad:
+        bad = [score if item is None else f"{item}: {score!r}" for item, score in check.bad]
         problems.append(("out_of_range", f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}"))
-    if twice:
-        text = f"these {id_key}s were rated more than once (rate each exactly once): {', '.join(map(str, twice[:20]))}"
-        if contradicted:
-            kept_none = ", ".join(map(str, sorted(contradicted)[:20]))
+    if check.twice:
+        text = (f"these {id_key}s were rated more than once (rate each exactly once): "
+                f"{', '.join(map(str, check.twice[:20]))}")
+        if check.contradicted:
+            kept_none = ", ".join(map(str, sorted(check.contradicted)[:20]))
             text += f" (with different scores, so no score is kept for {kept_none})"
         problems.append(("duplicate_id", text))
-    if missing:
-        problems.append(("missing_id", f"these {id_key}s got no valid score: {', '.join(map(str, missing[:50]))}"))
-    return scores, Problem.of(problems)
+    if check.missing:
+        problems.append(("missing_id", f"these {id_key}s got no valid score: "
+                                       f"{', '.join(map(str, check.missing[:50]))}"))
+    return check.scores, Problem.of(problems)
 
 
 def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], Problem | None]:
-    """Groups with only requested ids, each id in its first group; the ids left out; the problems."""
+    """Groups with only requested ids, each id in its first group; the ids left out; the problems
+    (the rules are lagcl.semantic.replies.check_members)."""
     value = extract_json(text)
     if isinstance(value, list):
         value = {"groups": value}
     reply = _validate(PartitionReply, value)
-    wanted_set = {str(i) for i in wanted}
-    seen: set[int] = set()
-    groups: list[Group] = []
-    unknown, duplicated = [], []
-    for n, g in enumerate(reply.groups):
-        members = []
-        for m in g.members:
-            m = m.strip()
-            if m not in wanted_set:
-                unknown.append(m)
-            elif int(m) in seen:
-                duplicated.append(m)
-            else:
-                seen.add(int(m))
-                members.append(int(m))
-        if members:
-            groups.append(Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members)))
-    missing = [i for i in wanted if i not in seen]
+    check = check_members(wanted, (g.members for g in reply.groups))
+    groups = [Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members))
+              for n, (g, members) in enumerate(zip(reply.groups, check.members)) if members]
     problems: list[tuple[str, str]] = []
-    if unknown:
-        problems.append(("unknown_id", f"these ids were not in the input and were rejected: {', '.join(unknown[:20])}"))
-    if duplicated:
+    if check.unknown:
+        problems.append(("unknown_id", f"these ids were not in the input and were rejected: "
+                                       f"{', '.join(check.unknown[:20])}"))
+    if check.duplicated:
         problems.append(("duplicate_id", f"these ids were assigned to more than one group: "
-                                         f"{', '.join(duplicated[:20])}"))
-    if missing:
+                                         f"{', '.join(check.duplicated[:20])}"))
+    if check.missing:
         problems.append(("missing_id", f"these ids were not assigned to any group: "
-                                       f"{', '.join(map(str, missing[:50]))}"))
-    return groups, missing, Problem.of(problems)
+                                       f"{', '.join(map(str, check.missing[:50]))}"))
+    return groups, check.missing, Problem.of(problems)
 
 
 def parse_similarity(text: str) -> float:

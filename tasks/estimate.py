@@ -1,4 +1,8 @@
-"""What a run will cost, before any call is made (`DRY_RUN=1` / `lagcl estimate`).
+"""What a run will cost, before any call is made (`DRY_RUN=1`): the planner's view of the LLM stages.
+
+It sits with the planner (tasks -> lagcl): the requests per operation follow from the stages the plan
+enables (`tasks.base.enabled_stages`, ablation switches included) and from the same rules the stages
+use (`lagcl.augment.cold_users`, the prompts of `lagcl.semantic.prompts`).
 
 Given the number of requests per operation, each operation's prompt is rendered from the real
 templates (conf/prompts) with a representative request of typical size, and
@@ -30,9 +34,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from lagcl.config import EngineConfig, LLMConfig
+import polars as pl
+
+from lagcl.augment import cold_users
+from lagcl.config import Config, EngineConfig, LLMConfig
 from lagcl.llm.accounting import estimate_tokens, find_in_table, find_price, price_usd
 from lagcl.llm.types import LLMRequest
+from lagcl.semantic.base import Group, Profile, ProfileRequest, ScoreRequest
+from lagcl.semantic.prompts import Prompts
+from tasks.base import enabled_stages
 
 STAGE_OF = {"profile_user": "profiles", "profile_item": "profiles", "score_pos": "augment", "score_neg": "augment",
             "partition_user": "groups", "partition_item": "groups", "similarity_user": "groups",
@@ -161,9 +171,6 @@ def sample_requests(domain: str, engine: EngineConfig, items_per_call: int = 32,
                     ) -> dict[str, LLMRequest]:
     """One representative request per operation, rendered from the real templates with typical sizes:
     titles of ~40 characters, profiles of ~100 + ~150 words; scoring in `llm.prompt_style`."""
-    from lagcl.semantic.base import Group, Profile, ProfileRequest, ScoreRequest
-    from lagcl.semantic.prompts import Prompts
-
     llm = llm or LLMConfig()
     p = Prompts(domain, max_tokens=engine.max_tokens, temperature=engine.temperature, style=llm.prompt_style,
                 summary_words=llm.compact_summary_words)
@@ -304,7 +311,7 @@ def variants_table(estimates: Sequence[Estimate]) -> str:
     return "\n".join(lines)
 
 
-def projected_counts(n_users: int, n_items: int, cold_share: float, cfg) -> tuple[dict[str, int], ScoringLoad]:
+def projected_counts(n_users: int, n_items: int, cold_share: float, cfg: Config) -> tuple[dict[str, int], ScoringLoad]:
     """Counts and scoring load for a dataset of `n_users` x `n_items`, with `cold_share` of its users cold-start
     (below augment.cold_threshold training positives, so each has at most that many items seen): one profile
     per user and item, a sample of min(n_candidates, n_items - cold_threshold) candidates per cold user and
@@ -321,7 +328,7 @@ def projected_counts(n_users: int, n_items: int, cold_share: float, cfg) -> tupl
     return counts, load
 
 
-def projections_table(cfg, cold_share: float, **kw) -> str:
+def projections_table(cfg: Config, cold_share: float, **kw) -> str:
     """USD for the paper's Table-1 datasets, as configured and in the compact style with cache and batches."""
     best_engine = replace_engine(cfg.engine, batch_api=True)
     best_llm = cfg.llm.model_copy(update={"prompt_style": "compact", "prompt_cache": True})
@@ -338,35 +345,31 @@ def projections_table(cfg, cold_share: float, **kw) -> str:
     return "\n".join(lines)
 
 
-def scoring_load(interactions, n_items: int, cfg) -> ScoringLoad:
+def scoring_load(interactions: pl.DataFrame, n_items: int, cfg: Config) -> ScoringLoad:
     """Each cold-start user's sample size, from the same rules the augment stage uses: every item the user
     has not seen in training, at most augment.n_candidates."""
-    import polars as pl
-
-    from lagcl.augment import cold_users
-
     cold = cold_users(interactions, cfg.augment.cold_threshold)
     seen = dict(interactions.filter(pl.col("split") == "train").group_by("user").len().iter_rows())
     return ScoringLoad(tuple(min(cfg.augment.n_candidates, n_items - seen.get(u, 0)) for u in cold))
 
 
-def planned_counts(interactions, n_users: int, n_items: int, cfg) -> dict[str, int]:
+def planned_counts(interactions: pl.DataFrame, n_users: int, n_items: int, cfg: Config) -> dict[str, int]:
     """Requests each LLM operation will make on this data under `cfg` (a lagcl.config.Config), from
     the same rules the stages use: one profile request per user and item (eq. 1); per cold-start
     user, ceil(sample / items_per_call) like and dislike requests (eq. 2-3; packed to
     compact_items_per_call in the compact style); ceil(n / batch_size) partitions per kind (eq. 5); at most
     `candidate_pairs_k` similarity requests per group (eq. 6, an upper bound: mutual candidate pairs are
-    asked once)."""
-    on = {s: v for s, v in cfg.pipeline.stages.items()}
+    asked once). Only the stages the plan runs count (`enabled_stages`: switches and ablations)."""
+    on = set(enabled_stages(cfg))
     counts: dict[str, int] = {}
-    if on.get("profiles", True):
+    if "profiles" in on:
         counts["profile_user"], counts["profile_item"] = n_users, n_items
-    if on.get("augment", True) and cfg.pipeline.ablation != "no-data":
+    if "augment" in on:
         load = scoring_load(interactions, n_items, cfg)
         calls = sum(load.calls_per_sample(cfg.augment.items_per_call,
                                           chunks_per_call(cfg.llm, cfg.augment.items_per_call)))
         counts["score_pos"] = counts["score_neg"] = calls
-    if on.get("groups", True):
+    if "groups" in on:
         g = cfg.groups
         for kind, n in (("user", n_users), ("item", n_items)):
             counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
