@@ -110,7 +110,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("augmented",), extras=(prompt_style,), meta=RequestsMeta, timing="seconds_this_run"),
+              writes=("scores", "augmented"), extras=(prompt_style,), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "1",
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("items",), "profiles": ("user_profiles", "item_profiles")},
