@@ -1,4 +1,5 @@
-"""The stage graph, fingerprints, and the context every stage runs in.
+"""The planner (fingerprints from the stage registry, tasks/stages.py), the context every stage runs in
+(`Plan`, `plan.input`), and the stage template (`run_stage`) every stage module runs through (docs/stages.md).
 
 Fingerprints are known before anything runs (they depend on configuration, code versions and the
 contents of the raw input files, digested by lagcl.data.digest), so the flow, `lagcl status` and Prefect's
@@ -23,7 +24,8 @@ from lagcl.data.formats import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.meta import meta_of
-from tasks.stages import STAGES, StageSpec, check_switches, rank_enabled  # noqa: F401 (StageSpec, rank_enabled: the public names)
+# StageSpec and rank_enabled are imported from here by the stage modules and the LLM cost estimate
+from tasks.stages import STAGES, StageSpec, check_switches, rank_enabled  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")

@@ -29,7 +29,9 @@ from tasks.base import REPO_ROOT, STAGES, Plan, StageRef, log
 
 DGL_PYTHON_ENV = "LAGCL_DGL_PYTHON"
 _LOG_PREFIX = "@lagcl-log:"  # marks the child's log records in its output, level name follows
-_IN_CHILD = [False]  # set in the child: it is where the stage runs, even when its own DGL import would fail
+# set for the child: it is where the stage runs, even when its own DGL import fails (it reports that error
+# instead of handing the stage on again)
+IN_DGL_ENV = "LAGCL_IN_DGL_ENV"
 
 
 def dgl_python() -> Path:
@@ -39,7 +41,8 @@ def dgl_python() -> Path:
 
 def runs_in_dgl_env(plan: Plan) -> bool:
     """True when this stage must run in the DGL environment: DGL asked for and not importable here."""
-    return plan.cfg.graph.backend == "dgl" and not _IN_CHILD[0] and importlib.util.find_spec("dgl") is None
+    return (plan.cfg.graph.backend == "dgl" and not os.environ.get(IN_DGL_ENV)
+            and importlib.util.find_spec("dgl") is None)
 
 
 def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
@@ -56,7 +59,7 @@ def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
     payload = json.dumps({"config": plan.cfg.model_dump(mode="json"), "fingerprints": plan.fingerprints,
                           "path": ref.path})
     log.info("%s: graph.backend=dgl, running the stage in the DGL environment (%s)", stage, python)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", IN_DGL_ENV: "1"}
     tail: deque[str] = deque(maxlen=30)
     bar_open = False  # a progress bar is drawn on stderr's last line: end it before the next log line
     # newline="": keep each piece's own terminator, so tqdm's "\r" redraws can be told from whole lines
@@ -117,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         if plan.ref(args.stage).path != payload["path"]:
             raise LagclError(f"the DGL environment resolves the {args.stage} stage folder to {plan.ref(args.stage).path}, not "
                              f"{payload['path']}: run both environments from the same checkout")
-        _IN_CHILD[0] = True  # this process is the DGL environment: run the stage here, whatever DGL says
         STAGES[args.stage].runner(plan)
     except LagclError as exc:
         log.error("%s", exc)
