@@ -11,6 +11,7 @@ import polars as pl
 
 from lagcl.artifacts import atomic_write_bytes, is_complete, read_manifest, read_table
 from tasks.base import Plan
+from tasks.meta import RequestsMeta, meta_of
 
 RUNS = "runs.jsonl"  # one line per finished flow run of the dataset: its stage fingerprints and folders
 
@@ -68,7 +69,7 @@ def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> lis
                      f"new, {len(oi - ni):,} gone")
     sent = cached = 0
     for stage in recomputed:
-        u = ((read_manifest(Path(done[stage])) or {}).get("meta", {}).get("usage") or {})
+        u = RequestsMeta.of(meta_of(done[stage])).usage
         sent += u.get("requests", 0)  # answered by the backend in this run (the cached ones are apart)
         cached += u.get("cached", 0)
     lines.append(f"  LLM: {sent:,} requests sent, {cached:,} answered from the response cache (reused stages sent "

@@ -8,7 +8,7 @@ from pathlib import Path
 from lagcl.gate import format_chain
 from lagcl.stats import format_p, mark
 from tasks.base import Plan
-from tasks.meta import Headline, PrepareMeta, RequestsMeta, meta_of
+from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
 
 
 def print_summary(plan: Plan, done: dict[str, str]) -> None:
@@ -27,10 +27,11 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
               f"level {'on' if h.rank_level else 'off'}): test Recall@20 {h.test_recall:.4f}, NDCG@20 "
               f"{h.test_ndcg:.4f}; control {h.control_test_recall:.4f} / {h.control_test_ndcg:.4f}")
     if "evaluate" in done:
-        m = meta_of(done["evaluate"])
-        print(f"evaluate ({m['users']:,} users, |C_u| = {m['candidates']}): CF test Recall@20 "
-              f"{m['cf_test_recall@20']:.4f} NDCG@20 {m['cf_test_ndcg@20']:.4f}; {m['headline_variant']} (alpha "
-              f"{m['alpha']}, tau {m['tau']}) Recall@20 {m['test_recall@20']:.4f} NDCG@20 {m['test_ndcg@20']:.4f}; "
+        e = EvaluateMeta.of(meta_of(done["evaluate"]))
+        h = e.headline
+        print(f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 "
+              f"{e.cf_test_recall:.4f} NDCG@20 {e.cf_test_ndcg:.4f}; {h.variant} (alpha "
+              f"{e.alpha}, tau {e.tau}) Recall@20 {h.test_recall:.4f} NDCG@20 {h.test_ndcg:.4f}; "
               f"report: {Path(done['evaluate']) / 'report.md'}")
     chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
     if chain_from:

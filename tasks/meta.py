@@ -77,3 +77,21 @@ class Headline:
             rerank_level=meta.get("rerank_level"),
             variant=meta.get("headline_variant") if stage == "evaluate" else meta.get("variant"),
             groups=meta.get("groups"), levels=meta.get("levels", []))
+
+
+@dataclass(frozen=True)
+class EvaluateMeta:
+    """The evaluate stage's headline beside CF alone, and the fusion that made it (eq. 19-21)."""
+
+    headline: Headline
+    users: int
+    candidates: int
+    cf_test_recall: float
+    cf_test_ndcg: float
+    alpha: float
+    tau: float
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> "EvaluateMeta":
+        return cls(Headline.of("evaluate", meta), meta["users"], meta["candidates"], meta["cf_test_recall@20"],
+                   meta["cf_test_ndcg@20"], meta["alpha"], meta["tau"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from lagcl.config import Config
-from tasks.meta import Headline, PrepareMeta, RequestsMeta
+from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta
 
 if TYPE_CHECKING:
     from tasks.base import Plan, StageRef
@@ -141,7 +141,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               requires={"gcl": "needs the gcl stage's cf_topk"}, optional=("control", "rerank"),
               reads={"prepare": ("interactions", "users", "items"), "control": ("per_user",),
                      "gcl": ("cf_topk", "metrics"), "rerank": ("rerank_scores", "rerank_users")},
-              writes=("metrics", "grid", "recommendations"), extras=(cold_split, train_seed), meta=Headline,
+              writes=("metrics", "grid", "recommendations"), extras=(cold_split, train_seed), meta=EvaluateMeta,
               timing="stage_seconds"),
 )}
 
