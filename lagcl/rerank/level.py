@@ -18,7 +18,7 @@ from lagcl.config import Config, GateConfig
 from lagcl.gate import Step, above_noise, beats, gain
 from lagcl.recommend import recommendations
 from lagcl.report import grid_plot, metrics_plot, protocols_markdown, report_markdown
-from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, fusion_user_metrics, grid_search, user_items
+from lagcl.rerank.fusion import CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search, user_items
 from lagcl.stats import format_p, mark, paired_users
 
 
@@ -66,10 +66,13 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
             variants["cf+rerank (tuned)"] = (a, t)
             sd.write_table("grid", grid)
         variants["rerank only"] = (0.0, rc.tau)
+    # each ranking once: the metrics are its per-user values' means, the paired tests below use the values
+    per_user = {(name, split): fusion_users(m, alpha, tau, tr, ex, ks)
+                for name, (alpha, tau) in variants.items() for split, (m, tr, ex) in split_args.items()}
     rows = []
     for name, (alpha, tau) in variants.items():
-        for split, (m, tr, ex) in split_args.items():
-            for (metric, kk), v in fusion_metrics(m, alpha, tau, tr, ex, ks).items():
+        for split in split_args:
+            for (metric, kk), v in per_user[(name, split)].means().items():
                 rows.append({"variant": name, "split": split, "metric": metric, "k": kk, "value": v,
                              "alpha": alpha, "tau": tau})
     metrics = pl.DataFrame(rows, schema={"variant": pl.String, "split": pl.String, "metric": pl.String,
@@ -85,8 +88,7 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
     if k:
         fused = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else "cf+rerank"
         cand, base = val(fused, "valid", "ndcg"), val("cf", "valid", "ndcg")
-        t = paired_users(fusion_user_metrics(mat_valid, *variants[fused], truth["valid"])[1]["ndcg"],
-                         fusion_user_metrics(mat_valid, *variants["cf"], truth["valid"])[1]["ndcg"],
+        t = paired_users(per_user[(fused, "valid")].values("ndcg"), per_user[("cf", "valid")].values("ndcg"),
                          cfg.gate.resamples)
         ok = beats(cand, base, cfg.gate.min_gain) and above_noise(t, cfg.gate)
         reason = (f"validation NDCG@20 of {len(holdout)} held-out users {cand:.4f} vs CF {base:.4f} "
@@ -101,7 +103,7 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
         seg = {"": users, **{f"_{k}": v for k, v in parts.items()}}
         numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand,
                    "valid_scope": f"{len(holdout)} held-out users",
-                   **paired_with_control(mat, variants[fused], truth, x.control_per_user, cfg.gate)}
+                   **paired_with_control(per_user[(fused, "test")], x.control_per_user, cfg.gate)}
         for name, us in seg.items():
             if not us:
                 continue
@@ -138,14 +140,13 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
     return meta
 
 
-def paired_with_control(mat: CandidateMatrix, fusion: tuple[float, float], truth: dict,
-                    control_per_user: pl.DataFrame | None, gate: GateConfig) -> dict:
+def paired_with_control(fused_test: FusedUsers, control_per_user: pl.DataFrame | None, gate: GateConfig) -> dict:
     """The fused ranking's test Recall/NDCG@20 against the control's, paired over the same users (TEST_KEYS)."""
     if control_per_user is None:
         return {}  # no control per-user table (a gcl stage built outside a pipeline run): no paired test
-    users, per = fusion_user_metrics(mat, *fusion, truth["test"], truth["valid"])
     ctrl = control_per_user.filter((pl.col("variant") == "control") & (pl.col("split") == "test"))
-    fused = pl.DataFrame({"user": users.astype("int32"), "recall_f": per["recall"], "ndcg_f": per["ndcg"]})
+    fused = pl.DataFrame({"user": fused_test.users.astype("int32"), "recall_f": fused_test.values("recall"),
+                          "ndcg_f": fused_test.values("ndcg")})
     both = fused.join(ctrl.select(pl.col("user").cast(pl.Int32), "recall", "ndcg"), on="user").sort("user")
     out = {}
     for m in ("recall", "ndcg"):
