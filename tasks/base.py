@@ -24,8 +24,8 @@ from lagcl.data.formats import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.meta import meta_of
-# StageSpec and rank_enabled are imported from here by the stage modules and the LLM cost estimate
-from tasks.stages import STAGES, StageSpec, check_switches, rank_enabled  # noqa: F401
+# rank_enabled is imported from here by the stage modules and the LLM cost estimate
+from tasks.stages import STAGES, check_switches, rank_enabled  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
