@@ -13,28 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.options import add_run_options, build_config
+from flows.summary import comparison_rows, format_comparison
 from lagcl.artifacts import read_manifest
 from lagcl.errors import LagclError
-from lagcl.stats import format_p, mark
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    from tasks.base import STAGES
-
-    p.add_argument("--data", default="ml-100k")
-    p.add_argument("--engine", default="embedding")
-    p.add_argument("--model", default="lightgcn")
-    p.add_argument("--rank", choices=["on", "off"], default=None)
-    p.add_argument("--ablation", choices=["no-data", "no-rank", "no-rerank"], default=None)
-    p.add_argument("--from-stage", choices=list(STAGES), default=None)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+from tasks.base import make_plan
+from tasks.meta import meta_of
 
 
 def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
-    from flows.pipeline import build_config
-    from tasks.base import make_plan
-
     cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
     plan = make_plan(cfg)
     rows = []
@@ -59,57 +46,7 @@ def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     return rows
 
 
-def comparison_rows(store) -> list[dict[str, object]]:
-    """Table 2 / Table 3 view: every finished control (no level), gcl run (levels kept on validation) and
-    evaluate run (CF + reranker when kept) of a dataset in the artifact store, with which levels it kept and
-    its test change against its own control."""
-    rows = []
-    for stage in ("control", "gcl", "evaluate"):
-        for folder in store.iter_stage_dirs(stage):
-            meta = (read_manifest(folder) or {}).get("meta")
-            if not meta or "test_recall@20" not in meta:
-                continue
-            on = lambda v: "?" if v is None else ("on" if v else "off")  # noqa: E731
-            control = meta.get("control_test_recall@20") if stage != "control" else meta["test_recall@20"]
-            rows.append({
-                "stage": stage, "backbone": meta.get("backbone"),
-                "data": on(meta.get("data_level", meta.get("augmented"))), "rank": on(meta.get("rank_level")),
-                "rerank": on(meta.get("rerank_level")) if stage == "evaluate" else "off",
-                "groups": str(meta.get("groups", "")).split(" ")[0] if stage == "gcl" else "",
-                "recall@20": meta["test_recall@20"], "ndcg@20": meta["test_ndcg@20"],
-                "vs_control": (meta["test_recall@20"] - control) / control if control else None,
-                "p": _last_kept_p(meta) if stage != "control" else None,
-                "folder": folder.name,
-            })
-    return sorted(rows, key=lambda r: (str(r["backbone"]), r["stage"] != "control", r["data"], r["rank"],
-                                       r["rerank"], r["folder"]))
-
-
-def _last_kept_p(meta: dict) -> float | None:
-    """The paired test's p of the run's last kept level against the control (None: no level kept, or a rerank
-    level, whose fused ranking has no per-user test)."""
-    kept = [r for r in meta.get("levels", []) if r.get("kept") and r.get("level") != "control"]
-    return kept[-1].get("test_recall@20_p") if kept else None
-
-
-def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
-    lines = [f"finished runs of {dataset} in the store (test, all-rank; levels = those kept on validation; "
-             "R@20 change against the backbone's control, p of the paired test over users, * < 0.05, ** < 0.01):",
-             f"  {'backbone':<9} {'stage':<8} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
-             f"{'NDCG@20':>8} {'vs ctrl':>10} {'p':>7}  folder under cache/<dataset>/<stage>"]
-    for r in rows:
-        p = r.get("p")
-        vs = (f"{r['vs_control']:+.1%}" + (mark(p) if p is not None else "")) if r["vs_control"] is not None else "-"
-        lines.append(f"  {r['backbone']!s:<9} {r['stage']:<8} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} "
-                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>10} {format_p(p):>7}  "
-                     f"{r['folder']}")
-    return "\n".join(lines)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from flows.pipeline import build_config
-    from tasks.base import make_plan
-
     cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
     print(format_comparison(comparison_rows(make_plan(cfg).store), cfg.data.name))
     return 0
@@ -128,9 +65,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def run_folders(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
     """stage -> finished folder of the run these options describe; when that run has not finished (e.g. the raw
     data changed since), the newest finished run of the dataset, with a note saying so."""
-    from flows.pipeline import build_config
-    from tasks.base import make_plan
-
     cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
     plan = make_plan(cfg)
     note = None
@@ -144,7 +78,7 @@ def run_folders(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
         finished_at, ev = max(done)
         note = (f"note: the run of these options has not finished; showing the newest finished run of "
                 f"{cfg.data.name} ({finished_at}, {ev})")
-    fps = read_manifest(ev)["meta"].get("fingerprints") or {}
+    fps = meta_of(ev).get("fingerprints") or {}
     folders = {s: plan.store.stage_path(s, fp) for s, fp in fps.items()}
     folders["evaluate"] = ev
     return folders, note

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-# the stages log through "lagcl", which flows.pipeline routes to Prefect; these runs are not flow runs
+# the stages log through "lagcl", which flows/env.py routes to Prefect; these runs are not flow runs
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-from flows.pipeline import RUNNERS, build_config  # noqa: E402
+from flows.options import build_config  # noqa: E402
 from lagcl.artifacts import read_manifest, read_table  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
 from lagcl.stats import combined, format_p, mark, paired_seeds, paired_users, spread  # noqa: E402
-from tasks.base import log, make_plan  # noqa: E402
+from tasks.base import STAGES, log, make_plan  # noqa: E402
 
 METRICS = ("recall", "ndcg")
 GCL_STAGES_ONLY = ["pipeline.stages.rerank=false", "pipeline.stages.evaluate=false", "gate.enabled=false"]
@@ -62,7 +62,7 @@ def run_gcl(data: str, engine: str, model: str, ablation: str | None, train_seed
     cached = {}
     for stage in plan.fingerprints:
         cached[stage] = plan.store.is_complete(stage, plan.fingerprints[stage])
-        RUNNERS[stage](plan)
+        STAGES[stage].runner(plan)
     log.info("tables: %s seed %s%s: %s", model, train_seed if train_seed is not None else cfg.seed,
              f" ({ablation})" if ablation else "", ", ".join(f"{s} {'cached' if c else 'computed'}"
                                                              for s, c in cached.items()))

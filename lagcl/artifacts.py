@@ -243,6 +243,18 @@ class ArtifactStore:
             yield from sorted(p for p in d.iterdir() if p.is_dir())
 
 
+def _table_parts(files: dict[str, str], name: str) -> list[str]:
+    """The manifest entries holding table `name`: its Parquet file, else its shards."""
+    rel = f"{name}.parquet"
+    return [rel] if rel in files else sorted(f for f in files if f.startswith(f"shards/{name}/")
+                                             and _SHARD_RE.match(Path(f).name))
+
+
+def has_table(stage_dir: Path, name: str) -> bool:
+    """True when the stage folder's manifest lists table `name` (as one file or as shards)."""
+    return bool(_table_parts((read_manifest(stage_dir) or {}).get("files", {}), name))
+
+
 def read_table(stage_dir: Path, name: str) -> pl.DataFrame:
     """Read a table of a complete stage, checking its checksum against the manifest. A table written in
     shards (`StageDir.write_shard`) is read as the concatenation of its shards, each checked."""
@@ -251,9 +263,7 @@ def read_table(stage_dir: Path, name: str) -> pl.DataFrame:
     if manifest is None:
         raise ArtifactError(f"{stage_dir} has no manifest: the stage did not finish; rerun the pipeline to resume it")
     files = manifest.get("files", {})
-    rel = f"{name}.parquet"
-    shards = sorted(f for f in files if f.startswith(f"shards/{name}/") and _SHARD_RE.match(Path(f).name))
-    parts = [rel] if rel in files else shards
+    parts = _table_parts(files, name)
     if not parts:
         raise ArtifactError(f"{stage_dir} has no table '{name}'; tables: {sorted(files)}")
     for part in parts:

@@ -388,10 +388,9 @@ class RecommendConfig(Section):
 
 
 class PipelineConfig(Section):
-    stages: dict[Literal["profiles", "augment", "groups", "control", "gcl", "rerank", "evaluate"], bool] = Field(
-        default_factory=lambda: {s: True for s in ("profiles", "augment", "groups", "control", "gcl", "rerank",
-                                                   "evaluate")}
-    )
+    # stage -> on/off; a stage not named is on. The stage names are the registry's (tasks/stages.py), which
+    # the planner checks them against: lagcl does not know the pipeline's stages
+    stages: dict[str, bool] = Field(default_factory=dict)
     ablation: Literal["none", "no-data", "no-rank", "no-rerank"] = "none"
     from_stage: str | None = None
     runner: Literal["local", "dask"] = Field(

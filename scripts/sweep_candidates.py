@@ -23,7 +23,7 @@ import polars as pl
 
 
 def _plan(args: argparse.Namespace, extra: list[str]):
-    from flows.pipeline import build_config
+    from flows.options import build_config
     from tasks.base import make_plan
 
     cfg = build_config(args.data, args.engine, args.model, args.rank, None, [*args.overrides, *extra])
@@ -31,11 +31,10 @@ def _plan(args: argparse.Namespace, extra: list[str]):
 
 
 def _run_stages(plan, upto: str) -> None:
-    from flows.pipeline import RUNNERS
+    from tasks.base import STAGES
 
     for stage in plan.fingerprints:
-        if stage in RUNNERS:
-            RUNNERS[stage](plan)
+        STAGES[stage].runner(plan)
         if stage == upto:
             return
 
@@ -146,7 +145,7 @@ def plot(table: pl.DataFrame, path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import add_run_options
+    from flows.options import add_run_options
 
     p = argparse.ArgumentParser(prog="python -m scripts.sweep_candidates", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

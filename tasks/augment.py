@@ -6,54 +6,52 @@ import time
 
 from lagcl.augment import (AUGMENTED_SCHEMA, SCORES, SCORES_SCHEMA, augment_quality, candidate_samples, chunks,
                            cold_users, run_scoring, select_augmented)
-from tasks.base import Plan, StageRef, finished, log, semantic_engine
+from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
 
 STAGE = "augment"
 
 
 def run(plan: Plan) -> StageRef:
-    cfg, store = plan.cfg, plan.store
+    return run_stage(plan, STAGE, _build, _summary)
+
+
+def _build(plan: Plan, sd) -> dict:
+    cfg = plan.cfg
     a = cfg.augment
-    ref = plan.ref(STAGE)
-    up = plan.upstream(STAGE)
-    with plan.stage_dir(STAGE) as sd:
-        if finished(sd):
-            return ref
-        with semantic_engine(plan, STAGE) as engine:
-            t0 = time.time()
-            inter = store.read_table("prepare", up["prepare"].fingerprint, "interactions")
-            items = store.read_table("prepare", up["prepare"].fingerprint, "items")
-            user_profiles = store.read_table("profiles", up["profiles"].fingerprint, "user_profiles")
-            item_profiles = store.read_table("profiles", up["profiles"].fingerprint, "item_profiles")
-            users = cold_users(inter, a.cold_threshold)
-            raw_users = store.read_table("prepare", up["prepare"].fingerprint, "users")
-            samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed,
-                                        user_keys=dict(zip(raw_users["user"].to_list(), raw_users["raw_id"].to_list())),
-                                        item_keys=dict(zip(items["item"].to_list(), items["raw_id"].to_list())))
-            todo = chunks(samples, a.items_per_call)
-            res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
-                              dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,
-                              on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
-            t_score = time.time() - t0
-            scores = sd.read_shards(SCORES, SCORES_SCHEMA)
-            augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
-            sd.write_table("augmented", augmented.select(list(AUGMENTED_SCHEMA)))
-            quality = augment_quality(augmented, scores, inter, items)
-            meta = {"cold_users": len(users), "requests": res.requests, "sent_this_run": res.sent,
-                    "resumed": res.skipped, "failed": res.failed, "scores": scores.height,
-                    "augmented_pos": int((augmented["sign"] == 1).sum()),
-                    "augmented_neg": int((augmented["sign"] == -1).sum()),
-                    "quality": quality, "engine": engine.name, "model": engine.model, "approximate": engine.approximate,
-                    "usage": engine.usage().__dict__, "seconds_scoring": round(t_score, 2),
-                    "seconds_this_run": round(time.time() - t0, 2)}
-            sd.finish(meta)
+    with semantic_engine(plan, STAGE) as engine:
+        t0 = time.time()
+        inter, items, raw_users = (plan.input("prepare", t) for t in ("interactions", "items", "users"))
+        user_profiles = plan.input("profiles", "user_profiles")
+        item_profiles = plan.input("profiles", "item_profiles")
+        users = cold_users(inter, a.cold_threshold)
+        samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed,
+                                    user_keys=dict(zip(raw_users["user"].to_list(), raw_users["raw_id"].to_list())),
+                                    item_keys=dict(zip(items["item"].to_list(), items["raw_id"].to_list())))
+        todo = chunks(samples, a.items_per_call)
+        res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
+                          dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,
+                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
+        t_score = time.time() - t0
+        scores = sd.read_shards(SCORES, SCORES_SCHEMA)
+        augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
+        sd.write_table("augmented", augmented.select(list(AUGMENTED_SCHEMA)))
+        return {"cold_users": len(users), "requests": res.requests, "sent_this_run": res.sent,
+                "resumed": res.skipped, "failed": res.failed, "scores": scores.height,
+                "augmented_pos": int((augmented["sign"] == 1).sum()),
+                "augmented_neg": int((augmented["sign"] == -1).sum()),
+                "quality": augment_quality(augmented, scores, inter, items), "engine": engine.name,
+                "model": engine.model, "approximate": engine.approximate, "usage": engine.usage().__dict__,
+                "seconds_scoring": round(t_score, 2)}
+
+
+def _summary(meta: dict) -> None:
+    quality = meta["quality"]
     log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed); %d augmented positives, "
-             "%d negatives; by %s/%s%s in %.1fs", len(users), res.requests, res.sent, res.skipped, res.failed,
-             meta["augmented_pos"], meta["augmented_neg"], engine.name, engine.model,
-             " (approximation)" if engine.approximate else "", meta["seconds_this_run"])
+             "%d negatives; by %s/%s%s in %.1fs", meta["cold_users"], meta["requests"], meta["sent_this_run"],
+             meta["resumed"], meta["failed"], meta["augmented_pos"], meta["augmented_neg"], meta["engine"],
+             meta["model"], " (approximation)" if meta["approximate"] else "", meta["seconds_this_run"])
     log.info("augment quality: positive precision %.4f vs random %.4f (lift %.2f); negatives on held-out "
              "positives %.4f vs random %.4f (ratio %.2f); dislike lean neg %s / random %s / pos %s",
              quality["pos_precision"], quality["pos_random_precision"], quality["pos_lift"],
              quality["neg_heldout_precision"], quality["neg_random_precision"], quality["neg_heldout_ratio"],
              quality.get("dislike_lean_neg"), quality.get("dislike_lean_random"), quality.get("dislike_lean_pos"))
-    return ref

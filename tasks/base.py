@@ -1,4 +1,5 @@
-"""The stage graph, fingerprints, and the context every stage runs in.
+"""The planner (fingerprints from the stage registry, tasks/stages.py), the context every stage runs in
+(`Plan`, `plan.input`), and the stage template (`run_stage`) every stage module runs through (docs/stages.md).
 
 Fingerprints are known before anything runs (they depend on configuration, code versions and the
 contents of the raw input files, digested by lagcl.data.digest), so the flow, `lagcl status` and Prefect's
@@ -8,47 +9,27 @@ cache keys all agree on them.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, read_manifest
+import polars as pl
+
+from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, has_table, is_complete, read_manifest, read_table
 from lagcl.config import Config
-from lagcl.data.digest import InputFile, inputs_digest, raw_inputs
+from lagcl.data.digest import InputFile, raw_inputs
 from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
+from tasks.meta import meta_of
+# rank_enabled is imported from here by the stage modules and the LLM cost estimate
+from tasks.stages import STAGES, check_switches, rank_enabled  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
 log.setLevel(logging.INFO)  # stage counts and timings are part of the output, whatever the root level
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    sections: tuple[str, ...]
-    upstream: tuple[str, ...]
-    version: str
-
-
-# the order is the execution order; a stage's version changes when its code changes what it writes
-# (rerank 2: the classifier head is drawn from `seed`, not from the process's random state; augment 2: quality
-# figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control;
-# control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py; evaluate 3: the
-# `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items are added)
-STAGES: dict[str, StageSpec] = {s.name: s for s in (
-    StageSpec("prepare", ("data",), (), "1"),
-    StageSpec("profiles", ("data", "engine", "profiles"), ("prepare",), "1"),
-    StageSpec("augment", ("engine", "augment"), ("prepare", "profiles"), "3"),
-    StageSpec("groups", ("engine", "groups"), ("prepare", "profiles"), "2"),
-    StageSpec("control", ("gcl", "graph", "evaluate"), ("prepare",), "2"),
-    StageSpec("gcl", ("gcl", "rank", "graph", "evaluate", "data_level", "gate"), ("prepare", "augment", "groups",
-                                                                                    "control"), "3"),
-    StageSpec("rerank", ("rerank",), ("prepare", "profiles", "augment", "gcl"), "2"),
-    StageSpec("evaluate", ("evaluate", "rerank", "gate", "recommend"), ("prepare", "control", "gcl", "rerank"), "3"),
-)}
 
 
 def finished(sd: StageDir) -> bool:
@@ -69,17 +50,14 @@ class StageRef:
 
 def enabled_stages(cfg: Config) -> list[str]:
     """Stages this run executes, after ablation switches (Table 3)."""
-    on = {"prepare": True, **{k: v for k, v in cfg.pipeline.stages.items()}}
+    check_switches(cfg.pipeline.stages)
+    on = {"prepare": True, **cfg.pipeline.stages}
     ablation = cfg.pipeline.ablation
     if ablation == "no-data":
         on["augment"] = False
     elif ablation == "no-rerank":
         on["rerank"] = False
     return [s for s in STAGES if on.get(s, True)]
-
-
-def rank_enabled(cfg: Config) -> bool:
-    return cfg.rank.enabled and cfg.pipeline.ablation != "no-rank"
 
 
 @dataclass
@@ -101,42 +79,44 @@ class Plan:
         """The stage's folder; its manifest records the config sections the fingerprint was made of."""
         sd = self.store.stage(stage, self.fingerprints[stage])
         sd.config = {"seed": self.cfg.seed, **{s: getattr(self.cfg, s).model_dump(mode="json")
-                                               for s in STAGES[stage].sections}}
+                                               for s in STAGES[stage].hashed_sections(self.cfg)}}
         return sd
 
     def upstream(self, stage: str) -> dict[str, StageRef]:
         return {u: self.ref(u) for u in STAGES[stage].upstream if u in self.fingerprints}
 
+    def input(self, stage: str, table: str, optional: bool = False) -> pl.DataFrame | None:
+        """Table `table` of the finished stage `stage` of this run: the one way a stage reads an upstream.
+        `optional`: None while that stage is off, unfinished or without such a table (an optional input);
+        otherwise a missing table is an ArtifactError naming the folder."""
+        if stage not in self.fingerprints:
+            if optional:
+                return None
+            raise ConfigError(f"stage '{stage}' is not part of this run: enable pipeline.stages.{stage}")
+        folder = Path(self.ref(stage).path)
+        if optional and not (is_complete(folder, verify=False) and has_table(folder, table)):
+            return None
+        return read_table(folder, table)
 
-# stages that cannot run without another (the other upstreams are optional inputs)
-REQUIRES = {"augment": ("profiles",), "groups": ("profiles",), "gcl": ("control",), "rerank": ("gcl",),
-            "evaluate": ("gcl",)}
+    def meta(self, stage: str) -> dict:
+        """The manifest meta of stage `stage` of this run ({} while it is off or unfinished)."""
+        return meta_of(self.ref(stage).path) if stage in self.fingerprints else {}
 
 
 def make_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
     enabled = enabled_stages(cfg)
     for name in enabled:
-        missing = [r for r in REQUIRES.get(name, ()) if r not in enabled]
+        missing = [r for r in STAGES[name].requires if r not in enabled]
         if missing:
             raise ConfigError(f"stage '{name}' needs stage(s) {missing}: set pipeline.stages.{missing[0]}=true "
                               f"or pipeline.stages.{name}=false")
     plan.inputs = raw_inputs(cfg.data, raw_root(cfg.data, REPO_ROOT), plan.store.root)
     for name in enabled:
         spec = STAGES[name]
-        config_hash = _config_hash(cfg, spec.sections)
-        extra = f"seed={cfg.seed}" + (f";rank={rank_enabled(cfg)}" if name == "gcl" else "")
-        if name == "prepare":  # the raw data itself: new or changed files recompute prepare and what follows
-            extra += f";raw={inputs_digest(plan.inputs)}"
-        if name in ("control", "gcl", "evaluate"):  # the cold/warm split of the metrics
-            extra += f";cold={cfg.augment.cold_threshold}"
-        if cfg.train_seed is not None and name in ("control", "gcl", "rerank", "evaluate"):
-            extra += f";train_seed={cfg.train_seed}"
-        if name == "augment" and cfg.llm.prompt_style != "paper":  # other scores (paper runs keep their folders)
-            extra += f";prompt_style={cfg.llm.prompt_style},{cfg.llm.compact_items_per_call}," \
-                     f"{cfg.llm.compact_summary_words}"
+        config_hash = _config_hash(cfg, spec.hashed_sections(cfg))
         ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
-        plan.fingerprints[name] = fingerprint(name, config_hash + extra, ups, spec.version)
+        plan.fingerprints[name] = fingerprint(name, config_hash + spec.extra(plan), ups, spec.version)
     return plan
 
 
@@ -172,3 +152,48 @@ def semantic_engine(plan: Plan, stage: str | None = None) -> Iterator[SemanticEn
     parts = sum(client.nthreads().values())
     log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", client.scheduler.address, parts)
     yield DistributedEngine(cfg, plan.store.root, client.get_executor(), parts)
+
+
+# --- the stage template: what every stage does around its own work -------------------------------------------
+@dataclass
+class Finish:
+    """What a stage body hands the template: its manifest meta and, where not every file in the folder is an
+    output, the files to list. `summary=False`: the body logged its own outcome (a reused or empty run)."""
+
+    meta: dict
+    files: list[str] | None = None
+    summary: bool = True
+    timed: bool = True  # False: `meta` is another folder's, timings included
+
+
+Body = Callable[[Plan, StageDir], "dict | Finish"]
+
+
+def run_stage(plan: Plan, name: str, body: Body, summary: Callable[[dict], None] | None = None) -> StageRef:
+    """Run stage `name`: refuse without a required upstream, hand a training stage to the DGL environment
+    where it must run there (tasks/dgl.py), take the folder's lock, return at once when it is finished (a
+    finished stage whose manifest counts failed requests runs again and asks only those), else run `body`,
+    time it into the meta (`spec.timing`), write the manifest and log `summary(meta)`."""
+    spec = STAGES[name]
+    ups = plan.upstream(name)
+    for up, what in spec.requires.items():
+        if up not in ups:
+            raise ConfigError(f"the {name} stage {what}: enable pipeline.stages.{up}")
+    if spec.trains:
+        from tasks import dgl
+
+        if dgl.runs_in_dgl_env(plan):
+            return dgl.run_in_dgl_env(plan, name)
+    ref = plan.ref(name)
+    with plan.stage_dir(name) as sd:
+        if finished(sd):
+            return ref
+        t0 = time.perf_counter()
+        out = body(plan, sd)
+        out = out if isinstance(out, Finish) else Finish(out)
+        if spec.timing and out.timed:
+            out.meta[spec.timing] = round(time.perf_counter() - t0, 3)
+        sd.finish(out.meta, files=out.files)
+    if summary is not None and out.summary:
+        summary(out.meta)
+    return ref

@@ -6,48 +6,17 @@ shares one control, and a rerun reuses it."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-from lagcl.artifacts import read_table
-from lagcl.gate import Variant, fit_variant, headline
-from tasks.base import Plan, StageRef, log
-from tasks.gcl import (epochs_table, fit_context, metrics_table, per_user_table, run_in_dgl_env, runs_in_dgl_env,
-                       write_model)
+from lagcl.levels import train_control
+from tasks.base import Plan, StageRef, log, run_stage
+from tasks.gcl import training_data
 
 STAGE = "control"
 
 
 def run(plan: Plan) -> StageRef:
-    if runs_in_dgl_env(plan):
-        return run_in_dgl_env(plan, STAGE)
-    return _run(plan)
+    return run_stage(plan, STAGE, lambda plan, sd: train_control(sd, plan.cfg, training_data(plan)), _summary)
 
 
-def _run(plan: Plan) -> StageRef:
-    cfg = plan.cfg
-    ref = plan.ref(STAGE)
-    prep = Path(plan.upstream(STAGE)["prepare"].path)
-    with plan.stage_dir(STAGE) as sd:
-        if sd.complete:
-            return ref
-        t0 = time.perf_counter()
-        interactions = read_table(prep, "interactions")
-        items = read_table(prep, "items")
-        n_users, n_items = read_table(prep, "users").height, items.height
-        ctx, _ = fit_context(plan, interactions, items, n_users, n_items, sd.file_path("checkpoints"),
-                             with_groups=False)
-        f = fit_variant(ctx, Variant("control"))
-        write_model(sd, plan, f)
-        sd.write_table("metrics", metrics_table([f]))
-        sd.write_table("per_user", per_user_table([f]))
-        sd.write_table("epochs", epochs_table([f]))
-        meta = {"backbone": cfg.gcl.backbone, "variant": "control", "rank_level": False, "data_level": False,
-                "best_epoch": f.result.best_epoch, "epochs_run": f.result.epochs.height,
-                "resumed_from_epoch": f.result.resumed_from, **headline(f),
-                "train_seconds": round(f.result.train_seconds, 3), "data": f.data.info,
-                "stage_seconds": round(time.perf_counter() - t0, 3)}
-        sd.finish(meta)
-    log.info("control %s: best epoch %d, valid Recall@20 %.4f, test Recall@20 %.4f NDCG@20 %.4f", cfg.gcl.backbone,
+def _summary(meta: dict) -> None:
+    log.info("control %s: best epoch %d, valid Recall@20 %.4f, test Recall@20 %.4f NDCG@20 %.4f", meta["backbone"],
              meta["best_epoch"], meta["valid_recall@20"], meta["test_recall@20"], meta["test_ndcg@20"])
-    return ref

@@ -1,216 +1,41 @@
-"""Stage 5: reranker training data (eq. 13-15), training (eq. 16), scores of every (u, v in C_u) (eq. 18)."""
+"""Stage 5: reranker training data (eq. 13-15), training (eq. 16), scores of every (u, v in C_u) (eq. 18)
+(lagcl/rerank/score.py). A folder that differs only in fusion settings reuses a finished reranker."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import time
-from pathlib import Path
-
-import polars as pl
-
-from lagcl.artifacts import is_complete, read_manifest, read_table
-from lagcl.device import resolve_device
-from lagcl.errors import DataError, LagclError
-from lagcl.rerank.data import (PromptBuilder, build_pairs, candidate_sets, fallback_profiles, histories,
-                               item_titles, sample_users, split_users, training_examples, without_test)
-from lagcl.rerank.infer import score_texts
-from lagcl.rerank.train import launch_command, load_reranker, train_reranker, write_job
-from tasks.base import STAGES, Plan, StageRef, log
+from lagcl.rerank import score
+from tasks.base import STAGES, Finish, Plan, StageRef, log, run_stage
 
 STAGE = "rerank"
-SCORES = {"user": pl.Int32, "item": pl.Int32, "score": pl.Float64}
-USERS_PER_SHARD = 64
-# fusion settings: the evaluate stage applies them, the reranker and its scores do not depend on them
-FUSION_FIELDS = {"alpha", "tau", "grid_search", "alpha_grid", "tau_grid"}
-
-
-def train_key(plan: Plan) -> str:
-    """Hash of everything the reranker and its scores depend on: the rerank section without the fusion
-    settings, the seed, the upstream fingerprints and the stage's code version."""
-    section = plan.cfg.rerank.model_dump(mode="json", exclude=FUSION_FIELDS)
-    payload = {"rerank": section, "seed": plan.cfg.seed, "version": STAGES[STAGE].version,
-               "upstream": {k: v.fingerprint for k, v in sorted(plan.upstream(STAGE).items())}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _reuse(plan: Plan, sd, key: str) -> dict | None:
-    """A finished rerank folder that differs only in fusion settings: copy its outputs instead of retraining
-    (the `rerank` section, alpha and tau included, is what the stage fingerprint hashes)."""
-    for other in plan.store.iter_stage_dirs(STAGE):
-        manifest = read_manifest(other)
-        if other == sd.path or not manifest or manifest.get("meta", {}).get("train_key") != key:
-            continue
-        if not is_complete(other):
-            continue
-        for name in manifest["files"]:
-            dst = sd.path / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(other / name, dst)
-        return {**manifest["meta"], "reused_from": str(other)}
-    return None
-
-
-def _optional(plan: Plan, stage: str, name: str) -> pl.DataFrame | None:
-    ref = plan.upstream(STAGE).get(stage)
-    if ref is None or not is_complete(Path(ref.path), verify=False):
-        return None
-    return read_table(Path(ref.path), name)
-
-
-def _profiles(plan: Plan, users: pl.DataFrame, items: pl.DataFrame) -> tuple[dict, dict, str]:
-    user_text, item_text = fallback_profiles(users, items)
-    up, ip = _optional(plan, "profiles", "user_profiles"), _optional(plan, "profiles", "item_profiles")
-    if up is None or ip is None:
-        return user_text, item_text, "metadata (profiles stage off or not built)"
-    user_text.update(dict(zip(up["user"].to_list(), up["summarization"].to_list())))
-    item_text.update(dict(zip(ip["item"].to_list(), ip["summarization"].to_list())))
-    return user_text, item_text, f"profiles stage ({up['engine'][0]}/{up['model'][0]})"
 
 
 def run(plan: Plan) -> StageRef:
-    cfg, rc = plan.cfg, plan.cfg.rerank
-    ref = plan.ref(STAGE)
-    ups = plan.upstream(STAGE)
-    if "gcl" not in ups:
-        raise LagclError("the rerank stage reranks the gcl stage's cf_topk: enable pipeline.stages.gcl")
-    with plan.stage_dir(STAGE) as sd:
-        if sd.complete:
-            return ref
-        t0 = time.time()
-        key = train_key(plan)
-        reused = _reuse(plan, sd, key)
-        if reused is not None:
-            sd.finish(reused, files=sorted(read_manifest(Path(reused["reused_from"]))["files"]))
-            log.info("rerank: only fusion settings differ from %s: its reranker and scores reused",
-                     reused["reused_from"])
-            return ref
-        prep = Path(ups["prepare"].path)
-        # the test split is dropped on entry: test labels wait for the evaluate stage (DESIGN.md decision 10)
-        interactions = without_test(read_table(prep, "interactions"))
-        users, items = read_table(prep, "users"), read_table(prep, "items")
-        cf_topk = read_table(Path(ups["gcl"].path), "cf_topk")
-        augmented = _optional(plan, "augment", "augmented")
-        user_text, item_text, profile_source = _profiles(plan, users, items)
-
-        cands = candidate_sets(cf_topk, rc.candidates)
-        eval_users = sample_users(cf_topk["user"].unique().to_numpy(), rc.max_users, cfg.seed)
-        roles = split_users(eval_users, rc.holdout_users, cfg.seed)
-        sd.write_table("rerank_users", pl.DataFrame({"user": list(roles), "role": list(roles.values())},
-                                                    schema={"user": pl.Int32, "role": pl.String}))
-        meta: dict = {"train_key": key, "model": rc.model, "path": rc.spec.path, "format": rc.spec.format, "candidates": rc.candidates,
-                      "users": len(roles), "holdout_users": sum(r == "holdout" for r in roles.values()),
-                      "profiles": profile_source, "augmented_negatives": augmented is not None}
-        if rc.candidates == 0:
-            # |C_u| = 0: nothing to rerank, the fused ranking is the CF ranking (Figure 4's left end)
-            sd.write_table("rerank_scores", pl.DataFrame(schema=SCORES))
-            sd.finish({**meta, "trained": False})
-            return ref
-
-        if rc.spec.style == "late":
-            _run_late(plan, sd, meta, cands, interactions, augmented, items, user_text, item_text, roles, t0)
-            return ref
-
-        prompts = PromptBuilder(user_text, item_text, item_titles(items), rc.spec.format, rc.spec.profile_chars,
-                                cfg.data.domain)
-        pairs = build_pairs(cands, interactions, histories(interactions, augmented, rc.history), prompts, roles)
-        train = training_examples(pairs, rc.neg_per_pos, rc.max_train_pairs, cfg.seed)
-        sd.write_table("rerank_train", train.select("user", "item", "cf_rank", "label", "text"))
-        log.info("rerank: %d users (%d held out for the fusion grid search), %d candidate pairs, %d training pairs "
-                 "(%d positive); prompts from %s", len(roles), meta["holdout_users"], pairs.height, train.height,
-                 int(train["label"].sum()), profile_source)
-
-        out_dir = sd.file_path("reranker")
-        if rc.spec.launcher == "deepspeed" and not (out_dir / "model" / "done.json").is_file():
-            job = sd.file_path("train_job.json")
-            write_job(job, spec=rc.spec, train_table=sd.table_path("rerank_train"), out_dir=out_dir,
-                      epochs=rc.epochs, seed=cfg.seed, deepspeed=rc.deepspeed)
-            cmd = launch_command(job, rc.spec)
-            print(f"rerank: train the reranker on {rc.spec.num_gpus} GPU(s) with\n\n    {cmd}\n\n"
-                  "then run the same pipeline command again: it picks the trained model up and scores C_u.")
-            raise LagclError(f"rerank: the reranker trains outside the pipeline (spec.launcher=deepspeed); run `{cmd}` "
-                             "and rerun the pipeline")
-        t_train = time.time()
-        model, tokenizer = load_reranker(rc.spec, seed=cfg.seed)
-        res = train_reranker(model, tokenizer, train["text"].to_list(), train["label"].to_list(), out_dir, rc.spec,
-                             rc.epochs, cfg.seed, rc.deepspeed, log=log)
-        train_seconds = time.time() - t_train
-        log.info("rerank: %s %d steps (loss %s) in %.1f s%s", "found trained model," if res.skipped else "trained",
-                 res.global_step, res.train_loss, train_seconds, f", resumed from {res.resumed_from}"
-                 if res.resumed_from else "")
-
-        # scores are written in shards of users, so an interrupted scoring run continues where it stopped
-        done_users = set(sd.read_shards("rerank_scores", SCORES)["user"].unique().to_list())
-        todo = [u for u in pairs["user"].unique(maintain_order=True).to_list() if u not in done_users]
-        t_inf = time.time()
-        for i in range(0, len(todo), USERS_PER_SHARD):
-            chunk = pairs.filter(pl.col("user").is_in(todo[i:i + USERS_PER_SHARD]))
-            s = score_texts(res.model, res.tokenizer, chunk["text"].to_list(), rc.spec.eval_batch_size,
-                            rc.spec.max_length, rc.spec.device)
-            sd.write_shard("rerank_scores", chunk.select("user", "item").with_columns(pl.Series("score", s)))
-            log.info("rerank: scored %d/%d users", len(done_users) + min(i + USERS_PER_SHARD, len(todo)), len(roles))
-        scores = sd.read_shards("rerank_scores", SCORES).unique(["user", "item"], keep="last").sort("user", "item")
-        if scores.height != pairs.height:
-            raise DataError(f"rerank: {scores.height} scores for {pairs.height} candidate pairs")
-        sd.write_table("rerank_scores", scores)
-        files = ["rerank_users.parquet", "rerank_train.parquet", "rerank_scores.parquet"] + sorted(
-            str(p.relative_to(sd.path)) for p in (out_dir / "model").rglob("*") if p.is_file())
-        meta.update({"trained": True, "train_pairs": train.height, "train_positives": int(train["label"].sum()),
-                     "global_step": res.global_step, "train_loss": res.train_loss,
-                     "resumed_from": res.resumed_from, "train_seconds": round(train_seconds, 2),
-                     "score_seconds": round(time.time() - t_inf, 2), "scored_pairs": scores.height,
-                     "stage_seconds": round(time.time() - t0, 2), "epochs": rc.epochs, "deepspeed": rc.deepspeed,
-                     "lora": rc.spec.lora is not None})
-        sd.finish(meta, files=files)
-    log.info("rerank: %d pairs scored in %.1f s (training %.1f s)", meta["scored_pairs"], meta["score_seconds"],
-             meta["train_seconds"])
-    return ref
+    return run_stage(plan, STAGE, _build, _summary)
 
 
-def _run_late(plan: Plan, sd, meta: dict, cands: pl.DataFrame, interactions: pl.DataFrame,
-              augmented: pl.DataFrame | None, items: pl.DataFrame, user_text: dict, item_text: dict,
-              roles: dict[int, str], t0: float) -> None:
-    """`spec.style = late` (lagcl/rerank/late.py): every user and item text encoded once, a head trained on
-    the training users' pairs (eq. 15-16), every (u, v in C_u) scored by the head: cost ~ users + items."""
-    from lagcl.rerank.late import encode_texts, history_items, pair_features, score_features, train_head
-    from lagcl.rerank.train import resolve_model_path
-    from lagcl.semantic.embedding import SentenceEncoder
+def train_key(plan: Plan) -> str:
+    """What the reranker and its scores depend on (score.train_key), with this stage's code version and
+    upstream fingerprints."""
+    return score.train_key(plan.cfg, STAGES[STAGE].version,
+                           {k: v.fingerprint for k, v in plan.upstream(STAGE).items()})
 
-    cfg, rc = plan.cfg, plan.cfg.rerank
-    spec = rc.spec
-    hist = histories(interactions, augmented, rc.history).filter(pl.col("user").is_in(list(roles)))
-    pairs = build_pairs(cands, interactions, hist, None, roles)
-    train = training_examples(pairs, rc.neg_per_pos, rc.max_train_pairs, cfg.seed)
-    sd.write_table("rerank_train", train.select("user", "item", "cf_rank", "label"))
-    device = resolve_device(spec.device)
-    t_enc = time.time()
-    folder, _ = resolve_model_path(spec)
-    encoder = SentenceEncoder(str(folder), device=device, batch_size=spec.eval_batch_size)
-    emb = encode_texts(encoder, user_text, item_text, list(roles), set(pairs["item"].to_list()) |
-                       history_items(hist), spec.profile_chars)
-    encode_seconds = time.time() - t_enc
-    log.info("rerank: late interaction, %d users + items encoded once each in %.1f s (%d pairs, %d training "
-             "pairs, %d positive)", emb.encoded, encode_seconds, pairs.height, train.height, int(train["label"].sum()))
-    t_train = time.time()
-    res = train_head(pair_features(train, hist, emb, rc.candidates), train["label"].to_list(),
-                     sd.file_path("reranker"), hidden=spec.head_hidden, epochs=spec.head_epochs, lr=spec.lr,
-                     weight_decay=spec.weight_decay, batch_size=spec.batch_size, seed=cfg.seed, device=device, log=log)
-    train_seconds = time.time() - t_train
-    t_inf = time.time()
-    s = score_features(res.head, pair_features(pairs, hist, emb, rc.candidates))
-    scores = pairs.select("user", "item").with_columns(pl.Series("score", s)).sort("user", "item")
-    sd.write_table("rerank_scores", scores)
-    out_dir = sd.file_path("reranker")
-    files = ["rerank_users.parquet", "rerank_train.parquet", "rerank_scores.parquet"] + sorted(
-        str(p.relative_to(sd.path)) for p in (out_dir / "model").rglob("*") if p.is_file())
-    meta.update({"trained": True, "style": "late", "device": device, "train_pairs": train.height,
-                 "train_positives": int(train["label"].sum()), "global_step": res.global_step,
-                 "train_loss": res.train_loss, "resumed_from": None, "texts_encoded": emb.encoded,
-                 "encode_seconds": round(encode_seconds, 2), "train_seconds": round(train_seconds, 2),
-                 "score_seconds": round(time.time() - t_inf, 2), "scored_pairs": scores.height,
-                 "stage_seconds": round(time.time() - t0, 2), "epochs": spec.head_epochs, "deepspeed": None,
-                 "lora": False})
-    sd.finish(meta, files=files)
-    log.info("rerank: %d pairs scored in %.1f s (encoding %.1f s, head training %.1f s)", scores.height,
-             meta["score_seconds"], encode_seconds, train_seconds)
+
+def _build(plan: Plan, sd) -> Finish:
+    key = train_key(plan)
+    out = score.reuse(plan.store.iter_stage_dirs(STAGE), sd, key)
+    if out is None:
+        out = score.train_and_score(sd, plan.cfg, key, score.RerankInputs(
+            *(plan.input("prepare", t) for t in ("interactions", "users", "items")), plan.input("gcl", "cf_topk"),
+            plan.input("augment", "augmented", optional=True),
+            plan.input("profiles", "user_profiles", optional=True),
+            plan.input("profiles", "item_profiles", optional=True)))
+    return Finish(out.meta, out.files, summary=out.scored, timed=out.timed)
+
+
+def _summary(meta: dict) -> None:
+    if meta.get("style") == "late":
+        log.info("rerank: %d pairs scored in %.1f s (encoding %.1f s, head training %.1f s)", meta["scored_pairs"],
+                 meta["score_seconds"], meta["encode_seconds"], meta["train_seconds"])
+    else:
+        log.info("rerank: %d pairs scored in %.1f s (training %.1f s)", meta["scored_pairs"], meta["score_seconds"],
+                 meta["train_seconds"])

@@ -14,6 +14,7 @@ from lagcl.config import load_config
 from lagcl.errors import ConfigError, LagclError
 from lagcl.models import Graph
 from tasks import control as control_stage
+from tasks import dgl
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
 
@@ -54,7 +55,7 @@ def test_gcl_stage_with_a_missing_dgl_interpreter_says_to_run_make_setup_dgl_and
     plan = tiny_plan(tmp_path)
     missing = tmp_path / "no-venv" / "bin" / "python"
     monkeypatch.setenv("LAGCL_DGL_PYTHON", str(missing))
-    assert gcl_stage.runs_in_dgl_env(plan) and gcl_stage.dgl_python() == missing
+    assert dgl.runs_in_dgl_env(plan) and dgl.dgl_python() == missing
     with pytest.raises(ConfigError, match=rf"{missing}.*does not exist: run `make setup-dgl` first"):
         gcl_stage.run(plan)
     assert not Path(plan.ref("gcl").path).exists()
@@ -71,4 +72,4 @@ def test_a_training_stage_reports_the_dgl_environments_own_error_when_that_pytho
 
 def test_the_default_dgl_interpreter_is_the_repositorys_venv_dgl(monkeypatch):
     monkeypatch.delenv("LAGCL_DGL_PYTHON", raising=False)
-    assert gcl_stage.dgl_python() == Path(gcl_stage.REPO_ROOT) / ".venv-dgl" / "bin" / "python"
+    assert dgl.dgl_python() == Path(dgl.REPO_ROOT) / ".venv-dgl" / "bin" / "python"

@@ -22,6 +22,7 @@ from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.train import batch_losses, build_train_data, category_groups, train, validate
 from tasks import control as control_stage
+from tasks import dgl as dgl_env
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
 
@@ -245,7 +246,7 @@ def test_gcl_stage_with_graph_backend_dgl_trains_here_and_matches_the_torch_back
     for backend in ("torch", "dgl"):
         plan = make_plan(tiny_gcl_config(tmp_path, backend))
         write_tiny_prepare(plan)
-        assert not gcl_stage.runs_in_dgl_env(plan)  # DGL is importable here: no subprocess
+        assert not dgl_env.runs_in_dgl_env(plan)  # DGL is importable here: no subprocess
         control_stage.run(plan)
         refs[backend] = Path(gcl_stage.run(plan).path)
     assert refs["torch"] != refs["dgl"]  # graph.backend is part of the gcl fingerprint
@@ -270,10 +271,10 @@ def test_main_environment_runs_the_gcl_stage_in_this_environment_and_gets_a_comp
         "import json, logging, sys\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "from lagcl.config import Config\n"
-        "from tasks import control, gcl\n"
+        "from tasks import control, dgl, gcl\n"
         "from tasks.base import make_plan\n"
         "plan = make_plan(Config.model_validate(json.loads(sys.argv[1])))\n"
-        "assert gcl.runs_in_dgl_env(plan), 'the main environment was expected to have no DGL'\n"
+        "assert dgl.runs_in_dgl_env(plan), 'the main environment was expected to have no DGL'\n"
         "control.run(plan)\n"
         "print('REF', gcl.run(plan).path)\n"
     )

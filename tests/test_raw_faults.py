@@ -360,7 +360,7 @@ def test_prepare_statistics_of_random_clean_csv_files_equal_an_independent_compu
 # --- the run's summary -------------------------------------------------------------------------------
 
 def test_the_run_summary_lists_skipped_lines_by_reason_duplicates_and_both_steam_readings(tmp_path):
-    from flows.pipeline import raw_data_lines
+    from flows.summary import raw_data_lines
 
     users = steam_users()
     users["user0"] = [*users["user0"], steam_review("0", False), "{'item_id': '5', 'recommend': 'yes'}"]

@@ -182,9 +182,9 @@ def test_llm_stages_finish_against_a_server_with_errors_garbage_latency_and_429_
     assert augment["cold_users"] == 20 and augment["scores"] > 0
     assert elapsed < 150
     # the run summary puts the HTTP calls and retries behind the answered requests
-    from flows.pipeline import _llm_lines
+    from flows.summary import llm_lines
 
-    lines = _llm_lines({s: plan.ref(s).path for s in ("prepare", "profiles", "augment")})
+    lines = llm_lines({s: plan.ref(s).path for s in ("prepare", "profiles", "augment")})
     assert [ln.split(":")[0] for ln in lines] == ["LLM profiles", "LLM augment"]
     u = augment["usage"]
     assert u["http_calls"] >= u["requests"] - u["cached"]

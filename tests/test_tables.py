@@ -58,7 +58,7 @@ def test_table_rows_give_the_control_no_test_and_a_variant_its_difference_over_s
 
 
 def test_compare_prints_the_p_value_and_the_mark_beside_each_gain():
-    from flows.cli import format_comparison
+    from flows.summary import format_comparison
 
     rows = [{"stage": "control", "backbone": "lightgcn", "data": "off", "rank": "off", "rerank": "off", "groups": "",
              "recall@20": 0.30, "ndcg@20": 0.25, "vs_control": 0.0, "p": None, "folder": "a"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flows.pipeline import _previous_run, _record_run, what_changed
+from flows.history import previous_run, record_run, what_changed
 from tasks import prepare as prepare_stage
 from tasks.base import make_plan
 
@@ -18,14 +18,14 @@ def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tm
     raw = tmp_path / "raw"
     write_ratings(raw)
     first = make_plan(config(tmp_path, raw))
-    assert _previous_run(first) is None
+    assert previous_run(first) is None
     done = {"prepare": prepare_stage.run(first).path}
     assert what_changed(first, done, None) == [f"what changed: first finished run of my-csv in {tmp_path / 'cache'}"]
-    _record_run(first, done)
+    record_run(first, done)
 
     # the same data again: everything reused
     again = make_plan(config(tmp_path, raw))
-    same = what_changed(again, {"prepare": prepare_stage.run(again).path}, _previous_run(again))
+    same = what_changed(again, {"prepare": prepare_stage.run(again).path}, previous_run(again))
     assert "recomputed nothing; reused (Cached) prepare" in same[0]
 
     # a new user with five liked items and one changed rating
@@ -39,7 +39,7 @@ def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tm
     with profiles as sd:  # an LLM stage of this run: 40 requests answered by the model, 7 by the cache
         sd.finish({"usage": {"requests": 40, "cached": 7}})
     done = {"prepare": prepare_stage.run(plan).path, "profiles": str(profiles.path)}
-    changed = what_changed(plan, done, _previous_run(plan))
+    changed = what_changed(plan, done, previous_run(plan))
     assert "recomputed prepare, profiles; reused (Cached) nothing" in changed[0]
     assert changed[1] == ("  data: 6 interactions added, 1 removed (a changed rating counts as both); users +1 new, "
                           "0 gone; items +0 new, 0 gone")

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from lagcl.evaluate import UserItems, metrics_from_ranked, user_metrics_from_ranked
+from lagcl.evaluate import UserItems, user_metrics_from_ranked
 
 
 def softmax(scores: np.ndarray, tau: float) -> np.ndarray:
@@ -106,18 +106,33 @@ def ranked_lists(mat: CandidateMatrix, alpha: float, tau: float, n: int,
     return items[:, :n]
 
 
+@dataclass(frozen=True)
+class FusedUsers:
+    """Per-user Recall@k / NDCG@k of one fused all-rank ranking, over the users of the matrix that have truth
+    items: their means are the metrics, the values what the paired tests compare (lagcl/stats.py)."""
+
+    users: np.ndarray
+    per: dict[tuple[str, int], torch.Tensor]
+
+    def means(self) -> dict[tuple[str, int], float]:
+        return {key: float(v.mean()) if v.numel() else 0.0 for key, v in self.per.items()}
+
+    def values(self, metric: str, k: int = 20) -> np.ndarray:
+        return self.per[(metric, k)].numpy()
+
+
+def fusion_users(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems, exclude: UserItems | None = None,
+                 ks: Iterable[int] = (10, 20, 50)) -> FusedUsers:
+    """Rank once (eq. 19-21), measure every user at every k."""
+    ks = sorted(ks)
+    users, per = user_metrics_from_ranked(*_fused(mat, alpha, tau, truth, exclude, max(ks)), ks)
+    return FusedUsers(users.numpy(), per)
+
+
 def fusion_metrics(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems,
                    exclude: UserItems | None = None, ks: Iterable[int] = (10, 20, 50)) -> dict[tuple[str, int], float]:
     """Mean Recall@k / NDCG@k of the fused all-rank lists over the users of `mat` that have truth items."""
-    ks = sorted(ks)
-    return metrics_from_ranked(*_fused(mat, alpha, tau, truth, exclude, max(ks)), ks)
-
-
-def fusion_user_metrics(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems,
-                        exclude: UserItems | None = None, k: int = 20) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Per-user Recall@k / NDCG@k of the fused lists (users with truth items): the rerank gate's paired test."""
-    users, per = user_metrics_from_ranked(*_fused(mat, alpha, tau, truth, exclude, k), (k,))
-    return users.numpy(), {m: per[(m, k)].numpy() for m in ("recall", "ndcg")}
+    return fusion_users(mat, alpha, tau, truth, exclude, ks).means()
 
 
 def _fused(mat: CandidateMatrix, alpha: float, tau: float, truth: UserItems, exclude: UserItems | None, k: int

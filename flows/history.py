@@ -1,0 +1,82 @@
+"""What changed since the previous finished run of the dataset (scheduled reruns, issue 14): `runs.jsonl` holds
+one line per finished flow run, its stage fingerprints and folders."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+
+from lagcl.artifacts import atomic_write_bytes, is_complete, read_manifest, read_table
+from tasks.base import Plan
+from tasks.meta import RequestsMeta, meta_of
+
+RUNS = "runs.jsonl"  # one line per finished flow run of the dataset: its stage fingerprints and folders
+
+
+def runs_path(plan: Plan) -> Path:
+    return plan.store.root / plan.cfg.data.name / RUNS
+
+
+def previous_run(plan: Plan) -> dict | None:
+    path = runs_path(plan)
+    if not path.is_file():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def record_run(plan: Plan, done: dict[str, str]) -> None:
+    path = runs_path(plan)
+    old = path.read_text() if path.is_file() else ""
+    entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "fingerprints": {s: plan.fingerprints[s] for s in done}, "folders": done,
+             "stage_finished_at": {s: (read_manifest(Path(p)) or {}).get("finished_at") for s, p in done.items()}}
+    atomic_write_bytes(path, (old + json.dumps(entry, sort_keys=True) + "\n").encode())
+
+
+def _raw_pairs(folder: Path):
+    """(user raw id, item raw id, rating) of a prepare folder's interactions."""
+    inter = read_table(folder, "interactions")
+    users, items = read_table(folder, "users"), read_table(folder, "items")
+    return (inter.join(users.select("user", u=pl.col("raw_id")), on="user")
+            .join(items.select("item", i=pl.col("raw_id")), on="item").select("u", "i", "rating"),
+            set(users["raw_id"].to_list()), set(items["raw_id"].to_list()))
+
+
+def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> list[str]:
+    """Since the previous finished run of the dataset: interactions added/removed (after prepare's filters),
+    users/items added, stages recomputed vs reused (Cached), LLM requests sent vs answered from the cache, and
+    the headline metric deltas."""
+    if previous is None:
+        return [f"what changed: first finished run of {plan.cfg.data.name} in {plan.store.root}"]
+    before, stamps = previous.get("fingerprints", {}), previous.get("stage_finished_at", {})
+    # reused: the same folder, not written again since (a Cached task whose folder had to be rebuilt is not)
+    reused = [s for s in done if before.get(s) == plan.fingerprints[s]
+              and (read_manifest(Path(done[s])) or {}).get("finished_at") == stamps.get(s)]
+    recomputed = [s for s in done if s not in reused]
+    lines = [f"what changed since the run of {previous.get('finished_at')}: recomputed "
+             f"{', '.join(recomputed) or 'nothing'}; reused (Cached) {', '.join(reused) or 'nothing'}"]
+    old_prep = Path(previous.get("folders", {}).get("prepare", ""))
+    if "prepare" in recomputed and is_complete(old_prep, verify=False):
+        (new, nu, ni), (old, ou, oi) = _raw_pairs(Path(done["prepare"])), _raw_pairs(old_prep)
+        added, removed = new.join(old, on=["u", "i", "rating"], how="anti"), old.join(new, on=["u", "i", "rating"],
+                                                                                    how="anti")
+        lines.append(f"  data: {added.height:,} interactions added, {removed.height:,} removed (a changed rating "
+                     f"counts as both); users {len(nu - ou):+,} new, {len(ou - nu):,} gone; items {len(ni - oi):+,} "
+                     f"new, {len(oi - ni):,} gone")
+    sent = cached = 0
+    for stage in recomputed:
+        u = RequestsMeta.of(meta_of(done[stage])).usage
+        sent += u.get("requests", 0)  # answered by the backend in this run (the cached ones are apart)
+        cached += u.get("cached", 0)
+    lines.append(f"  LLM: {sent:,} requests sent, {cached:,} answered from the response cache (reused stages sent "
+                 "none)")
+    old_ev = Path(previous.get("folders", {}).get("evaluate", ""))
+    if "evaluate" in done and is_complete(old_ev, verify=False):
+        a, b = read_manifest(Path(done["evaluate"]))["meta"], read_manifest(old_ev)["meta"]
+        lines.append("  metrics (test): " + ", ".join(
+            f"{k} {a[k]:.4f} ({a[k] - b[k]:+.4f})" for k in ("test_recall@20", "test_ndcg@20") if k in a and k in b))
+    return lines

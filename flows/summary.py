@@ -1,0 +1,138 @@
+"""What a finished run prints and `lagcl compare` shows: the run's summary and every finished run of a dataset
+side by side (Table 2 / Table 3 view), read through the stages' typed manifest meta (tasks/meta.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lagcl.gate import format_chain
+from lagcl.stats import format_p, mark
+from tasks.base import Plan
+from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
+
+
+def print_summary(plan: Plan, done: dict[str, str]) -> None:
+    """The terminal summary of a finished run: the data, the chosen model, the headline, the chain, LLM spend,
+    the folders and every finished run of the dataset side by side."""
+    if "prepare" in done:
+        s = PrepareMeta.of(meta_of(done["prepare"])).stats
+        print(f"{plan.cfg.data.name}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions "
+              f"({s['positives']:,} positive, {s['negatives']:,} negative), density {s['density']:.4f}; positives "
+              f"train/valid/test {s['positives_train']:,}/{s['positives_valid']:,}/{s['positives_test']:,}")
+        for line in raw_data_lines(s):
+            print(line)
+    if "gcl" in done:
+        h = Headline.of("gcl", meta_of(done["gcl"]))
+        print(f"gcl {h.backbone}: chosen '{h.variant}' (data level {'on' if h.data_level else 'off'}, rank "
+              f"level {'on' if h.rank_level else 'off'}): test Recall@20 {h.test_recall:.4f}, NDCG@20 "
+              f"{h.test_ndcg:.4f}; control {h.control_test_recall:.4f} / {h.control_test_ndcg:.4f}")
+    if "evaluate" in done:
+        e = EvaluateMeta.of(meta_of(done["evaluate"]))
+        h = e.headline
+        print(f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 "
+              f"{e.cf_test_recall:.4f} NDCG@20 {e.cf_test_ndcg:.4f}; {h.variant} (alpha "
+              f"{e.alpha}, tau {e.tau}) Recall@20 {h.test_recall:.4f} NDCG@20 {h.test_ndcg:.4f}; "
+              f"report: {Path(done['evaluate']) / 'report.md'}")
+    chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
+    if chain_from:
+        m = meta_of(done[chain_from])
+        print("what each level bought (vs the control; kept only when it beats the step before it on validation):")
+        print("\n".join(format_chain(m.get("levels", []), final_row(m))))
+    for line in llm_lines(done):
+        print(line)
+    for stage, path in done.items():
+        print(f"  {stage:<9} {path}")
+    if "gcl" in done:
+        print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def raw_data_lines(stats: dict) -> list[str]:
+    """What reading the raw files skipped (by reason, with the first places) and merged (duplicate pairs), and
+    Steam's Table 1 under both readings of `recommend`, from the prepare manifest's stats."""
+    lines = [f"  skipped ({reason}): {e['count']:,} line(s), first at {', '.join(e['first_lines'])}"
+             for reason, e in (stats.get("skipped") or {}).items()]
+    d = stats.get("duplicates") or {}
+    if d.get("pairs_repeated"):
+        lines.append(f"  duplicates: {d['pairs_repeated']:,} (user, item) pair(s) given more than once "
+                     f"({d['pairs_with_different_ratings']:,} with different ratings), {d['rows_dropped']:,} row(s) "
+                     f"merged; {d['rule']}")
+    for reading, t in (stats.get("steam_readings") or {}).items():
+        lines.append(f"  steam read {reading}: {t['users']:,} users, {t['items']:,} items, {t['interactions']:,} "
+                     f"interactions ({t['positives']:,} positive, {t['negatives']:,} negative), density "
+                     f"{t['density']:.4f}")
+    return lines
+
+
+def llm_lines(done: dict[str, str]) -> list[str]:
+    """Per LLM stage of this run: answered requests beside the HTTP calls behind them, retries by reason, the
+    seconds waited before retries, and how many tokens are estimates (replies without usage)."""
+    lines = []
+    for stage, path in done.items():
+        u = RequestsMeta.of(meta_of(path)).usage
+        if not u.get("http_calls") and not u.get("requests"):
+            continue
+        if "http_calls" not in u:  # the offline engine: no HTTP
+            continue
+        retries = ", ".join(f"{k} {v}" for k, v in (u.get("retries") or {}).items()) or "none"
+        est = u.get("estimated_input_tokens", 0) + u.get("estimated_output_tokens", 0)
+        lines.append(f"LLM {stage}: {u.get('requests', 0):,} requests answered ({u.get('cached', 0):,} from the cache), "
+                     f"{u['http_calls']:,} HTTP calls, retries: {retries}, {u.get('retry_wait_s', 0):.1f} s waited, "
+                     f"${u.get('cost_usd', 0.0):.2f}" + (f", {est:,} tokens estimated (replies without usage)"
+                                                         if est else ""))
+    return lines
+
+
+def final_row(meta: dict) -> dict:
+    """The run's headline numbers in the shape of a chain row."""
+    keys = ("valid_recall@20", "test_recall@20", "test_ndcg@20", "test_recall@20_cold", "test_recall@20_warm",
+            *(f"test_{m}@20_{q}" for m in ("recall", "ndcg") for q in ("diff", "lo", "hi", "p")))
+    kept = [r for r in meta.get("levels", []) if r.get("kept")]
+    row = {k: (kept[-1].get(k) if kept else None) for k in (*keys, "valid_scope")}
+    row["variant"] = " + ".join(r["level"] for r in kept) or "control"
+    return row
+
+
+def comparison_rows(store) -> list[dict[str, object]]:
+    """Table 2 / Table 3 view: every finished control (no level), gcl run (levels kept on validation) and
+    evaluate run (CF + reranker when kept) of a dataset in the artifact store, with which levels it kept and
+    its test change against its own control."""
+    rows = []
+    for stage in ("control", "gcl", "evaluate"):
+        for folder in store.iter_stage_dirs(stage):
+            h = Headline.of(stage, meta_of(folder))
+            if h is None:
+                continue
+            on = lambda v: "?" if v is None else ("on" if v else "off")  # noqa: E731
+            control = h.control_test_recall
+            rows.append({
+                "stage": stage, "backbone": h.backbone, "data": on(h.data_level), "rank": on(h.rank_level),
+                "rerank": on(h.rerank_level) if stage == "evaluate" else "off",
+                "groups": str(h.groups or "").split(" ")[0] if stage == "gcl" else "",
+                "recall@20": h.test_recall, "ndcg@20": h.test_ndcg,
+                "vs_control": (h.test_recall - control) / control if control else None,
+                "p": last_kept_p(h.levels) if stage != "control" else None,
+                "folder": folder.name,
+            })
+    return sorted(rows, key=lambda r: (str(r["backbone"]), r["stage"] != "control", r["data"], r["rank"],
+                                       r["rerank"], r["folder"]))
+
+
+def last_kept_p(levels: list[dict]) -> float | None:
+    """The paired test's p of the run's last kept level against the control (None: no level kept, or a rerank
+    level, whose fused ranking has no per-user test)."""
+    kept = [r for r in levels if r.get("kept") and r.get("level") != "control"]
+    return kept[-1].get("test_recall@20_p") if kept else None
+
+
+def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
+    lines = [f"finished runs of {dataset} in the store (test, all-rank; levels = those kept on validation; "
+             "R@20 change against the backbone's control, p of the paired test over users, * < 0.05, ** < 0.01):",
+             f"  {'backbone':<9} {'stage':<8} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
+             f"{'NDCG@20':>8} {'vs ctrl':>10} {'p':>7}  folder under cache/<dataset>/<stage>"]
+    for r in rows:
+        p = r.get("p")
+        vs = (f"{r['vs_control']:+.1%}" + (mark(p) if p is not None else "")) if r["vs_control"] is not None else "-"
+        lines.append(f"  {r['backbone']!s:<9} {r['stage']:<8} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} "
+                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>10} {format_p(p):>7}  "
+                     f"{r['folder']}")
+    return "\n".join(lines)
