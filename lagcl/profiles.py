@@ -38,6 +38,14 @@ def _top_genres(genre_lists: Sequence[Sequence[str]], k: int = TOP_GENRES) -> st
     return ", ".join(g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k])
 
 
+def raw_labels(table: pl.DataFrame, kind: str) -> dict[int, str]:
+    """Internal id -> the dataset's own id (prepare's `users`/`items` tables), what LLM prompts name a user or
+    an item by: unlike internal ids, raw ids do not move when new data arrives (lagcl.semantic.base)."""
+    if "raw_id" not in table.columns:
+        return {}
+    return {i: str(r) for i, r in table.select(kind, pl.col("raw_id").cast(pl.String)).iter_rows() if r is not None}
+
+
 def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
                      history: int = 30) -> list[ProfileRequest]:
     """Q_u for every user (traits, liked/disliked titles newest first, genre counts) and Q_v for every
@@ -58,6 +66,7 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
 
     out: list[ProfileRequest] = []
     traits = [c for c in users.columns if c not in _NOT_TRAITS]
+    user_raw = raw_labels(users, "user")
     for row in users.sort("user").iter_rows(named=True):
         u = row["user"]
         liked = hist.get(u, {}).get(1, [])
@@ -69,10 +78,11 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
             attrs[DISLIKED_GENRES] = _top_genres([cats.get(i, []) for i in disliked])
         out.append(ProfileRequest("user", u, attributes={k: v for k, v in attrs.items() if v},
                                   liked=tuple(label[i] for i in liked[:history]),
-                                  disliked=tuple(label[i] for i in disliked[:history])))
+                                  disliked=tuple(label[i] for i in disliked[:history]), label=user_raw.get(u, "")))
 
     counts = train.group_by("item").agg(pl.len().alias("n"), (pl.col("sign") == 1).sum().alias("pos"))
     stats = {i: (n, p) for i, n, p in counts.iter_rows()}
+    item_raw = raw_labels(items, "item")
     for r in meta.sort("item").iter_rows(named=True):
         attrs = {}
         if r["year"]:
@@ -81,7 +91,8 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
             attrs[GENRES] = ", ".join(r["categories"])
         n, p = stats.get(r["item"], (0, 0))
         attrs[RATING_COUNTS] = f"{n} in training, {p / n:.0%} positive" if n else "none in training"
-        out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs))
+        out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs,
+                                  label=item_raw.get(r["item"], "")))
     return out
 
 

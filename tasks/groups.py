@@ -7,6 +7,7 @@ import time
 import polars as pl
 
 from lagcl.groups import build_groups, genre_purity
+from lagcl.profiles import raw_labels
 from lagcl.semantic import make_engine
 from lagcl.semantic.base import Profile
 from tasks.base import Plan, StageRef, finished, log
@@ -25,10 +26,13 @@ def run(plan: Plan) -> StageRef:
         t0 = time.time()
         engine = make_engine(cfg, store.root, STAGE)
         items = store.read_table("prepare", up["prepare"].fingerprint, "items")
+        labels = {"user": raw_labels(store.read_table("prepare", up["prepare"].fingerprint, "users"), "user"),
+                  "item": raw_labels(items, "item")}
         out, stats = {}, {}
         for kind in ("user", "item"):
             table = store.read_table("profiles", up["profiles"].fingerprint, f"{kind}_profiles")
-            profiles = [Profile(kind, i, s, r) for i, s, r in table.select(kind, "summarization", "reasoning").iter_rows()]
+            profiles = [Profile(kind, i, s, r, label=labels[kind].get(i, ""))
+                        for i, s, r in table.select(kind, "summarization", "reasoning").iter_rows()]
             out[kind] = build_groups(engine, kind, profiles, g.batch_size, g.target_group_size, g.tau_sim,
                                      g.candidate_pairs_k, cfg.seed, sd,
                                      on_batch=lambda b, n, kind=kind: log.info("groups: %s batch %d/%d", kind, b, n))
