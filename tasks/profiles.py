@@ -22,7 +22,8 @@ def run(plan: Plan) -> StageRef:
             store = plan.store
             inter, users, items = (store.read_table("prepare", prep.fingerprint, t)
                                    for t in ("interactions", "users", "items"))
-            requests = profile_requests(inter, users, items, history=cfg.profiles.history)
+            requests = profile_requests(inter, users, items, history=cfg.profiles.history,
+                                        item_rating_counts=cfg.profiles.item_rating_counts)
             res = run_profiles(engine, requests, sd, cfg.profiles.shard_size,
                                on_shard=lambda done, total: log.info("profiles: %d/%d", done, total))
             user_profiles, item_profiles = profile_tables(sd, engine)

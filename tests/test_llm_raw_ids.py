@@ -90,3 +90,17 @@ def test_a_repair_after_a_reply_with_internal_ids_costs_one_more_request_and_kee
     req = ScoreRequest(0, "p", "pos", ((5, "a"),), "u-1", ("tt1",))
     [result] = make(server, tmp_path).score([req])
     assert len(server.model_calls()) == 2 and result.scores == {5: 9.0}
+
+
+def test_coarse_item_rating_counts_do_not_move_for_a_few_new_ratings_and_off_leaves_them_out():
+    from lagcl.profiles import rating_counts
+    assert rating_counts(48, 40) == "48 in training, 83% positive"
+    assert rating_counts(48, 40, coarse=True) == "about 50 in training, mostly positive"
+    assert rating_counts(51, 42, coarse=True) == rating_counts(48, 40, coarse=True)
+    assert rating_counts(9, 2, coarse=True) == "about 10 in training, more negative than positive"
+    assert rating_counts(0, 0, coarse=True) == "none in training"
+    users = pl.DataFrame({"user": [0], "raw_id": ["1"]})
+    items = pl.DataFrame({"item": [0], "raw_id": ["tt9"], "title": ["Heat"], "categories": [["Crime"]]})
+    inter = pl.DataFrame({"user": [0], "item": [0], "sign": [1], "split": ["train"], "timestamp": [1]})
+    [_, item] = profile_requests(inter, users, items, item_rating_counts="off")
+    assert item.attributes == {"genres": "Crime"}
