@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -143,8 +143,10 @@ class ScoringRun:
 
 def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profile: dict[int, str],
                 item_profile: dict[int, str], sd: StageDir, shard_size: int,
-                on_shard: Callable[[int, int], None] | None = None) -> ScoringRun:
+                on_shard: Callable[[int, int], None] | None = None, user_labels: Mapping[int, str] | None = None,
+                item_labels: Mapping[int, str] | None = None) -> ScoringRun:
     """Send every chunk not yet fully scored, `shard_size` users per engine call; write each shard on arrival.
+    Requests name users and items by `user_labels`/`item_labels` (the dataset's own ids) where given.
 
     `on_shard(users_done, users_total)` is called after each shard is written (progress reporting)."""
     scored = sd.read_shards(SCORES, SCORES_SCHEMA)
@@ -161,7 +163,9 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
         batch_users = set(users[start:start + shard_size])
         batch = [c for c in todo if c.user in batch_users]
         requests = [ScoreRequest(c.user, user_profile[c.user], c.polarity,
-                                 tuple((i, item_profile[i]) for i in c.items)) for c in batch]
+                                 tuple((i, item_profile[i]) for i in c.items), (user_labels or {}).get(c.user, ""),
+                                 tuple((item_labels or {}).get(i, "") for i in c.items) if item_labels else ())
+                    for c in batch]
         results = engine.score(requests)
         if len(results) != len(requests):
             results = [None] * len(requests)  # cannot tell which reply answers which request

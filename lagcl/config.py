@@ -161,6 +161,11 @@ class LLMConfig(Section):
 class ProfilesConfig(Section):
     history: int = Field(30, ge=1, description="rated items shown per user profile")
     shard_size: int = Field(256, ge=1)
+    item_rating_counts: Literal["exact", "coarse", "off"] = Field(
+        "exact", json_schema_extra=HASHED_WHEN_SET,
+        description="what an item's profile request says of its training ratings: exact (\"12 in training, 75% "
+        "positive\"), coarse (\"about 10 in training, mostly positive\": a few new ratings rarely change it, so a "
+        "scheduled rerun re-profiles few items) or off (the paper's input: title and metadata only)")
 
 
 class AugmentConfig(Section):

@@ -9,6 +9,7 @@ answers arrive, so a rerun skips every id already answered.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -38,10 +39,37 @@ def _top_genres(genre_lists: Sequence[Sequence[str]], k: int = TOP_GENRES) -> st
     return ", ".join(g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k])
 
 
+def raw_labels(table: pl.DataFrame, kind: str) -> dict[int, str]:
+    """Internal id -> the dataset's own id (prepare's `users`/`items` tables), what LLM prompts name a user or
+    an item by: unlike internal ids, raw ids do not move when new data arrives (lagcl.semantic.base)."""
+    if "raw_id" not in table.columns:
+        return {}
+    return {i: str(r) for i, r in table.select(kind, pl.col("raw_id").cast(pl.String)).iter_rows() if r is not None}
+
+
+# counts shown by `coarse`: the nearest on a 1-2-3-5 grid in log space, so a handful of new ratings seldom moves
+# an item to another value
+_COUNT_GRID = sorted({g * 10 ** k for g in (1, 2, 3, 5) for k in range(9)})
+_SHARE_WORDS = ((0.8, "mostly positive"), (0.6, "more positive than negative"), (0.4, "mixed"),
+                (0.2, "more negative than positive"), (0.0, "mostly negative"))
+
+
+def rating_counts(n: int, positive: int, coarse: bool = False) -> str:
+    """An item's training ratings as its profile request states them (profiles.item_rating_counts)."""
+    if not n:
+        return "none in training"
+    if not coarse:
+        return f"{n} in training, {positive / n:.0%} positive"
+    about = min(_COUNT_GRID, key=lambda g: abs(math.log(g) - math.log(n)))
+    share = next(word for floor, word in _SHARE_WORDS if positive / n >= floor)
+    return f"about {about} in training, {share}"
+
+
 def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
-                     history: int = 30) -> list[ProfileRequest]:
+                     history: int = 30, item_rating_counts: str = "exact") -> list[ProfileRequest]:
     """Q_u for every user (traits, liked/disliked titles newest first, genre counts) and Q_v for every
-    item (title, year, genres, training rating counts); users first, then items, each by id."""
+    item (title, year, genres, and its training ratings as `item_rating_counts` says: rating_counts); users
+    first, then items, each by id."""
     has_cats = "categories" in items.columns
     has_year = "year" in items.columns
     meta = items.select(
@@ -58,6 +86,7 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
 
     out: list[ProfileRequest] = []
     traits = [c for c in users.columns if c not in _NOT_TRAITS]
+    user_raw = raw_labels(users, "user")
     for row in users.sort("user").iter_rows(named=True):
         u = row["user"]
         liked = hist.get(u, {}).get(1, [])
@@ -69,19 +98,21 @@ def profile_requests(interactions: pl.DataFrame, users: pl.DataFrame, items: pl.
             attrs[DISLIKED_GENRES] = _top_genres([cats.get(i, []) for i in disliked])
         out.append(ProfileRequest("user", u, attributes={k: v for k, v in attrs.items() if v},
                                   liked=tuple(label[i] for i in liked[:history]),
-                                  disliked=tuple(label[i] for i in disliked[:history])))
+                                  disliked=tuple(label[i] for i in disliked[:history]), label=user_raw.get(u, "")))
 
     counts = train.group_by("item").agg(pl.len().alias("n"), (pl.col("sign") == 1).sum().alias("pos"))
     stats = {i: (n, p) for i, n, p in counts.iter_rows()}
+    item_raw = raw_labels(items, "item")
     for r in meta.sort("item").iter_rows(named=True):
         attrs = {}
         if r["year"]:
             attrs["year"] = str(r["year"])
         if r["categories"]:
             attrs[GENRES] = ", ".join(r["categories"])
-        n, p = stats.get(r["item"], (0, 0))
-        attrs[RATING_COUNTS] = f"{n} in training, {p / n:.0%} positive" if n else "none in training"
-        out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs))
+        if item_rating_counts != "off":
+            attrs[RATING_COUNTS] = rating_counts(*stats.get(r["item"], (0, 0)), coarse=item_rating_counts == "coarse")
+        out.append(ProfileRequest("item", r["item"], title=r["title"], attributes=attrs,
+                                  label=item_raw.get(r["item"], "")))
     return out
 
 

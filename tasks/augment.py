@@ -6,6 +6,7 @@ import time
 
 from lagcl.augment import (AUGMENTED_SCHEMA, SCORES, SCORES_SCHEMA, augment_quality, candidate_samples, chunks,
                            cold_users, run_scoring, select_augmented)
+from lagcl.profiles import raw_labels
 from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
 
 STAGE = "augment"
@@ -30,7 +31,8 @@ def _build(plan: Plan, sd) -> dict:
         todo = chunks(samples, a.items_per_call)
         res = run_scoring(engine, todo, dict(user_profiles.select("user", "summarization").iter_rows()),
                           dict(item_profiles.select("item", "summarization").iter_rows()), sd, a.shard_size,
-                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
+                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total),
+                          user_labels=raw_labels(raw_users, "user"), item_labels=raw_labels(items, "item"))
         t_score = time.time() - t0
         scores = sd.read_shards(SCORES, SCORES_SCHEMA)
         augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)

@@ -15,7 +15,8 @@ def run(plan: Plan) -> StageRef:
 def _build(plan: Plan, sd) -> dict:
     with semantic_engine(plan, STAGE) as engine:
         inter, users, items = (plan.input("prepare", t) for t in ("interactions", "users", "items"))
-        requests = profile_requests(inter, users, items, history=plan.cfg.profiles.history)
+        requests = profile_requests(inter, users, items, history=plan.cfg.profiles.history,
+                                    item_rating_counts=plan.cfg.profiles.item_rating_counts)
         res = run_profiles(engine, requests, sd, plan.cfg.profiles.shard_size,
                            on_shard=lambda done, total: log.info("profiles: %d/%d", done, total))
         user_profiles, item_profiles = profile_tables(sd, engine)

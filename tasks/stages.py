@@ -53,6 +53,12 @@ def train_seed(plan: Plan) -> str | None:
     return f"train_seed={plan.cfg.train_seed}" if plan.cfg.train_seed is not None else None
 
 
+def prompt_ids(plan: Plan) -> str | None:
+    """An LLM engine's prompts name users and items by the dataset's own ids since issue 14 (lagcl.semantic.base):
+    other prompts, other replies. The embedding engine reads no ids, so its folders stay valid."""
+    return None if plan.cfg.engine.name == "embedding" else "ids=raw"
+
+
 def prompt_style(plan: Plan) -> str | None:
     """Other prompts give other scores; paper-style runs keep their folders (no extra)."""
     llm = plan.cfg.llm
@@ -106,15 +112,16 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               writes=("interactions", "users", "items"), meta=PrepareMeta),
     StageSpec("profiles", "tasks.profiles:run", ("data", "engine", "profiles"), "1",
               reads={"prepare": ("interactions", "users", "items")}, writes=("user_profiles", "item_profiles"),
-              meta=RequestsMeta, timing="seconds_this_run"),
+              extras=(prompt_ids,), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("scores", "augmented"), extras=(prompt_style,), meta=RequestsMeta, timing="seconds_this_run"),
+              writes=("scores", "augmented"), extras=(prompt_ids, prompt_style), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "2",
               requires={"profiles": "groups the profiles stage's profiles"},
-              reads={"prepare": ("items",), "profiles": ("user_profiles", "item_profiles")},
-              writes=("user_groups", "item_groups", "group_partitions", "group_similarity"), meta=RequestsMeta,
+              reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},
+              writes=("user_groups", "item_groups", "group_partitions", "group_similarity"), extras=(prompt_ids,),
+              meta=RequestsMeta,
               timing="seconds_this_run"),
     StageSpec("control", "tasks.control:run", ("gcl", "graph", "evaluate"), "2",
               reads={"prepare": ("interactions", "users", "items")},

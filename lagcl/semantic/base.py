@@ -16,6 +16,11 @@ as no-ops; the embedding engine, which works on the profiles' embeddings, overri
 - prime:          embed up front every text the coming calls need (identical floats in fresh and resumed runs);
 - profile_vector: the vector a profile is grouped by (eq. 6 candidate pairs), or None: the caller embeds it;
 - index_profiles: learn the member profiles that similarity (eq. 6) forms group centroids from.
+
+Requests name users and items by their internal ids (contiguous, re-assigned by every prepare) and may carry
+a `label` beside each: the dataset's own id, which is what an LLM prompt shows and a reply names. Raw ids do
+not move when new data adds items, so an unchanged user's prompts stay byte-identical across reruns and come
+from the response cache (issue 14); replies are mapped back to internal ids against the request's labels.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ProfileRequest:
     attributes: dict[str, str] = field(default_factory=dict)
     liked: tuple[str, ...] = ()
     disliked: tuple[str, ...] = ()
+    label: str = ""  # the dataset's own id, shown in prompts ("": the internal id)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Profile:
     summarization: str
     reasoning: str
     failed: str | None = None  # reason, when the LLM reply could not be used after repair (texts empty)
+    label: str = ""  # the dataset's own id, shown in partition prompts ("": the internal id)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,19 @@ class ScoreRequest:
     user_profile: str
     polarity: Polarity
     items: tuple[tuple[int, str], ...]  # (item id, item profile text)
+    user_label: str = ""  # the dataset's own user id, shown in prompts ("": the internal id)
+    item_labels: tuple[str, ...] = ()  # the dataset's own item ids, aligned with `items` (empty: internal ids)
+
+    def labels(self) -> dict[int, str]:
+        """Item id -> the id its prompt shows."""
+        if not self.item_labels:
+            return {i: str(i) for i, _ in self.items}
+        return {i: label for (i, _), label in zip(self.items, self.item_labels)}
+
+
+def shown_id(id_: int, label: str) -> str:
+    """The id a prompt shows: the dataset's own where known, else the internal one."""
+    return label or str(id_)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from lagcl.config import EngineConfig, LLMConfig
 from lagcl.llm import LLMClient, LLMRequest, make_client
 from lagcl.llm.backends.base import Backend
 from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
-                                 ScoreResult, Usage)
+                                 ScoreResult, Usage, shown_id)
 from lagcl.semantic.prompts import (Problem, Prompts, ReplyError, domain_words, parse_partition, parse_profile,
                                     parse_scores, parse_similarity)
 
@@ -134,11 +134,12 @@ class LLMEngine(EngineDefaults):
 
         packs = pack_score_requests(requests, self.items_per_call)
         packed = [ScoreRequest(requests[p[0]].user, requests[p[0]].user_profile, requests[p[0]].polarity,
-                               tuple(item for i in p for item in requests[i].items)) for p in packs]
+                               tuple(item for i in p for item in requests[i].items), requests[p[0]].user_label,
+                               tuple(label for i in p for label in requests[i].labels().values())) for p in packs]
         wanted = [[item for item, _ in req.items] for req in packed]
 
         def parse(i: int, text: str) -> tuple[Any, str | None]:
-            return parse_scores(text, id_key, packed[i].polarity, wanted[i])
+            return parse_scores(text, id_key, packed[i].polarity, wanted[i], packed[i].labels())
 
         out: list[ScoreResult | None] = [None] * len(requests)
         results = self._ask([self.prompts.score(r) for r in packed], parse, merge)
@@ -157,11 +158,12 @@ class LLMEngine(EngineDefaults):
     # eq. 5 -------------------------------------------------------------------------------------
     def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> PartitionResult:
         ids = [p.id for p in profiles]
+        labels = {p.id: shown_id(p.id, p.label) for p in profiles}
         if not profiles:
             return PartitionResult(())
 
         def parse(i: int, text: str) -> tuple[Any, str | None]:
-            groups, missing, problem = parse_partition(text, ids, kind)
+            groups, missing, problem = parse_partition(text, ids, kind, labels)
             return (groups, missing), problem
 
         [(value, problem)] = self._ask([self.prompts.partition(kind, profiles, target_group_size)], parse)

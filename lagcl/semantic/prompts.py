@@ -18,14 +18,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model, field_validator
 
 from lagcl.config import CONF_DIR
 from lagcl.llm.types import LLMRequest
-from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest
+from lagcl.semantic.base import Group, Kind, Polarity, Profile, ProfileRequest, ScoreRequest, shown_id
 from lagcl.semantic.replies import check_members, check_scores
 
 PROMPT_DIR = CONF_DIR / "prompts"
@@ -119,10 +119,10 @@ class Prompts:
     # eq. 1 -----------------------------------------------------------------------------------
     def profile(self, req: ProfileRequest) -> LLMRequest:
         if req.kind == "user":
-            query = {"user_id": str(req.id), "user_information": dict(req.attributes),
+            query = {"user_id": shown_id(req.id, req.label), "user_information": dict(req.attributes),
                      f"liked_{self.d.plural}": list(req.liked), f"disliked_{self.d.plural}": list(req.disliked)}
             return self._request("user_profile", "profile_user", profile_schema("user_id"), query=query)
-        query = {self.d.id_key: str(req.id), "title": req.title, **dict(req.attributes)}
+        query = {self.d.id_key: shown_id(req.id, req.label), "title": req.title, **dict(req.attributes)}
         return self._request("item_profile", "profile_item", profile_schema(self.d.id_key), query=query)
 
     # eq. 2-3 ---------------------------------------------------------------------------------
@@ -131,14 +131,15 @@ class Prompts:
         one (`style="compact"`: one-line item cards, scores only). Either way the user turn starts with the
         user profile, and `cache_prefix_chars` marks where that stable part ends (prompt caching)."""
         key = self.d.id_key
-        user_profile = {"user_id": str(req.user), "profile": req.user_profile}
+        user_profile = {"user_id": shown_id(req.user, req.user_label), "profile": req.user_profile}
+        labels = req.labels()
         if self.style == "compact":
             # output budget: about 8 tokens per `"id": score` entry, with room to spare
             max_tokens = max(self.max_tokens, 16 * len(req.items) + 50)
             request = self._request("score_compact", f"score_{req.polarity}", compact_score_schema(req.polarity),
                                     max_tokens=max_tokens, polarity=req.polarity,
                                     score_key=_score_key(req.polarity), user_profile=user_profile,
-                                    item_cards=[{key: str(i), "card": item_card(text, self.summary_words)}
+                                    item_cards=[{key: labels[i], "card": item_card(text, self.summary_words)}
                                                 for i, text in req.items])
             profile_json = _json_compact(user_profile)
         else:
@@ -147,7 +148,7 @@ class Prompts:
             request = self._request(f"score_{req.polarity}", f"score_{req.polarity}",
                                     score_schema(key, req.polarity), max_tokens=max_tokens,
                                     user_profile=user_profile,
-                                    item_profiles=[{key: str(i), "profile": text} for i, text in req.items])
+                                    item_profiles=[{key: labels[i], "profile": text} for i, text in req.items])
             profile_json = _json(user_profile)
         user = request.messages[0][1]
         at = user.find(profile_json)  # a custom template without the profile first: no cache breakpoint
@@ -157,7 +158,7 @@ class Prompts:
     # eq. 5 -----------------------------------------------------------------------------------
     def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> LLMRequest:
         e = entity(kind, self.d)
-        rows = [{e.id_key: str(p.id), "summarization": p.summarization, "reasoning": p.reasoning} for p in profiles]
+        rows = [{e.id_key: shown_id(p.id, p.label), "summarization": p.summarization, "reasoning": p.reasoning} for p in profiles]
         max_tokens = max(self.max_tokens, 12 * len(profiles) + 120 * (len(profiles) // max(1, target_group_size) + 1))
         return self._request("group_partition", f"partition_{kind}", partition_schema(), max_tokens=max_tokens,
                              e=e, n=len(rows), target_group_size=target_group_size, profiles=rows)
@@ -428,9 +429,10 @@ def _rating_score(raw_score: Any) -> Any:
         return raw_score
 
 
-def parse_scores(text: str, id_key: str, polarity: Polarity,
-                 wanted: Sequence[int]) -> tuple[dict[int, float], Problem | None]:
-    """Scores for the requested ids, and the problems found (None when the reply is complete and clean).
+def parse_scores(text: str, id_key: str, polarity: Polarity, wanted: Sequence[int],
+                 labels: Mapping[int, str] | None = None) -> tuple[dict[int, float], Problem | None]:
+    """Scores for the requested ids (named in the prompt by `labels`, where given), and the problems found (None
+    when the reply is complete and clean); the problems name ids as the prompt did.
     The rules are lagcl.semantic.replies.check_scores: invalid entries (unknown id, score outside [0, 10],
     not a number) are dropped, never kept; an id rated twice makes the reply invalid (repaired); two
     different scores for one id contradict each other and neither is kept, the same score twice is kept."""
@@ -447,7 +449,8 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
         (_first(e, (id_key, "item_id", "id")), _rating_score(_first(e, (score_key, "score", "like_score",
                                                                          "dislike_score"))))
         if isinstance(e, dict) else repr(e)[:40] for e in value["ratings"]]
-    check = check_scores(wanted, ratings)
+    check = check_scores(wanted, ratings, labels)
+    shown = _shown(labels)
     problems: list[tuple[str, str]] = []
     if check.unknown:
         problems.append(("unknown_id", f"these {id_key}s were not in the request and were rejected: "
@@ -457,25 +460,27 @@ def parse_scores(text: str, id_key: str, polarity: Polarity,
         problems.append(("out_of_range", f"these scores are not numbers in [0, 10]: {', '.join(bad[:20])}"))
     if check.twice:
         text = (f"these {id_key}s were rated more than once (rate each exactly once): "
-                f"{', '.join(map(str, check.twice[:20]))}")
+                f"{', '.join(map(shown, check.twice[:20]))}")
         if check.contradicted:
-            kept_none = ", ".join(map(str, sorted(check.contradicted)[:20]))
+            kept_none = ", ".join(map(shown, sorted(check.contradicted)[:20]))
             text += f" (with different scores, so no score is kept for {kept_none})"
         problems.append(("duplicate_id", text))
     if check.missing:
         problems.append(("missing_id", f"these {id_key}s got no valid score: "
-                                       f"{', '.join(map(str, check.missing[:50]))}"))
+                                       f"{', '.join(map(shown, check.missing[:50]))}"))
     return check.scores, Problem.of(problems)
 
 
-def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[Group], list[int], Problem | None]:
-    """Groups with only requested ids, each id in its first group; the ids left out; the problems
-    (the rules are lagcl.semantic.replies.check_members)."""
+def parse_partition(text: str, wanted: Sequence[int], kind: Kind, labels: Mapping[int, str] | None = None
+                    ) -> tuple[list[Group], list[int], Problem | None]:
+    """Groups with only requested ids (named in the prompt by `labels`, where given), each id in its first
+    group; the ids left out; the problems (the rules are lagcl.semantic.replies.check_members)."""
     value = extract_json(text)
     if isinstance(value, list):
         value = {"groups": value}
     reply = _validate(PartitionReply, value)
-    check = check_members(wanted, (g.members for g in reply.groups))
+    check = check_members(wanted, (g.members for g in reply.groups), labels)
+    shown = _shown(labels)
     groups = [Group(kind, g.group_name.strip() or f"group_{n + 1}", g.reasoning.strip(), tuple(members))
               for n, (g, members) in enumerate(zip(reply.groups, check.members)) if members]
     problems: list[tuple[str, str]] = []
@@ -487,8 +492,13 @@ def parse_partition(text: str, wanted: Sequence[int], kind: Kind) -> tuple[list[
                                          f"{', '.join(check.duplicated[:20])}"))
     if check.missing:
         problems.append(("missing_id", f"these ids were not assigned to any group: "
-                                       f"{', '.join(map(str, check.missing[:50]))}"))
+                                       f"{', '.join(map(shown, check.missing[:50]))}"))
     return groups, check.missing, Problem.of(problems)
+
+
+def _shown(labels: Mapping[int, str] | None) -> Callable[[int], str]:
+    """How a problem names an id: as the prompt showed it."""
+    return (lambda i: shown_id(i, labels.get(i, ""))) if labels is not None else str
 
 
 def parse_similarity(text: str) -> float:

@@ -6,14 +6,15 @@ of a repair request); the augment and groups stages apply them again to what any
 because an engine is only an interface to them (lagcl.augment, lagcl.groups: what fails is counted
 and never guessed). One set of rules, so the two can never disagree on what a usable reply is.
 
-Ids are compared as text (`str(id).strip()`): a JSON reply names them as strings, an engine as ints.
+Ids are compared as text (`str(id).strip()`): a JSON reply names them as strings, an engine as ints. The
+text an asked id is known by is its label where the request showed one (the dataset's own id), else the id.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 SCORE_RANGE = (0.0, 10.0)  # eq. 2-3
 
@@ -26,6 +27,13 @@ def valid_score(value: Any) -> bool:
 
 def _id_text(raw: Any) -> str:
     return str(raw).strip() if raw is not None else ""
+
+
+def _by_text(asked: Sequence[int], labels: Mapping[int, str] | None) -> dict[str, int]:
+    """The text each asked id goes by in a reply -> the id."""
+    if labels is None:
+        return {str(i): i for i in asked}
+    return {_id_text(labels.get(i) or i): i for i in asked}
 
 
 @dataclass
@@ -47,10 +55,11 @@ class ScoreCheck:
         return not (self.unknown or self.bad or self.twice or self.missing)
 
 
-def check_scores(asked: Sequence[int], ratings: Iterable[tuple[Any, Any] | str]) -> ScoreCheck:
-    """Check (id, score) ratings, in reply order, against the asked ids; a str in `ratings` describes an
-    entry that is not a rating."""
-    asked_text = {str(i) for i in asked}
+def check_scores(asked: Sequence[int], ratings: Iterable[tuple[Any, Any] | str],
+                 labels: Mapping[int, str] | None = None) -> ScoreCheck:
+    """Check (id, score) ratings, in reply order, against the asked ids (named by `labels` where given); a
+    str in `ratings` describes an entry that is not a rating."""
+    asked_text = _by_text(asked, labels)
     out = ScoreCheck()
     rated: dict[int, int] = {}
     for rating in ratings:
@@ -65,7 +74,7 @@ def check_scores(asked: Sequence[int], ratings: Iterable[tuple[Any, Any] | str])
         if not valid_score(score):
             out.bad.append((item, score))
             continue
-        item_id = int(item)
+        item_id = asked_text[item]
         rated[item_id] = rated.get(item_id, 0) + 1
         if item_id in out.scores and out.scores[item_id] != score:
             out.contradicted.add(item_id)
@@ -88,9 +97,11 @@ class MemberCheck:
     missing: list[int]  # asked ids placed nowhere, in asked order
 
 
-def check_members(asked: Sequence[int], groups: Iterable[Iterable[Any]]) -> MemberCheck:
-    """Check the member lists of a partition reply (eq. 5) against the asked ids."""
-    asked_text = {str(i) for i in asked}
+def check_members(asked: Sequence[int], groups: Iterable[Iterable[Any]],
+                  labels: Mapping[int, str] | None = None) -> MemberCheck:
+    """Check the member lists of a partition reply (eq. 5) against the asked ids (named by `labels` where
+    given)."""
+    asked_text = _by_text(asked, labels)
     seen: set[int] = set()
     members: list[list[int]] = []
     unknown: list[str] = []
@@ -101,10 +112,10 @@ def check_members(asked: Sequence[int], groups: Iterable[Iterable[Any]]) -> Memb
             m = _id_text(raw)
             if m not in asked_text:
                 unknown.append(m)
-            elif int(m) in seen:
+            elif asked_text[m] in seen:
                 duplicated.append(m)
             else:
-                seen.add(int(m))
-                kept.append(int(m))
+                seen.add(asked_text[m])
+                kept.append(asked_text[m])
         members.append(kept)
     return MemberCheck(members, unknown, duplicated, [i for i in asked if i not in seen])
