@@ -1,7 +1,7 @@
 """Data-level interaction augmentation for cold-start users (eq. 2-4).
 
-For every cold-start user u (fewer than `cold_threshold` training positives, DESIGN.md 4):
-- candidates V_u^cand: items with no TRAINING interaction for u, positive or negative (DESIGN.md 5;
+For every cold-start user u (fewer than `cold_threshold` training positives, docs/design.md 4):
+- candidates V_u^cand: items with no TRAINING interaction for u, positive or negative (docs/design.md 5;
   valid/test interactions are not looked at, so the held-out targets stay candidates and nothing leaks);
 - two independent seeded samples of `n_candidates` (all candidates when fewer; keyed by the raw ids, stable
   when items are added): V_u^sample, scored
@@ -231,7 +231,7 @@ def augment_quality(augmented: pl.DataFrame, scores: pl.DataFrame, interactions:
     """How well the augmented interactions agree with what the data knows but the engine never saw.
 
     Held-out here means the user's VALIDATION positives only: these figures may inform choices (the gate),
-    and no choice may look at test (DESIGN.md 13).
+    and no choice may look at test (docs/design.md 13).
 
     - pos_precision: share of augmented positives that are among the user's validation positives;
       pos_random_precision: the same for as many candidates drawn at random from the user's scored
@@ -240,7 +240,7 @@ def augment_quality(augmented: pl.DataFrame, scores: pl.DataFrame, interactions:
     - neg_heldout_precision / neg_random_precision / neg_heldout_ratio: the same for augmented
       negatives against validation POSITIVES; a good dislike score puts few of them there (ratio < 1).
       We cannot check augmented negatives against known dislikes: every known dislike (sign -1) is a
-      training interaction and so is excluded from the candidates (DESIGN.md 5).
+      training interaction and so is excluded from the candidates (docs/design.md 5).
     - dislike_lean_{neg,pos,random}: mean, over items, of the user's genre dislike lean
       mean_g log((#train dislikes in g + 1) / (#train likes in g + 1)) over the item's genres; augmented
       negatives should lean more to the user's disliked genres than random candidates, positives less.

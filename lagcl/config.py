@@ -255,7 +255,7 @@ class RankConfig(Section):
 
 
 class DataLevelConfig(Section):
-    """How the gcl stage turns the augment stage's like scores into training signal (DESIGN.md 13).
+    """How the gcl stage turns the augment stage's like scores into training signal (docs/design.md 13).
 
     `calibrated` (default): item-centred scores (a user's like score minus the item's mean over the scored
     users: hub items stop winning for everyone), at most `max_per_user` and `cap_ratio` x the user's real
@@ -277,7 +277,7 @@ class DataLevelConfig(Section):
 
 
 class GateConfig(Section):
-    """The validation gate (DESIGN.md 13): each level is kept only when it beats the step before it on
+    """The validation gate (docs/design.md 13): each level is kept only when it beats the step before it on
     validation Recall@20 by more than `min_gain` and above the noise (`max_p`); test is only reported."""
 
     enabled: bool = Field(True, description="false: every configured level is kept whatever validation says")
@@ -358,7 +358,7 @@ class RerankConfig(Section):
     epochs: int = Field(1, ge=1)
     deepspeed: str | None = Field(None, description="conf/deepspeed/<name>.json or a JSON path (ZeRO config)")
     alpha: float = Field(0.5, ge=0, le=1, description="eq. 19 weight of the CF score")
-    tau: float = Field(1.0, gt=0, description="eq. 20 softmax temperature (both scores, DESIGN.md decision 11)")
+    tau: float = Field(1.0, gt=0, description="eq. 20 softmax temperature (both scores, docs/design.md decision 11)")
     grid_search: bool = True
     alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
     tau_grid: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])

@@ -1,5 +1,5 @@
 """The data level as training signal: which LLM-augmented interactions reach training (eq. 2-4 read with
-DESIGN.md 13), and how their precision compares with the control model's own.
+docs/design.md 13), and how their precision compares with the control model's own.
 
 An augmented positive is weaker evidence than an observed one. Measured on ML-100K with the embedding
 engine, the paper's reading (top 2% of 1024 candidates, full weight) gives each cold user ~20 positives at
@@ -79,7 +79,7 @@ def hit_rate(pairs: pl.DataFrame, truth: pl.DataFrame) -> float:
 def control_hit_rate(control_topk: pl.DataFrame, interactions: pl.DataFrame, k_per_user: pl.DataFrame,
                      truth: pl.DataFrame) -> float:
     """The control's precision at the same depth: for each user of `k_per_user` (user, k), the control's top k
-    items that are candidates (no training interaction, DESIGN.md 5), scored against `truth`."""
+    items that are candidates (no training interaction, docs/design.md 5), scored against `truth`."""
     if k_per_user.height == 0:
         return 0.0
     seen = interactions.filter(pl.col("split") == "train").select("user", "item")

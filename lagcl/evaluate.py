@@ -1,4 +1,4 @@
-"""All-rank top-N evaluation: Recall@N and NDCG@N (DESIGN.md decision 12).
+"""All-rank top-N evaluation: Recall@N and NDCG@N (docs/design.md decision 12).
 
 Reusable by any stage: `rank_topk` takes any `score_fn(users) -> (len(users), n_items)` tensor (a CF
 model, a fused reranker score matrix, ...), masks each user's excluded items and keeps the top K with

@@ -1,4 +1,4 @@
-"""The validation gate (DESIGN.md 13): every level is measured against the control and kept only when it
+"""The validation gate (docs/design.md 13): every level is measured against the control and kept only when it
 pays on validation; test is only reported.
 
 The chain is control -> + data -> + rank. The control is the same backbone, seed and data with no level

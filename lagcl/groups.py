@@ -1,4 +1,4 @@
-"""LLM-guided semantic grouping of users and items (eq. 5-6; DESIGN.md 8).
+"""LLM-guided semantic grouping of users and items (eq. 5-6; docs/design.md 8).
 
 - eq. 5, G_i = LLM(P_{U_i}, S_group): the profiles of one kind are shuffled (seeded) and cut into
   batches of `batch_size`; each batch is one partition request. Every id ends in exactly one group:

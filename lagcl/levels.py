@@ -1,4 +1,4 @@
-"""The training stages' work: the control (DESIGN.md 13) and the levels chosen against it (eq. 7-12), each
+"""The training stages' work: the control (docs/design.md 13) and the levels chosen against it (eq. 7-12), each
 behind one call that trains through lagcl/gate.py and writes the stage's model and tables into its folder.
 
 `train_control` trains the backbone with no level on; `train_levels` tries the data level at each
@@ -54,7 +54,7 @@ class Control:
 
 
 def cold_warm_segments(interactions: pl.DataFrame, n_users: int, threshold: int) -> dict[str, torch.Tensor | None]:
-    """Evaluation segments: all users, cold-start users (< `threshold` training positives, DESIGN.md 4), warm."""
+    """Evaluation segments: all users, cold-start users (< `threshold` training positives, docs/design.md 4), warm."""
     parts = cold_warm(interactions, range(n_users), threshold)
     return {"all": None, **{name: torch.tensor(us, dtype=torch.long) for name, us in parts.items()}}
 

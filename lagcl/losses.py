@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """-mean ln sigma(r_ui - r_uj) (Rendle et al., 2009); `weight` scales each triplet (an augmented
-    positive weighs less than an observed one, DESIGN.md 13)."""
+    positive weighs less than an observed one, docs/design.md 13)."""
     loss = F.softplus(neg - pos)
     return (loss if weight is None else weight * loss).mean()
 

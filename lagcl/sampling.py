@@ -1,4 +1,4 @@
-"""Negative sampling for BPR / LABPR (DESIGN.md decision 7), vectorised over a batch.
+"""Negative sampling for BPR / LABPR (docs/design.md decision 7), vectorised over a batch.
 
 With probability `dislike_prob` (and when the user has any) the negative is one of the user's known
 dislikes (ratings <= threshold and LLM-augmented negatives); otherwise it is uniform over the items

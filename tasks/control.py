@@ -1,4 +1,4 @@
-"""Stage: the control (DESIGN.md 13) -> the configured backbone trained with no level on (no augmentation,
+"""Stage: the control (docs/design.md 13) -> the configured backbone trained with no level on (no augmentation,
 its own losses, same seed and data): model.pt, cf_topk, metrics (valid/test, both protocols, all/cold/warm
 users), per_user (each user's Recall/NDCG@20 on both splits: the paired tests), epochs. Its fingerprint
 depends only on the data, the backbone and the seed, so every level, ablation and rank setting of a backbone

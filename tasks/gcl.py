@@ -1,4 +1,4 @@
-"""Stage 4: the levels, chosen on validation against the control (DESIGN.md 13) -> the chosen model's
+"""Stage 4: the levels, chosen on validation against the control (docs/design.md 13) -> the chosen model's
 checkpoint and cf_topk, `levels` (the chain control -> + data -> + rank, each step kept or turned down with
 its reason), `metrics` of every trained variant (valid/test, both protocols, all/cold/warm users), `epochs`
 (eq. 7-12). The data level is tried at each `data_level.weights` strength with the rank level off, the rank

@@ -1,4 +1,4 @@
-"""Score fusion (eq. 19-21, DESIGN.md decision 11) and the all-rank lists it is evaluated on."""
+"""Score fusion (eq. 19-21, docs/design.md decision 11) and the all-rank lists it is evaluated on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The validation gate (DESIGN.md 13): a data level whose augmented items are random is turned down before
+"""The validation gate (docs/design.md 13): a data level whose augmented items are random is turned down before
 any training, one whose augmented items are the users' held-out positives is kept; hard negatives appear
 at the configured share; the control is one cached stage shared by every level setting."""
 

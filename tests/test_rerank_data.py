@@ -1,4 +1,4 @@
-"""The reranker's inputs (eq. 13-15): candidate sets, histories, prompts, labels (DESIGN.md decision 10)."""
+"""The reranker's inputs (eq. 13-15): candidate sets, histories, prompts, labels (docs/design.md decision 10)."""
 
 from __future__ import annotations
 

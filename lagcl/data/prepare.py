@@ -1,4 +1,4 @@
-"""Sign, 5-core, split and index a RawDataset into the three canonical tables (DESIGN.md 1-3).
+"""Sign, 5-core, split and index a RawDataset into the three canonical tables (docs/design.md 1-3).
 
 - duplicates: one row per (user, item), the latest timestamp winning (DUPLICATE_RULE); merged pairs are
   counted in the stats;

@@ -3,7 +3,7 @@
 All backbones propagate through this module only, so the backend (`graph.backend`) changes nothing in
 the models. Nodes are users 0..n_users-1 followed by items. `torch` (this file: CSR SpMM) is the default;
 `dgl` (graph_dgl.py: DGL message passing, numerically equal) is imported only when asked for, because
-PyPI's DGL runs only in its own environment (DESIGN.md "Graph propagation", `make setup-dgl`).
+PyPI's DGL runs only in its own environment (docs/design.md "Graph propagation", `make setup-dgl`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def normalized_interactions(users: torch.Tensor, items: torch.Tensor, n_users: i
     """R_hat = D_u^-1/2 R D_i^-1/2 as a sparse COO (n_users x n_items); duplicate edges count once.
 
     `weights` (one per edge, default 1) make R weighted and the degrees weighted sums: an LLM-augmented
-    edge of weight w < 1 is evidence of lower confidence than an observed one (DESIGN.md 13). A duplicate
+    edge of weight w < 1 is evidence of lower confidence than an observed one (docs/design.md 13). A duplicate
     edge keeps its largest weight, so an observed edge is never weakened by an augmented copy of it."""
     key, inverse = torch.unique(users.long() * n_items + items.long(), return_inverse=True)
     u, i = key // n_items, key % n_items

@@ -20,7 +20,7 @@ per interaction from the same generator, so both backends drop the same interact
 rounding differs (the order and factoring of each node's sum, ~1e-7).
 
 PyPI's DGL (2.1.0) loads only with torch 2.0.0-2.2.1, so this module is imported only when
-graph.backend is dgl, and only in `.venv-dgl` (`make setup-dgl`; DESIGN.md "Graph propagation").
+graph.backend is dgl, and only in `.venv-dgl` (`make setup-dgl`; docs/design.md "Graph propagation").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from the items u has no training interaction with. One example per pair (u, v in
 I_u = {P_u, C_u, R_u^pos-hist, R_u^neg-hist} (eq. 13) with the CoT template S_cot (Figure 19), focused
 on the single candidate v (eq. 14).
 
-Labels (DESIGN.md decision 10): the paper's y_uv = 1[(u, v) in R_train] (eq. 15) is always 0 here,
+Labels (docs/design.md decision 10): the paper's y_uv = 1[(u, v) in R_train] (eq. 15) is always 0 here,
 because the CF model masks training items out of C_u; so y_uv = 1[(u, v) in R_valid]. The test split is
 dropped on entry (`without_test`): no test interaction can reach a label or a history. Users are split
 into a training part and a hold-out part (`rerank.holdout_users`): the reranker learns from the first,

@@ -1,4 +1,4 @@
-"""Score fusion (eq. 19-21) and its all-rank evaluation (DESIGN.md decisions 11-12).
+"""Score fusion (eq. 19-21) and its all-rank evaluation (docs/design.md decisions 11-12).
 
 For each user the first K items of the CF ranking form C_u. Both scores are normalised by a softmax with
 temperature tau over C_u (eq. 20; the paper writes it for the reranker score, decision 11 applies it to the

@@ -3,7 +3,7 @@ Recall/NDCG, the (alpha, tau) grid search on the held-out users, the rerank leve
 the control, the `recommendations` table, and the report with its plots.
 
 The reranker is kept (the headline) only when the tuned fusion beats CF on the held-out users' validation
-NDCG@20 above the noise (gate.min_gain and gate.max_p, the paired test of lagcl/stats.py; DESIGN.md 13); the
+NDCG@20 above the noise (gate.min_gain and gate.max_p, the paired test of lagcl/stats.py; docs/design.md 13); the
 report shows the whole chain control -> + data -> + rank -> + rerank."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
     mat = CandidateMatrix.build(cf_topk, scores, k, users)
     # validation numbers come from the held-out users: the reranker was trained on the others' labels
     mat_valid = CandidateMatrix.build(cf_topk, scores, k, holdout) if holdout else mat
-    # testing ranks every item without a training or validation positive (DESIGN.md decision 12)
+    # testing ranks every item without a training or validation positive (docs/design.md decision 12)
     split_args = {"valid": (mat_valid, truth["valid"], None), "test": (mat, truth["test"], truth["valid"])}
 
     variants = {"cf": (1.0, rc.tau)}

@@ -100,7 +100,7 @@ def train_and_score(sd: StageDir, cfg: Config, key: str, x: RerankInputs) -> Out
     """Sample the users (some held out for the fusion grid search), train the reranker on the others' pairs and
     score every (u, v in C_u) of every sampled user into `rerank_scores`."""
     rc = cfg.rerank
-    # the test split is dropped on entry: test labels wait for the evaluate stage (DESIGN.md decision 10)
+    # the test split is dropped on entry: test labels wait for the evaluate stage (docs/design.md decision 10)
     interactions = without_test(x.interactions)
     user_text, item_text, profile_source = profile_texts(x)
     cands = candidate_sets(x.cf_topk, rc.candidates)

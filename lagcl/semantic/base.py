@@ -1,4 +1,4 @@
-"""The four semantic operations of DESIGN.md behind one interface.
+"""The four semantic operations of docs/design.md behind one interface.
 
 An engine answers, in batches:
 - profile:    eq. 1, a profile (summarization + reasoning) for each user or item context;

@@ -1,4 +1,4 @@
-"""The offline embedding engine: the four semantic operations without an LLM (DESIGN.md, "Engines").
+"""The offline embedding engine: the four semantic operations without an LLM (docs/design.md, "Engines").
 
 It approximates the LLM engine on a CPU, and labels everything it writes as an approximation:
 - profile (eq. 1): the request's metadata and rating history are kept as data (`ComposedProfile`), and
