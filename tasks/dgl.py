@@ -2,7 +2,7 @@
 
 With `graph.backend: dgl` and no DGL in this Python (the main environment: PyPI's DGL 2.1.0 needs torch
 <= 2.2.1), the stage template (tasks.base.run_stage) runs the same stage code in the DGL environment,
-`python -m tasks.dgl` under $LAGCL_DGL_PYTHON (default `.venv-dgl/bin/python`, built by `make setup-dgl`): the
+`python -m tasks.dgl_child` under $LAGCL_DGL_PYTHON (default `.venv-dgl/bin/python`, built by `make setup-dgl`): the
 configuration and the fingerprints go in on stdin, the child writes the stage folder (lock, checkpoints,
 manifest) exactly as an in-process run would, and its log lines are re-emitted through this process's "lagcl"
 logger (so they reach Prefect). The parent never opens the stage folder, so it holds no lock the child would
@@ -11,7 +11,6 @@ wait on.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
@@ -21,14 +20,19 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lagcl.artifacts import is_complete
-from lagcl.config import Config
 from lagcl.errors import ConfigError, LagclError
-from tasks.base import REPO_ROOT, STAGES, Plan, StageRef, log
+
+if TYPE_CHECKING:
+    from tasks.base import Plan, StageRef
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("lagcl")
 
 DGL_PYTHON_ENV = "LAGCL_DGL_PYTHON"
-_LOG_PREFIX = "@lagcl-log:"  # marks the child's log records in its output, level name follows
+LOG_PREFIX = "@lagcl-log:"  # marks the child's log records in its output, level name follows
 # set for the child: it is where the stage runs, even when its own DGL import fails (it reports that error
 # instead of handing the stage on again)
 IN_DGL_ENV = "LAGCL_IN_DGL_ENV"
@@ -63,7 +67,7 @@ def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
     tail: deque[str] = deque(maxlen=30)
     bar_open = False  # a progress bar is drawn on stderr's last line: end it before the next log line
     # newline="": keep each piece's own terminator, so tqdm's "\r" redraws can be told from whole lines
-    proc = subprocess.Popen([str(python), "-m", "tasks.dgl", "--plan-from-stdin", "--stage", stage], cwd=REPO_ROOT,
+    proc = subprocess.Popen([str(python), "-m", "tasks.dgl_child", "--plan-from-stdin", "--stage", stage], cwd=REPO_ROOT,
                             env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -74,8 +78,8 @@ def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
             if bar_open and not piece.endswith("\r"):
                 sys.stderr.write("\n")
                 bar_open = False
-            if line.startswith(_LOG_PREFIX):
-                level, _, msg = line[len(_LOG_PREFIX):].partition(":")
+            if line.startswith(LOG_PREFIX):
+                level, _, msg = line[len(LOG_PREFIX):].partition(":")
                 log.log(logging.getLevelName(level) if level.isupper() else logging.INFO, "%s", msg)
                 tail.append(msg)
             elif piece.endswith("\r"):  # a progress-bar redraw: show it live, keep it out of the log
@@ -100,32 +104,3 @@ def run_in_dgl_env(plan: Plan, stage: str) -> StageRef:
         raise LagclError(f"the {stage} stage in the DGL environment ({python}) exited cleanly but {ref.path} is not a "
                          "complete stage folder; rerun to resume it")
     return ref
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tasks.dgl --plan-from-stdin --stage gcl|control`: the DGL environment's side of
-    `run_in_dgl_env`."""
-    p = argparse.ArgumentParser(prog="python -m tasks.dgl", description=main.__doc__)
-    p.add_argument("--plan-from-stdin", action="store_true", required=True,
-                   help='read {"config", "fingerprints", "path"} as JSON from stdin and run the stage here')
-    p.add_argument("--stage", choices=["control", "gcl"], default="gcl")
-    args = p.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_LOG_PREFIX + "%(levelname)s:%(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        payload = json.load(sys.stdin)
-        plan = Plan(Config.model_validate(payload["config"]), dict(payload["fingerprints"]))
-        if plan.ref(args.stage).path != payload["path"]:
-            raise LagclError(f"the DGL environment resolves the {args.stage} stage folder to {plan.ref(args.stage).path}, not "
-                             f"{payload['path']}: run both environments from the same checkout")
-        STAGES[args.stage].runner(plan)
-    except LagclError as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

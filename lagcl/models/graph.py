@@ -8,6 +8,7 @@ PyPI's DGL runs only in its own environment (docs/design.md "Graph propagation",
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
@@ -63,8 +64,8 @@ class Graph:
                 backend: str = "torch", weights: torch.Tensor | None = None):
         if backend not in BACKENDS:
             raise ConfigError(f"unknown graph.backend={backend!r}; choose one of {', '.join(BACKENDS)}")
-        if cls is Graph and backend == "dgl":
-            cls = _dgl_graph_class()
+        if cls is Graph and backend in SUBCLASSES:
+            cls = _backend_class(backend)
         return super().__new__(cls)
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -123,16 +124,20 @@ class Graph:
         return Graph(idx[0, keep], idx[1, keep], self.n_users, self.n_items, self.backend, weights).to(self.device)
 
 
-def _dgl_graph_class() -> type[Graph]:
-    """graph_dgl.DGLGraph, imported on first use: the main environment has no DGL (its torch is too new)."""
+# backends implemented by a subclass, named "module:class": imported on first use (the main environment has no
+# DGL, its torch is too new), and by name, so that this module never imports the subclass's module
+SUBCLASSES = {"dgl": "lagcl.models.graph_dgl:DGLGraph"}
+
+
+def _backend_class(backend: str) -> type[Graph]:
+    module, _, name = SUBCLASSES[backend].partition(":")
     try:
-        from lagcl.models.graph_dgl import DGLGraph
+        return getattr(importlib.import_module(module), name)
     except (ImportError, OSError) as exc:  # OSError: a DGL whose native libraries do not load with this torch
         raise ConfigError(
             f"graph.backend=dgl needs DGL 2.1.0, which this Python ({sys.executable}) cannot import ({exc}). "
             "Run `make setup-dgl` to build .venv-dgl, then `make pipeline GRAPH=dgl` (the gcl stage runs "
             "there), or run this code with .venv-dgl/bin/python; otherwise use graph.backend=torch") from None
-    return DGLGraph
 
 
 def light_layers(graph: Graph, ego: torch.Tensor, n_layers: int, perturb=None) -> list[torch.Tensor]:
