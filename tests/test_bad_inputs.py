@@ -151,7 +151,7 @@ def test_injection_in_titles_and_reviews_stays_data_and_a_model_that_obeys_it_ga
     item0 = next(r for r in reqs if r.kind == "item" and r.title == hostile)
     eng = engine(server, tmp_path)
     prompt = eng.prompts.profile(item0).messages[0][1]
-    assert json.loads(prompt) == {"movie_id": str(item0.id), "title": hostile,
+    assert json.loads(prompt) == {"movie_id": "i0", "title": hostile,  # the dataset's own id (issue 14)
                                   **{k: v for k, v in item0.attributes.items()}}
     user_prompt = eng.prompts.profile(next(r for r in reqs if r.kind == "user")).messages[0][1]
     assert json.loads(user_prompt.split("analyze:", 1)[1])["user_information"]["review"] == INJECTION
