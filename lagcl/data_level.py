@@ -1,10 +1,11 @@
 """The data level as training signal: which LLM-augmented interactions reach training (eq. 2-4 read with
 docs/design.md 13), and how their precision compares with the control model's own.
 
-An augmented positive is weaker evidence than an observed one. Measured on ML-100K with the embedding
-engine, the paper's reading (top 2% of 1024 candidates, full weight) gives each cold user ~20 positives at
-2.3% precision and piles them onto hub items; the control's own top-20 is 7.9% precise on the same users.
-So the calibrated reading (`data_level.reading: calibrated`) keeps few, surer items per user:
+An augmented positive is weaker evidence than an observed one: the paper's reading (top 2% of 1024
+candidates, full weight) gives each cold user ~20 positives, piled onto hub items, and far less precise
+than the control's own top-20 for the same users (BENCHMARKS.md: the augment stage's precision, and the
+gate's data check in "Levels against the control"). So the calibrated reading (`data_level.reading:
+calibrated`) keeps few, surer items per user:
 
 - item-centred like scores, s_uv - mean_u' s_u'v over the scored users (a hub that every user "likes"
   stops winning for everyone);
