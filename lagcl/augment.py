@@ -29,7 +29,7 @@ import polars as pl
 
 from lagcl.artifacts import StageDir
 from lagcl.hashing import mix, stable_key
-from lagcl.semantic.base import Polarity, ScoreRequest, ScoreResult, SemanticEngine
+from lagcl.semantic.base import Polarity, Profile, ScoreRequest, ScoreResult, SemanticEngine
 from lagcl.semantic.replies import check_scores
 
 log = logging.getLogger("lagcl.augment")
@@ -144,9 +144,11 @@ class ScoringRun:
 def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profile: dict[int, str],
                 item_profile: dict[int, str], sd: StageDir, shard_size: int,
                 on_shard: Callable[[int, int], None] | None = None, user_labels: Mapping[int, str] | None = None,
-                item_labels: Mapping[int, str] | None = None) -> ScoringRun:
+                item_labels: Mapping[int, str] | None = None, user_facts: Mapping[int, Mapping | None] | None = None,
+                item_facts: Mapping[int, Mapping | None] | None = None) -> ScoringRun:
     """Send every chunk not yet fully scored, `shard_size` users per engine call; write each shard on arrival.
-    Requests name users and items by `user_labels`/`item_labels` (the dataset's own ids) where given.
+    Requests name users and items by `user_labels`/`item_labels` (the dataset's own ids) where given, and carry
+    the profiles' `user_facts`/`item_facts` (Profile.facts) where given.
 
     `on_shard(users_done, users_total)` is called after each shard is written (progress reporting)."""
     scored = sd.read_shards(SCORES, SCORES_SCHEMA)
@@ -157,14 +159,19 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
     if todo:
         # embedding engines: embed every profile of the run up front, so a resumed run computes
         # exactly the scores the uninterrupted run would have (see EmbeddingEngine.prime)
-        engine.prime(sorted({user_profile[c.user] for c in todo_chunks} | {item_profile[i] for c in todo_chunks for i in c.items}))
+        engine.prime([Profile("user", u, user_profile[u], "", facts=(user_facts or {}).get(u))
+                      for u in sorted({c.user for c in todo_chunks})]
+                     + [Profile("item", i, item_profile[i], "", facts=(item_facts or {}).get(i))
+                        for i in sorted({i for c in todo_chunks for i in c.items})])
     failed = 0
     for start in range(0, len(users), shard_size):
         batch_users = set(users[start:start + shard_size])
         batch = [c for c in todo if c.user in batch_users]
         requests = [ScoreRequest(c.user, user_profile[c.user], c.polarity,
                                  tuple((i, item_profile[i]) for i in c.items), (user_labels or {}).get(c.user, ""),
-                                 tuple((item_labels or {}).get(i, "") for i in c.items) if item_labels else ())
+                                 tuple((item_labels or {}).get(i, "") for i in c.items) if item_labels else (),
+                                 (user_facts or {}).get(c.user),
+                                 tuple(item_facts.get(i) for i in c.items) if item_facts else ())
                     for c in batch]
         results = engine.score(requests)
         if len(results) != len(requests):

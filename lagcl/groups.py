@@ -124,7 +124,7 @@ def partition_groups(sd: StageDir, kind: Kind) -> pl.DataFrame:
 def profile_vectors(engine: SemanticEngine, profiles: Sequence[Profile], encoder=None) -> dict[int, np.ndarray]:
     """Unit embeddings of profiles for candidate-pair selection: the engine's own grouping vector when it
     has one (embedding engine), else all-MiniLM-L6-v2 sentence embeddings of the summarization."""
-    own = {p.id: engine.profile_vector(p.summarization) for p in profiles}
+    own = {p.id: engine.profile_vector(p) for p in profiles}
     if all(v is not None for v in own.values()):
         return own
     if encoder is None:
@@ -246,7 +246,7 @@ def build_groups(engine: SemanticEngine, kind: Kind, profiles: Sequence[Profile]
                  on_batch: Callable[[int, int], None] | None = None) -> KindGroups:
     """Eq. 5-6 for one kind: partition in batches, rate candidate pairs, merge above tau_sim."""
     by_id = {p.id: p for p in profiles}
-    engine.prime([p.summarization for p in profiles])  # same embeddings in fresh and resumed runs
+    engine.prime(list(profiles))  # same embeddings in fresh and resumed runs
     part = run_partitions(engine, kind, by_id, batches(list(by_id), batch_size, seed), target_group_size, sd, on_batch)
     pg = partition_groups(sd, kind)
     members = pg["members"].to_list()

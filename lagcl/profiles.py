@@ -8,22 +8,25 @@ answers arrive, so a rerun skips every id already answered.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import polars as pl
 
 from lagcl.artifacts import StageDir
-from lagcl.semantic.base import (DISLIKED_GENRES, GENRES, LIKED_GENRES, RATING_COUNTS, Profile, ProfileRequest,
+from lagcl.semantic.base import (DISLIKED_GENRES, GENRES, LIKED_GENRES, RATING_COUNTS, Kind, Profile, ProfileRequest,
                                  SemanticEngine)
 
 log = logging.getLogger("lagcl.profiles")
 
 SHARD = "profiles"
-SHARD_SCHEMA = {"kind": pl.String, "id": pl.Int32, "summarization": pl.String, "reasoning": pl.String}
+# facts: Profile.facts as JSON (null where the engine composed none: an LLM's profile)
+SHARD_SCHEMA = {"kind": pl.String, "id": pl.Int32, "summarization": pl.String, "reasoning": pl.String,
+                "facts": pl.String}
 # user columns that are identifiers, not traits (a zip code says nothing a model can use)
 _NOT_TRAITS = {"user", "raw_id", "zip_code"}
 TOP_GENRES = 4
@@ -163,7 +166,8 @@ def run_profiles(engine: SemanticEngine, requests: Sequence[ProfileRequest], sd:
         if good:
             sd.write_shard(SHARD, pl.DataFrame(
                 {"kind": [p.kind for p in good], "id": [p.id for p in good],
-                 "summarization": [p.summarization for p in good], "reasoning": [p.reasoning for p in good]},
+                 "summarization": [p.summarization for p in good], "reasoning": [p.reasoning for p in good],
+                 "facts": [None if p.facts is None else json.dumps(p.facts, sort_keys=True) for p in good]},
                 schema=SHARD_SCHEMA))
         answered += len(good)
         if on_shard:
@@ -172,12 +176,21 @@ def run_profiles(engine: SemanticEngine, requests: Sequence[ProfileRequest], sd:
 
 
 def profile_tables(sd: StageDir, engine: SemanticEngine) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """user_profiles / item_profiles (id, summarization, reasoning, engine, model, approximate) from the shards."""
+    """user_profiles / item_profiles (id, summarization, reasoning, facts, engine, model, approximate) from the
+    shards."""
     df = sd.read_shards(SHARD, SHARD_SCHEMA).unique(["kind", "id"], keep="first", maintain_order=True)
     label = [pl.lit(engine.name).alias("engine"), pl.lit(engine.model).alias("model"),
              pl.lit(bool(engine.approximate)).alias("approximate")]
     out = []
     for kind in ("user", "item"):
         out.append(df.filter(pl.col("kind") == kind).sort("id")
-                   .select(pl.col("id").cast(pl.Int32).alias(kind), "summarization", "reasoning", *label))
+                   .select(pl.col("id").cast(pl.Int32).alias(kind), "summarization", "reasoning", "facts", *label))
     return out[0], out[1]
+
+
+def read_profiles(table: pl.DataFrame, kind: Kind, labels: Mapping[int, str] | None = None) -> list[Profile]:
+    """The profiles of a user_profiles / item_profiles table, with their facts (None where the table has none),
+    labelled with `labels` (the dataset's own ids) where given."""
+    facts = table["facts"].to_list() if "facts" in table.columns else [None] * table.height
+    return [Profile(kind, i, s, r, label=(labels or {}).get(i, ""), facts=None if f is None else json.loads(f))
+            for (i, s, r), f in zip(table.select(kind, "summarization", "reasoning").iter_rows(), facts)]

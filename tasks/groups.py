@@ -5,9 +5,8 @@ from __future__ import annotations
 import polars as pl
 
 from lagcl.groups import build_groups, genre_purity
-from lagcl.profiles import raw_labels
+from lagcl.profiles import raw_labels, read_profiles
 from lagcl.semantic import make_engine
-from lagcl.semantic.base import Profile
 from tasks.base import Plan, StageRef, log, run_stage
 
 STAGE = "groups"
@@ -25,9 +24,7 @@ def _build(plan: Plan, sd) -> dict:
     labels = {"user": raw_labels(plan.input("prepare", "users"), "user"), "item": raw_labels(items, "item")}
     out, stats = {}, {}
     for kind in ("user", "item"):
-        table = plan.input("profiles", f"{kind}_profiles")
-        profiles = [Profile(kind, i, s, r, label=labels[kind].get(i, ""))
-                    for i, s, r in table.select(kind, "summarization", "reasoning").iter_rows()]
+        profiles = read_profiles(plan.input("profiles", f"{kind}_profiles"), kind, labels[kind])
         out[kind] = build_groups(engine, kind, profiles, g.batch_size, g.target_group_size, g.tau_sim,
                                  g.candidate_pairs_k, cfg.seed, sd,
                                  on_batch=lambda b, n, kind=kind: log.info("groups: %s batch %d/%d", kind, b, n))

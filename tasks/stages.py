@@ -110,7 +110,7 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", "tasks.prepare:run", ("data",), "1", extras=(raw_digest,),
               writes=("interactions", "users", "items"), meta=PrepareMeta),
-    StageSpec("profiles", "tasks.profiles:run", ("data", "engine", "profiles"), "1",
+    StageSpec("profiles", "tasks.profiles:run", ("data", "engine", "profiles"), "2",
               reads={"prepare": ("interactions", "users", "items")}, writes=("user_profiles", "item_profiles"),
               extras=(prompt_ids,), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",

@@ -229,7 +229,7 @@ def test_quality_compares_augmented_items_with_random_candidates_on_validation_p
 
 # --- profiles (eq. 1): the query inputs and the resumable profiling loop ---------------------------------
 
-from lagcl.profiles import SHARD, profile_requests, profile_tables, run_profiles  # noqa: E402
+from lagcl.profiles import SHARD, profile_requests, profile_tables, read_profiles, run_profiles  # noqa: E402
 from lagcl.semantic.base import Profile  # noqa: E402
 
 
@@ -283,5 +283,23 @@ def test_profiles_are_written_per_shard_unusable_replies_are_asked_again_and_don
         users, items = profile_tables(sd, second)
     assert second.asked == [1, 2, 1, 2] and (run.answered, run.skipped, run.failed) == (4, 4, 0)
     assert users["user"].to_list() == [0, 1, 2, 3, 4] and items["item"].to_list() == [0, 1, 2]
-    assert users.columns == ["user", "summarization", "reasoning", "engine", "model", "approximate"]
-    assert users.row(0) == (0, "user 0", "rule", "scripted", "rule", False)
+    assert users.columns == ["user", "summarization", "reasoning", "facts", "engine", "model", "approximate"]
+    assert users.row(0) == (0, "user 0", "rule", None, "scripted", "rule", False)
+
+
+def test_the_profiles_tables_carry_each_profiles_facts_to_the_later_stages_and_none_where_it_has_none(tmp_path):
+    from lagcl.semantic.base import ProfileRequest
+
+    composed = Profile("user", 0, "A user.", "r", facts={"likes": {"titles": ["Heat (1995)"]}, "traits": [["age", "24"]]})
+
+    class Composer(ScriptedProfiler):
+        def profile(self, requests):
+            return [composed if r.id == 0 else Profile(r.kind, r.id, "text", "r") for r in requests]
+
+    engine = Composer()
+    with StageDir(tmp_path / "p", "profiles", "fp") as sd:
+        run_profiles(engine, [ProfileRequest("user", 0), ProfileRequest("user", 1)], sd, shard_size=2)
+        users, _ = profile_tables(sd, engine)
+    assert read_profiles(users, "user", {1: "u-1"}) == [composed, Profile("user", 1, "text", "r", label="u-1")]
+    older = users.drop("facts")  # a table written before profiles carried facts
+    assert [p.facts for p in read_profiles(older, "user")] == [None, None]

@@ -13,7 +13,7 @@ from test_llm_engine import good_model
 from lagcl.artifacts import read_manifest
 from lagcl.config import load_config
 from lagcl.errors import BudgetExceededError, ConfigError
-from lagcl.semantic.base import ProfileRequest, ScoreRequest
+from lagcl.semantic.base import Profile, ProfileRequest, ScoreRequest
 from lagcl.semantic.distributed import DistributedEngine
 from lagcl.semantic.embedding import EmbeddingEngine
 from tasks.base import make_plan, semantic_engine
@@ -53,13 +53,14 @@ def score_requests() -> list[ScoreRequest]:
 def test_scores_from_two_workers_equal_the_local_engine_in_request_order(client, tmp_path):
     cfg = load_config()  # the default: embedding engine
     requests = score_requests()
-    texts = [r.user_profile for r in requests] + [t for _, t in requests[0].items]
+    profiles = ([Profile("user", r.user, r.user_profile, "") for r in requests]
+                + [Profile("item", i, t, "") for i, t in requests[0].items])
     local = EmbeddingEngine(cfg.engine, domain="movie")
-    local.prime(texts)
+    local.prime(profiles)
     expected = local.score(requests)
 
     dist = DistributedEngine(cfg, tmp_path, client.get_executor(), parts=2)
-    dist.prime(texts)
+    dist.prime(profiles)
     got = dist.score(requests)
 
     assert [(r.user, r.polarity) for r in got] == [(r.user, r.polarity) for r in requests]

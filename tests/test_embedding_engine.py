@@ -1,5 +1,8 @@
 """The offline embedding engine: composed profiles, cosine scores, k-means partitions, centroid similarity."""
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -78,6 +81,51 @@ def test_without_a_dislikes_part_the_dislike_score_is_ten_minus_the_like_score(e
     text = "Loves space opera and science fiction adventures."
     like, dislike = engine.score([ScoreRequest(1, text, "pos", items), ScoreRequest(1, text, "neg", items)])
     assert all(abs(dislike.scores[i] - (10 - like.scores[i])) < 1e-3 for i in like.scores)
+
+
+def _fan_and_items(engine):
+    """The sci-fi fan's and the items' composed profiles, their facts through JSON as the profiles tables keep them."""
+    def through_json(p):
+        return replace(p, facts=json.loads(json.dumps(p.facts)))
+
+    return through_json(engine.profile([SCIFI_FAN])[0]), [through_json(p) for p in engine.profile(ITEMS)]
+
+
+def _request(user, items, polarity, facts=True):
+    return ScoreRequest(user.id, user.summarization, polarity, tuple((p.id, p.summarization) for p in items),
+                        user_facts=user.facts if facts else None,
+                        item_facts=tuple(p.facts for p in items) if facts else ())
+
+
+def test_scores_are_read_from_the_profiles_facts_so_a_rewritten_text_with_the_same_facts_scores_the_same(engine):
+    user, items = _fan_and_items(engine)
+    assert user.facts is not None and all(p.facts is not None for p in items)
+    rewritten_user = replace(user, summarization="A user. Likes: nothing rated highly yet.")
+    rewritten_items = [replace(p, summarization="Item.") for p in items]
+    for polarity in ("pos", "neg"):
+        [as_written, rewritten] = engine.score([_request(user, items, polarity),
+                                                _request(rewritten_user, rewritten_items, polarity)])
+        assert rewritten.scores == as_written.scores
+
+
+def test_a_profile_without_facts_is_read_back_from_its_text_and_scores_as_with_them(engine):
+    user, items = _fan_and_items(engine)
+    for polarity in ("pos", "neg"):
+        [with_facts, text_only] = engine.score([_request(user, items, polarity),
+                                                _request(user, items, polarity, facts=False)])
+        assert text_only.scores == with_facts.scores and text_only.failed is None
+
+
+def test_groups_are_formed_and_named_from_the_members_facts_not_their_texts():
+    reqs = [ProfileRequest("item", j, t, {"genres": g, "year": "1980"})
+            for j, (t, g) in enumerate([("Scream", "Horror"), ("Psycho", "Horror"), ("Aladdin", "Children's"),
+                                        ("Dumbo", "Children's")])]
+    engine = EmbeddingEngine(EngineConfig(batch_size=16), domain="movie")
+    profiles = engine.profile(reqs)
+    expected = engine.partition("item", profiles, target_group_size=2)
+    blanked = [replace(p, summarization=f"Movie {p.id}.") for p in profiles]
+    assert EmbeddingEngine(domain="movie", encoder=engine.encoder).partition("item", blanked, 2) == expected
+    assert {g.name for g in expected.groups} == {"Horror / year 1980", "Children's / year 1980"}
 
 
 def test_a_request_with_duplicate_item_ids_fails_instead_of_being_answered(engine):

@@ -13,7 +13,8 @@ interface, so switching engines is a config change (`conf/engine/<name>.yaml`).
 
 Besides the four operations an engine has three capabilities, which `EngineDefaults` gives every engine
 as no-ops; the embedding engine, which works on the profiles' embeddings, overrides them:
-- prime:          embed up front every text the coming calls need (identical floats in fresh and resumed runs);
+- prime:          embed up front every text the coming calls' profiles need (identical floats in fresh and
+                  resumed runs);
 - profile_vector: the vector a profile is grouped by (eq. 6 candidate pairs), or None: the caller embeds it;
 - index_profiles: learn the member profiles that similarity (eq. 6) forms group centroids from.
 
@@ -26,7 +27,7 @@ from the response cache (issue 14); replies are mapped back to internal ids agai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,6 +65,9 @@ class Profile:
     reasoning: str
     failed: str | None = None  # reason, when the LLM reply could not be used after repair (texts empty)
     label: str = ""  # the dataset's own id, shown in partition prompts ("": the internal id)
+    # what the text was composed from, as JSON-serialisable data (the embedding engine's profiles; None from an
+    # LLM): later stages read an embedding profile's parts from here instead of parsing its prose back
+    facts: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class ScoreRequest:
     items: tuple[tuple[int, str], ...]  # (item id, item profile text)
     user_label: str = ""  # the dataset's own user id, shown in prompts ("": the internal id)
     item_labels: tuple[str, ...] = ()  # the dataset's own item ids, aligned with `items` (empty: internal ids)
+    user_facts: Mapping[str, Any] | None = None  # Profile.facts of the user profile
+    item_facts: tuple[Mapping[str, Any] | None, ...] = ()  # Profile.facts aligned with `items` (empty: none)
 
     def labels(self) -> dict[int, str]:
         """Item id -> the id its prompt shows."""
@@ -136,9 +142,9 @@ class SemanticEngine(Protocol):
 
     def usage(self) -> Usage: ...
 
-    def prime(self, profile_texts: Sequence[str]) -> None: ...
+    def prime(self, profiles: Sequence[Profile]) -> None: ...
 
-    def profile_vector(self, text: str) -> np.ndarray | None: ...
+    def profile_vector(self, profile: Profile) -> np.ndarray | None: ...
 
     def index_profiles(self, profiles: Sequence[Profile]) -> None: ...
 
@@ -148,10 +154,10 @@ class EngineDefaults:
     (the caller embeds profiles itself), nothing to learn from member profiles (its similarity reads the
     groups it is given)."""
 
-    def prime(self, profile_texts: Sequence[str]) -> None:
+    def prime(self, profiles: Sequence[Profile]) -> None:
         return None
 
-    def profile_vector(self, text: str) -> np.ndarray | None:
+    def profile_vector(self, profile: Profile) -> np.ndarray | None:
         return None
 
     def index_profiles(self, profiles: Sequence[Profile]) -> None:

@@ -68,7 +68,7 @@ def _worker_engine(cfg_json: str, cache_dir: str) -> tuple[str, SemanticEngine]:
     return key, _WORKER_ENGINES[key]
 
 
-def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: tuple[str, list[str]] | None,
+def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: tuple[str, list[Profile]] | None,
              allowance_usd: float | None) -> tuple[list | None, Usage, Exception | None]:
     """One part on a worker: (answers in request order, what the worker's engine counted for them, the error
     that stopped it): what was paid reaches the caller's accounting even when the part fails."""
@@ -102,12 +102,13 @@ class DistributedEngine(EngineDefaults):
         self.name, self.model, self.approximate = self._local.name, self._local.model, self._local.approximate
         self._budget = cfg.llm.budget_usd
         self._remote = Usage()
-        self._prime: tuple[str, list[str]] | None = None
+        self._prime: tuple[str, list[Profile]] | None = None
 
-    def prime(self, profile_texts: Sequence[str]) -> None:
+    def prime(self, profiles: Sequence[Profile]) -> None:
         """Remembered and sent with every part: each worker primes once with the same set."""
-        texts = list(profile_texts)
-        self._prime = (hashlib.sha256("\0".join(texts).encode()).hexdigest(), texts)
+        profiles = list(profiles)
+        key = "\0".join(f"{p.kind}\0{p.id}\0{p.summarization}\0{json.dumps(p.facts, sort_keys=True)}" for p in profiles)
+        self._prime = (hashlib.sha256(key.encode()).hexdigest(), profiles)
 
     def _fan_out(self, method: str, requests: Sequence) -> list:
         requests = list(requests)

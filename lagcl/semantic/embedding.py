@@ -20,8 +20,10 @@ It approximates the LLM engine on a CPU, and labels everything it writes as an a
   MiniLM centroids of movie profiles all point the same way, so with raw cosines tau_sim merged
   nearly everything into one group, and centring alone did not spread user pairs enough; whitened,
   tau_sim merges only near-identical groups (BENCHMARKS.md, "Groups").
-Profiles reach the later stages as text (the profiles tables), so score, partition and similarity
-read their parts back from it (`split_user_profile`, `listed_titles`, `content_text`, `profile_facts`).
+Profiles reach the later stages with their facts (`Profile.facts`: the `ComposedProfile` as data, a column of
+the profiles tables), so score, partition and similarity read a profile's parts from its facts (`ProfileParts`);
+only a profile without facts (an LLM's, or one written by an older run) has them read back from its text
+(`split_user_profile`, `listed_titles`, `content_text`, `profile_facts`).
 Everything is deterministic: fixed model weights, a seeded k-means, ties broken by id.
 """
 
@@ -33,7 +35,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -62,6 +64,7 @@ LIKES = "Likes:"
 DISLIKES = "Dislikes:"
 SUCH_AS = ", such as "
 RATINGS = "Ratings:"  # an item's rating-history sentence: kept in the profile, left out of its embedding
+NOTHING_LIKED = "nothing rated highly yet"
 WHITEN_DIMS = 32  # principal axes kept for group similarity (more axes: lower similarities, fewer merges)
 # keys shown as "key: value" facts; genre keys and history keys are composed into sentences instead
 _SENTENCE_KEYS = {LIKED_GENRES, DISLIKED_GENRES, GENRES}
@@ -133,6 +136,9 @@ class Taste:
     def __bool__(self) -> bool:
         return bool(self.genres or self.titles)
 
+    def shown_titles(self) -> tuple[str, ...]:
+        return self.titles[:self.shown]
+
     def text(self, domain: str) -> str:
         parts = [f"{self.genres} {domain}s"] * bool(self.genres)
         if self.titles:
@@ -173,16 +179,46 @@ class ComposedProfile:
 
     def summarization(self) -> str:
         if self.kind == "item":
-            parts = [f"{self.title or f'{self.domain.capitalize()} {self.id}'}."]
-            parts += [f"Genres: {self.genres}."] * bool(self.genres)
-            parts += [f"{k.capitalize()}: {v}." for k, v in self.traits]
-            parts += [f"{RATINGS} {self.rating_counts}."] * bool(self.rating_counts)
-            return " ".join(parts)
-        who = ", ".join(f"{k}: {v}" for k, v in self.traits)
-        parts = [f"A user ({who})." if who else "A user.",
-                 f"{LIKES} {self.likes.text(self.domain) or 'nothing rated highly yet'}."]
-        parts += [f"{DISLIKES} {self.dislikes.text(self.domain)}."] * bool(self.dislikes)
+            return " ".join([self.content()] + [f"{RATINGS} {self.rating_counts}."] * bool(self.rating_counts))
+        return " ".join([self.likes_text()] + [f"{DISLIKES} {self.dislikes_text()}"] * bool(self.dislikes))
+
+    def content(self) -> str:
+        """What an item's profile says about the item itself: all but its rating counts."""
+        parts = [f"{self.title or f'{self.domain.capitalize()} {self.id}'}."]
+        parts += [f"Genres: {self.genres}."] * bool(self.genres)
+        parts += [f"{k.capitalize()}: {v}." for k, v in self.traits]
         return " ".join(parts)
+
+    def likes_text(self) -> str:
+        """A user's profile up to its dislikes: who the user is and what they like."""
+        who = ", ".join(f"{k}: {v}" for k, v in self.traits)
+        return " ".join([f"A user ({who})." if who else "A user.",
+                         f"{LIKES} {self.likes.text(self.domain) or NOTHING_LIKED}."])
+
+    def dislikes_text(self) -> str:
+        return f"{self.dislikes.text(self.domain)}."
+
+    def group_facts(self) -> list[str]:
+        """Facts a group is named by: genres (of an item, or liked by a user) and one-word "key value" traits."""
+        if self.kind == "item":
+            genres = self.genres
+        else:
+            genres = self.likes.genres or ("" if self.likes else NOTHING_LIKED)
+        facts = [g.strip() for g in genres.split(",") if g.strip()]
+        return facts + [f"{k.lower()} {v}" for k, v in self.traits if len(k.split()) == 1]
+
+    def facts(self) -> dict[str, Any]:
+        """This profile as JSON-serialisable data (`Profile.facts`); `from_facts` reads it back."""
+        return {"domain": self.domain, "sources": list(self.sources), "title": self.title,
+                "traits": [list(t) for t in self.traits], "genres": self.genres, "rating_counts": self.rating_counts,
+                "likes": _taste_facts(self.likes), "dislikes": _taste_facts(self.dislikes)}
+
+    @staticmethod
+    def from_facts(kind: Kind, id_: int, facts: Mapping[str, Any]) -> "ComposedProfile":
+        return ComposedProfile(kind, id_, facts["domain"], tuple(facts["sources"]), title=facts["title"],
+                               traits=tuple((k, v) for k, v in facts["traits"]), genres=facts["genres"],
+                               rating_counts=facts["rating_counts"], likes=_taste(facts["likes"]),
+                               dislikes=_taste(facts["dislikes"]))
 
     def reasoning(self) -> str:
         d = self.domain
@@ -200,7 +236,15 @@ class ComposedProfile:
         return ("Composed from " + "; ".join(used) + ".") if used else "No metadata or history: a blank profile."
 
     def profile(self) -> Profile:
-        return Profile(self.kind, self.id, self.summarization(), self.reasoning())
+        return Profile(self.kind, self.id, self.summarization(), self.reasoning(), facts=self.facts())
+
+
+def _taste_facts(t: Taste) -> dict[str, Any]:
+    return {"genres": t.genres, "titles": list(t.titles), "shown": t.shown}
+
+
+def _taste(facts: Mapping[str, Any]) -> Taste:
+    return Taste(facts["genres"], tuple(facts["titles"]), facts["shown"])
 
 
 def compose_profile(req: ProfileRequest, domain: str = "item", history: int = 30) -> Profile:
@@ -247,7 +291,10 @@ _ATTR_RE = re.compile(r"(\w[\w ]*?): ([^,.()]+)")
 
 
 def profile_facts(text: str) -> list[str]:
-    """Facts a group can be named by: genres (of an item, or liked by a user) and "key: value" attributes."""
+    """`ComposedProfile.group_facts` read back from a profile text without facts: genres (of an item, or liked
+    by a user) and "key: value" attributes. Read from prose it also takes the word before a colon in a title for
+    a trait ("Dracula: Dead and Loving It" -> "dracula Dead and Loving It"; 14 ML-100K items, in no group name),
+    which the facts cannot."""
     facts: list[str] = []
     m = _GENRE_RE.search(text)
     if m:
@@ -261,14 +308,47 @@ def profile_facts(text: str) -> list[str]:
     return facts
 
 
-def describe_group(kind: Kind, texts: Sequence[str]) -> tuple[str, str]:
-    """(name, characteristics) from the members' most common facts; ties broken alphabetically."""
-    counts = Counter(f for t in texts for f in set(profile_facts(t)))
+def describe_group(kind: Kind, member_facts: Sequence[Sequence[str]]) -> tuple[str, str]:
+    """(name, characteristics) from the members' most common group facts; ties broken alphabetically."""
+    counts = Counter(f for facts in member_facts for f in set(facts))
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    n = len(texts)
+    n = len(member_facts)
     name = " / ".join(f for f, _ in top[:2]) if top else f"{kind}s"
     chars = f"{n} {kind}s; most common: " + (", ".join(f"{f} ({c / n:.0%})" for f, c in top[:5]) if top else "none")
     return name, chars
+
+
+@dataclass(frozen=True)
+class ProfileParts:
+    """What the engine reads of one profile: the texts whose mean embedding stands for a user's likes and for
+    the dislikes (the titles shown, or the side's own text where it lists none; no dislikes: empty), an item's
+    content (all but its rating counts), the facts a group is named by, and whether the profile is grouped by
+    its likes (a user's) or by its content."""
+
+    likes: tuple[str, ...]
+    dislikes: tuple[str, ...]
+    content: str
+    group_facts: tuple[str, ...]
+    by_likes: bool
+
+    @staticmethod
+    def of(kind: Kind, id_: int, text: str, facts: Mapping[str, Any] | None) -> "ProfileParts":
+        """From the profile's facts; read back from its text only where it has none (an LLM's profile)."""
+        if facts is not None:
+            c = ComposedProfile.from_facts(kind, id_, facts)
+            if kind == "user":
+                dislikes = (c.dislikes.shown_titles() or (c.dislikes_text(),)) if c.dislikes else ()
+                return ProfileParts(c.likes.shown_titles() or (c.likes_text(),), dislikes, "",
+                                    tuple(c.group_facts()), True)
+            return ProfileParts((), (), c.content(), tuple(c.group_facts()), False)
+        like, dislike = split_user_profile(text)
+        return ProfileParts(tuple(listed_titles(like)) or (like,),
+                            (tuple(listed_titles(dislike)) or (dislike,)) if dislike else (),
+                            content_text(text), tuple(profile_facts(text)), LIKES in text)
+
+    @staticmethod
+    def of_profile(p: Profile) -> "ProfileParts":
+        return ProfileParts.of(p.kind, p.id, p.summarization, p.facts)
 
 
 class EmbeddingEngine(EngineDefaults):
@@ -287,10 +367,10 @@ class EmbeddingEngine(EngineDefaults):
         self.encoder = encoder or SentenceEncoder(cfg.model, cfg.device, cfg.batch_size)
         self._requests = 0
         self._failed = 0
-        # profile texts by (kind, id), learnt from partition() and index_profiles(): similarity()
+        # profile parts by (kind, id), learnt from partition() and index_profiles(): similarity()
         # needs member profiles for centroids, and Group carries only member ids
-        self._texts: dict[tuple[str, int], str] = {}
-        self._vectors: dict[str, np.ndarray] = {}  # profile text -> grouping vector
+        self._parts: dict[tuple[str, int], ProfileParts] = {}
+        self._vectors: dict[ProfileParts, np.ndarray] = {}  # grouping vectors
         self._whiteners: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # kind -> (mean, projection)
 
     # eq. 1
@@ -308,8 +388,12 @@ class EmbeddingEngine(EngineDefaults):
                 self._failed += 1
                 out.append(ScoreResult(req.user, req.polarity, {}, failed="duplicate item ids in the request"))
                 continue
-            like, dislike = self.user_vectors(req.user_profile)
-            items = self.encoder.encode([content_text(t) for _, t in req.items])
+            user = ProfileParts.of("user", req.user, req.user_profile, req.user_facts)
+            like = self._side_vector(user.likes)
+            dislike = self._side_vector(user.dislikes) if user.dislikes else None
+            item_facts = req.item_facts or (None,) * len(req.items)
+            items = self.encoder.encode([ProfileParts.of("item", i, t, f).content
+                                         for (i, t), f in zip(req.items, item_facts)])
             cos_like = items @ like
             if req.polarity == "pos":
                 s = like_score(cos_like)
@@ -318,40 +402,35 @@ class EmbeddingEngine(EngineDefaults):
             out.append(ScoreResult(req.user, req.polarity, {i: round(float(v), 4) for i, v in zip(ids, s)}))
         return out
 
-    def _part_vector(self, part: str) -> np.ndarray:
+    def _side_vector(self, texts: tuple[str, ...]) -> np.ndarray:
         # the mean of the listed titles' embeddings: item-to-item similarity, which ranks held-out
         # items better than one embedding of the whole paragraph (measured: AUC 0.66 vs 0.63 on ML-100K)
-        titles = listed_titles(part)
-        v = self.encoder.encode(titles).mean(axis=0) if titles else self.encoder.encode([part])[0]
+        v = self.encoder.encode(list(texts)).mean(axis=0)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
-    def user_vectors(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """(likes vector, dislikes vector or None) of a user profile text."""
-        like, dislike = split_user_profile(text)
-        return self._part_vector(like), (self._part_vector(dislike) if dislike else None)
-
-    def prime(self, profile_texts: Sequence[str]) -> None:
+    def prime(self, profiles: Sequence[Profile]) -> None:
         """Embed, in one call, every text the given profiles will need.
 
         The model's floats depend slightly (~1e-7) on which texts share a padded batch; a stage that
         primes with all its profiles first gets the same batches in a fresh and in a resumed run, so
         a resume reproduces the uninterrupted run's scores and groups exactly."""
         needed: set[str] = set()
-        for text in profile_texts:
-            if LIKES in text:
-                for part in split_user_profile(text):
-                    if part:
-                        needed.update(listed_titles(part) or [part])
+        for parts in map(ProfileParts.of_profile, profiles):
+            if parts.by_likes:
+                needed.update(parts.likes + parts.dislikes)
             else:
-                needed.add(content_text(text))
+                needed.add(parts.content)
         self.encoder.encode(sorted(needed))
 
-    def profile_vector(self, text: str) -> np.ndarray:
+    def profile_vector(self, profile: Profile) -> np.ndarray:
         """The embedding a profile is grouped by: a user's likes vector, an item's content embedding."""
-        if text not in self._vectors:
-            self._vectors[text] = (self.user_vectors(text)[0] if LIKES in text
-                                   else self.encoder.encode([content_text(text)])[0])
-        return self._vectors[text]
+        return self._vector(ProfileParts.of_profile(profile))
+
+    def _vector(self, parts: ProfileParts) -> np.ndarray:
+        if parts not in self._vectors:
+            self._vectors[parts] = (self._side_vector(parts.likes) if parts.by_likes
+                                    else self.encoder.encode([parts.content])[0])
+        return self._vectors[parts]
 
     # eq. 5
     def partition(self, kind: Kind, profiles: Sequence[Profile], target_group_size: int) -> PartitionResult:
@@ -361,21 +440,23 @@ class EmbeddingEngine(EngineDefaults):
         self.index_profiles(profiles)
         order = sorted(range(len(profiles)), key=lambda j: profiles[j].id)
         profiles = [profiles[j] for j in order]
-        x = np.stack([self.profile_vector(p.summarization) for p in profiles])
+        parts = {p.id: self._parts[(p.kind, p.id)] for p in profiles}
+        x = np.stack([self._vector(parts[p.id]) for p in profiles])
         k = max(1, min(len(profiles), math.ceil(len(profiles) / target_group_size)))
         labels = np.zeros(len(profiles), dtype=int) if k == 1 else _kmeans(x, k, self.seed)
         groups = []
         for c in sorted(set(labels.tolist()), key=lambda c: min(p.id for p, l in zip(profiles, labels) if l == c)):
             members = [p for p, l in zip(profiles, labels) if l == c]
-            name, chars = describe_group(kind, [p.summarization for p in members])
+            name, chars = describe_group(kind, [parts[p.id].group_facts for p in members])
             groups.append(Group(kind, name, chars, tuple(p.id for p in members)))
         return PartitionResult(tuple(groups))
 
     def index_profiles(self, profiles: Sequence[Profile]) -> None:
-        """Remember member profile texts so similarity() can form centroids (also after a resume)."""
+        """Remember member profiles so similarity() can form centroids (also after a resume)."""
         for p in profiles:
-            if self._texts.get((p.kind, p.id)) != p.summarization:
-                self._texts[(p.kind, p.id)] = p.summarization
+            parts = ProfileParts.of_profile(p)
+            if self._parts.get((p.kind, p.id)) != parts:
+                self._parts[(p.kind, p.id)] = parts
                 self._whiteners.pop(p.kind, None)
 
     # eq. 6
@@ -385,8 +466,8 @@ class EmbeddingEngine(EngineDefaults):
 
     def _whitener(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         if kind not in self._whiteners:
-            keys = sorted(k for k in self._texts if k[0] == kind)
-            x = np.stack([self.profile_vector(self._texts[k]) for k in keys]).astype(np.float64)
+            keys = sorted(k for k in self._parts if k[0] == kind)
+            x = np.stack([self._vector(self._parts[k]) for k in keys]).astype(np.float64)
             mean = x.mean(axis=0)
             _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
             d = max(1, min(WHITEN_DIMS, int((s > 1e-8 * max(s[0], 1e-12)).sum())))
@@ -394,13 +475,13 @@ class EmbeddingEngine(EngineDefaults):
         return self._whiteners[kind]
 
     def _centroid(self, g: Group) -> np.ndarray:
-        texts = [self._texts.get((g.kind, m)) for m in g.members]
-        if any(t is None for t in texts):
-            missing = [m for m, t in zip(g.members, texts) if t is None][:5]
+        parts = [self._parts.get((g.kind, m)) for m in g.members]
+        if any(p is None for p in parts):
+            missing = [m for m, p in zip(g.members, parts) if p is None][:5]
             raise LLMError(f"embedding engine: no profile known for {g.kind}s {missing}; call partition() or "
                            "index_profiles() with their profiles before similarity()")
         mean, proj = self._whitener(g.kind)
-        c = (np.stack([self.profile_vector(t) for t in texts]).mean(axis=0) - mean) @ proj
+        c = (np.stack([self._vector(p) for p in parts]).mean(axis=0) - mean) @ proj
         return c / max(float(np.linalg.norm(c)), 1e-12)
 
     def usage(self) -> Usage:
