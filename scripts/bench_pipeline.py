@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -87,7 +88,18 @@ def _manifest(cache: Path, stage: str) -> dict | None:
     return json.loads(found[-1].read_text()) if found else None
 
 
-def run_stage(stage: str, args: list[str], cache: Path, env: dict[str, str], log: Path) -> dict:
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_stage(stage: str, args: list[str], cache: Path, env: dict[str, str], log: Path,
+              max_rss_mib: float | None = None) -> dict:
     """The pipeline with the stages up to `stage` switched on, in a fresh process; its measurements."""
     off = SWITCHABLE[SWITCHABLE.index(stage) + 1:] if stage in SWITCHABLE else SWITCHABLE
     cmd = [sys.executable, "-c", _WRAPPER, *args, *[a for s in off for a in ("--set", f"pipeline.stages.{s}=false")]]
@@ -95,9 +107,19 @@ def run_stage(stage: str, args: list[str], cache: Path, env: dict[str, str], log
     env = {**env, "LAGCL_BENCH_RSS": str(rss_file)}
     load_before = _loadavg()
     t0 = time.perf_counter()
+    over = None
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = _rss_mib(proc.pid)
+            if max_rss_mib and rss > max_rss_mib and over is None:
+                # the machine is shared: a stage past the limit is stopped, not left to the kernel's OOM killer
+                over = rss
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.5)
     wall = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
     manifest = _manifest(cache, stage)
@@ -105,7 +127,10 @@ def run_stage(stage: str, args: list[str], cache: Path, env: dict[str, str], log
     row = {"stage": stage, "rc": rc, "process_s": round(wall, 2), "load_before": load_before,
            "load_after": _loadavg(), "peak_rss_mib": round(own / 1024, 1) if own else None,
            "peak_rss_tree_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log)}
-    if manifest is not None:
+    if over is not None:
+        row["stopped"] = f"RSS {over:,.0f} MiB passed --max-rss-gib; killed"
+        row["peak_rss_mib"] = round(max(over, usage.ru_maxrss / 1024), 1)
+    if manifest is not None and rc == 0:
         row["seconds"] = manifest.get("seconds")
         row["rows"] = sum((manifest.get("rows") or {}).values())
         row["tables"] = manifest.get("rows")
@@ -140,7 +165,8 @@ def epochs_run(cache: Path, stage: str) -> tuple[int, dict[str, float]]:
     return ep.height, per
 
 
-def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str]) -> dict:
+def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str],
+                max_rss_mib: float | None = None) -> dict:
     name, scale = parse_shape(text)
     lab = label(name, scale)
     base = workdir / lab
@@ -154,7 +180,7 @@ def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str]) -> 
     out = {"shape": lab, "name": name, "scale": scale, "epochs_cap": epochs, "synthetic_write_s": wrote_s,
            "command": "python -m flows.pipeline " + " ".join(args), "stages": []}
     for stage in STAGE_ORDER:
-        row = run_stage(stage, args, cache, env, logs / f"{stage}.log")
+        row = run_stage(stage, args, cache, env, logs / f"{stage}.log", max_rss_mib)
         out["stages"].append(row)
         print(f"{lab} {stage}: rc {row['rc']}, {row.get('seconds')} s (process {row['process_s']} s), peak RSS "
               f"{row['peak_rss_mib']} MiB, rows {row.get('rows')}, load {row['load_before'][0]}->"
@@ -323,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None, help="only redo the tables from DIR/results.json")
     p.add_argument("--merge", default="", help="with --report: first join these results.json files (runs made "
                                                "apart) into DIR/results.json")
+    p.add_argument("--max-rss-gib", type=float, default=12.0,
+                   help="stop a stage whose pipeline process passes this resident size (a shared machine)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     epochs_full = {k: int(v) for k, v in (x.split("=") for x in a.full_epochs.split(","))}
@@ -341,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "epochs_full": epochs_full,
                "results": []}
         for shape in filter(None, a.shapes.split(",")):
-            doc["results"].append(bench_shape(shape, a.epochs, a.workdir, a.overrides))
+            doc["results"].append(bench_shape(shape, a.epochs, a.workdir, a.overrides, a.max_rss_gib * 1024))
             (out / "results.json").write_text(json.dumps(doc, indent=2))
         doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["growth"] = growth(doc["results"])
