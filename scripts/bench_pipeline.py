@@ -165,8 +165,9 @@ def epochs_run(cache: Path, stage: str) -> tuple[int, dict[str, float]]:
     return ep.height, per
 
 
-def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str],
-                max_rss_mib: float | None = None) -> dict:
+def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str], max_rss_mib: float | None = None,
+                out: dict | None = None, on_stage=lambda: None) -> dict:
+    """One shape, stage by stage, into `out` (filled in place: `on_stage()` after each stage saves it)."""
     name, scale = parse_shape(text)
     lab = label(name, scale)
     base = workdir / lab
@@ -177,8 +178,9 @@ def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str],
             *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "PREFECT_HOME": str(base / "prefect"), "PYTHONPATH": str(REPO),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1"}
-    out = {"shape": lab, "name": name, "scale": scale, "epochs_cap": epochs, "synthetic_write_s": wrote_s,
-           "command": "python -m flows.pipeline " + " ".join(args), "stages": []}
+    out = {} if out is None else out
+    out.update({"shape": lab, "name": name, "scale": scale, "epochs_cap": epochs, "synthetic_write_s": wrote_s,
+                "command": "python -m flows.pipeline " + " ".join(args), "stages": []})
     for stage in STAGE_ORDER:
         row = run_stage(stage, args, cache, env, logs / f"{stage}.log", max_rss_mib)
         out["stages"].append(row)
@@ -189,17 +191,13 @@ def bench_shape(text: str, epochs: int, workdir: Path, overrides: list[str],
             out["failed_at"] = stage
             break
         if stage == "prepare":
-            out["sizes"] = sizes(cache)
-    if "sizes" not in out:
-        return out
-    from lagcl.config import load_config
+            from lagcl.config import load_config
 
-    cfg = load_config()
-    out["sizes"]["n_candidates"] = 2 * cfg.augment.n_candidates  # a like and a dislike sample per cold user
-    for stage in ("control", "gcl"):
-        n, per = epochs_run(cache, stage)
-        out["sizes"][f"epochs_{stage}"] = n
-        out[f"per_epoch_{stage}"] = per
+            # a like and a dislike sample per cold user
+            out["sizes"] = {**sizes(cache), "n_candidates": 2 * load_config().augment.n_candidates}
+        if stage in ("control", "gcl"):
+            out["sizes"][f"epochs_{stage}"], out[f"per_epoch_{stage}"] = epochs_run(cache, stage)
+        on_stage()
     return out
 
 
@@ -257,8 +255,8 @@ def growth(results: list[dict]) -> list[dict]:
 def project(results: list[dict], epochs_full: dict[str, int]) -> list[dict]:
     """Projected CPU seconds of a full run (the defaults: full GCL epochs) at each Table-1 shape, per stage.
 
-    The reference is the largest measured run of the same shape, else the nearest one in users, items and
-    interactions. The target has Table 1's users, items and interactions; its training positives and
+    Per stage, the reference is the largest run of the same shape that finished the stage, else the nearest
+    such run in users, items and interactions. The target has Table 1's users, items and interactions; its training positives and
     cold-start users keep the reference's ratios (to interactions, to users). A stage's seconds scale with
     its work variable to the power max(1, its fitted exponent) (below 1 the fixed costs flatter the fit:
     linear is the safer bound); control and gcl are their fixed part (stage seconds less the measured
@@ -270,21 +268,22 @@ def project(results: list[dict], epochs_full: dict[str, int]) -> list[dict]:
     for row in growth(results):
         if row["exponent"] is not None:
             exps[row["stage"]] = max(exps.get(row["stage"], 1.0), row["exponent"])
-    measured = [r for r in results if r["name"] != "ml-100k" and "sizes" in r and "failed_at" not in r]
+    measured = [r for r in results if r["name"] != "ml-100k" and "sizes" in r]
     out = []
     for shape, (n_u, n_i, n_x) in SHAPES.items():
-        if not measured:
-            break
-        same = [r for r in measured if r["name"] == shape]
-        ref = max(same, key=lambda r: r["scale"]) if same else min(measured, key=lambda r: sum(
-            abs(math.log(v / r["sizes"][k])) for k, v in (("users", n_u), ("items", n_i), ("interactions", n_x))))
-        rs = ref["sizes"]
-        sz = {**rs, "users": n_u, "items": n_i, "interactions": n_x,
-              "train_positives": round(n_x * rs["train_positives"] / rs["interactions"]),
-              "cold_users": round(n_u * rs["cold_users"] / rs["users"])}
-        row = {"shape": shape, "reference": ref["shape"], "target_sizes": sz, "stages": {}}
-        for st in ref["stages"]:
-            stage, t = st["stage"], st.get("seconds") or 0.0
+        row = {"shape": shape, "references": {}, "stages": {}}
+        for stage in STAGE_ORDER:
+            done = [r for r in measured if any(x["stage"] == stage and x.get("seconds") for x in r["stages"])]
+            if not done:
+                continue
+            same = [r for r in done if r["name"] == shape]
+            ref = max(same, key=lambda r: r["scale"]) if same else min(done, key=lambda r: sum(
+                abs(math.log(v / r["sizes"][k])) for k, v in (("users", n_u), ("items", n_i), ("interactions", n_x))))
+            rs = ref["sizes"]
+            sz = {**rs, "users": n_u, "items": n_i, "interactions": n_x,
+                  "train_positives": round(n_x * rs["train_positives"] / rs["interactions"]),
+                  "cold_users": round(n_u * rs["cold_users"] / rs["users"])}
+            t = next(x for x in ref["stages"] if x["stage"] == stage)["seconds"]
             if stage in ("control", "gcl"):
                 per = ref.get(f"per_epoch_{stage}") or {}
                 one = _per_epoch(ref, stage) or 0.0
@@ -296,8 +295,11 @@ def project(results: list[dict], epochs_full: dict[str, int]) -> list[dict]:
                 _, w = WORK[stage]
                 t = t * (w(sz) / w(rs)) ** max(1.0, exps.get(stage, 1.0))
             row["stages"][stage] = round(t, 1)
-        row["total_s"] = round(sum(row["stages"].values()), 1)
-        out.append(row)
+            row["references"][stage] = ref["shape"]
+            row["target_sizes"] = sz
+        if row["stages"]:
+            row["total_s"] = round(sum(row["stages"].values()), 1)
+            out.append(row)
     return out
 
 
@@ -331,7 +333,9 @@ def markdown(doc: dict) -> str:
                   + " | total, CPU | one GPU |", "|---|---|---|" + "---:|" * (len(STAGE_ORDER) + 1) + "---|"]
         for row in p:
             t = row["target_sizes"]
-            lines.append(f"| {row['shape']} | {t['users']:,} x {t['items']:,}, {t['interactions']:,} | {row['reference']} | "
+            refs = ", ".join(sorted({f"{v} ({k})" if len(set(row["references"].values())) > 1 else v
+                                      for k, v in row["references"].items()}))
+            lines.append(f"| {row['shape']} | {t['users']:,} x {t['items']:,}, {t['interactions']:,} | {refs} | "
                          + " | ".join(_fmt_s(row["stages"].get(s)) for s in STAGE_ORDER)
                          + f" | {_fmt_s(row['total_s'])} s ({row['total_s'] / 3600:.1f} h) | not measured |")
     return "\n".join(lines) + "\n"
@@ -368,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"load {' '.join(map(str, _loadavg()))} at start",
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "epochs_full": epochs_full,
                "results": []}
-        for shape in filter(None, a.shapes.split(",")):
-            doc["results"].append(bench_shape(shape, a.epochs, a.workdir, a.overrides, a.max_rss_gib * 1024))
+        def save() -> None:
             (out / "results.json").write_text(json.dumps(doc, indent=2))
+
+        for shape in filter(None, a.shapes.split(",")):
+            doc["results"].append({})
+            bench_shape(shape, a.epochs, a.workdir, a.overrides, a.max_rss_gib * 1024, doc["results"][-1], save)
         doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["growth"] = growth(doc["results"])
     doc["projections"] = project(doc["results"], doc.get("epochs_full", epochs_full))
