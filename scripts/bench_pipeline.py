@@ -126,7 +126,9 @@ def run_stage(stage: str, args: list[str], cache: Path, env: dict[str, str], log
     own = json.loads(rss_file.read_text())["self_kib"] if rss_file.is_file() else None
     row = {"stage": stage, "rc": rc, "process_s": round(wall, 2), "load_before": load_before,
            "load_after": _loadavg(), "peak_rss_mib": round(own / 1024, 1) if own else None,
-           "peak_rss_tree_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log)}
+           "peak_rss_tree_mib": round(usage.ru_maxrss / 1024, 1),
+           # CPU seconds of the process (not of its children) move less than wall seconds with the machine's load
+           "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "log": str(log)}
     if over is not None:
         row["stopped"] = f"RSS {over:,.0f} MiB passed --max-rss-gib; killed"
         row["peak_rss_mib"] = round(max(over, usage.ru_maxrss / 1024), 1)
