@@ -312,13 +312,13 @@ def _fmt_s(x) -> str:
 def markdown(doc: dict) -> str:
     lines = [f"machine: {doc['machine']}", ""]
     lines += ["| shape | users | items | interactions | train positives | cold users | stage | seconds (manifest) | "
-              "process s | peak RSS MiB | rows | load 1-min before / after |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 4 + "---|"]
+              "process s (CPU s) | peak RSS MiB | rows | load 1-min before / after |", "|---|" + "---:|" * 5 + "---|" + "---:|" * 4 + "---|"]
     for r in doc["results"]:
         s = r.get("sizes", {})
         for i, st in enumerate(r["stages"]):
             head = ([r["shape"], f"{s.get('users', 0):,}", f"{s.get('items', 0):,}", f"{s.get('interactions', 0):,}",
                      f"{s.get('train_positives', 0):,}", f"{s.get('cold_users', 0):,}"] if i == 0 else [""] * 6)
-            lines.append("| " + " | ".join(head + [st["stage"], _fmt_s(st.get("seconds")), _fmt_s(st["process_s"]),
+            lines.append("| " + " | ".join(head + [st["stage"], _fmt_s(st.get("seconds")), _fmt_s(st["process_s"]) + (f" ({st['process_cpu_s']:,.1f})" if "process_cpu_s" in st else ""),
                                                    _fmt_s(st["peak_rss_mib"]), f"{st.get('rows', 0) or 0:,}",
                                                    f"{st['load_before'][0]:.1f} / {st['load_after'][0]:.1f}"]) + " |")
     g = doc.get("growth") or []
