@@ -7,9 +7,10 @@ import pytest
 from scripts.bench_pipeline import STAGE_ORDER, exponent, growth, parse_shape, project
 
 
-def _run(name: str, scale: float, users: int, seconds: dict[str, float], per_epoch: float = 1.0) -> dict:
-    sizes = {"users": users, "items": 1000, "interactions": 100 * users, "positives": 50 * users,
-             "train_positives": 35 * users, "cold_users": users // 4, "n_candidates": 2048,
+def _run(name: str, scale: float, users: int, seconds: dict[str, float], per_epoch: float = 1.0,
+         per_user: int = 100) -> dict:
+    sizes = {"users": users, "items": 1000, "interactions": per_user * users, "positives": per_user * users // 2,
+             "train_positives": per_user * users * 35 // 100, "cold_users": users // 4, "n_candidates": 2048,
              "epochs_control": 2, "epochs_gcl": 2}
     return {"shape": f"{name}@{scale:g}", "name": name, "scale": scale, "sizes": sizes,
             "per_epoch_control": {"train_seconds": per_epoch, "eval_seconds": 0.0, "variants": 1},
@@ -54,7 +55,7 @@ def test_a_full_run_is_projected_with_the_full_epochs_of_every_trained_variant()
 
 def test_a_shape_not_measured_is_scaled_from_the_nearest_measured_run():
     ml = _run("ml-1m", 1.0, 6040, {})
-    steam = _run("steam", 0.25, 5000, {})
+    steam = _run("steam", 0.25, 5000, {}, per_user=15)  # sparse, as Yelp is
     refs = {p["shape"]: set(p["references"].values()) for p in project([ml, steam], {"control": 1, "gcl": 1})}
     assert refs["steam"] == {"steam@0.25"}
     assert refs["yelp"] == {"steam@0.25"}
