@@ -44,7 +44,8 @@ WORK = {
     "groups": ("users + items", lambda s: s["users"] + s["items"]),
     "control": ("train positives x epochs", lambda s: s["train_positives"] * s["epochs_control"]),
     "gcl": ("train positives x epochs (all variants)", lambda s: s["train_positives"] * s["epochs_gcl"]),
-    "rerank": ("users + items", lambda s: s["users"] + s["items"]),
+    # the encoder reads each user's and each candidate/history item's profile once; the head scores users x |C_u|
+    "rerank": ("users x |C_u|", lambda s: s["users"]),
     "evaluate": ("users x items", lambda s: s["users"] * s["items"]),
 }
 # The pipeline process's own peak RSS (not its children's: Prefect's temporary server is one): written at exit.
