@@ -336,8 +336,11 @@ def markdown(doc: dict) -> str:
                   + " | total, CPU | one GPU |", "|---|---|---|" + "---:|" * (len(STAGE_ORDER) + 1) + "---|"]
         for row in p:
             t = row["target_sizes"]
-            refs = ", ".join(sorted({f"{v} ({k})" if len(set(row["references"].values())) > 1 else v
-                                      for k, v in row["references"].items()}))
+            by_ref: dict[str, list[str]] = {}
+            for stage, ref in row["references"].items():
+                by_ref.setdefault(ref, []).append(stage)
+            main_ref = max(by_ref, key=lambda r: len(by_ref[r]))
+            refs = "; ".join([main_ref] + [f"{r} ({', '.join(st)})" for r, st in by_ref.items() if r != main_ref])
             lines.append(f"| {row['shape']} | {t['users']:,} x {t['items']:,}, {t['interactions']:,} | {refs} | "
                          + " | ".join(_fmt_s(row["stages"].get(s)) for s in STAGE_ORDER)
                          + f" | {_fmt_s(row['total_s'])} s ({row['total_s'] / 3600:.1f} h) | not measured |")
