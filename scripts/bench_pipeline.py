@@ -223,17 +223,17 @@ def growth(results: list[dict]) -> list[dict]:
     rows = []
     by_name: dict[str, list[dict]] = {}
     for r in results:
-        if "sizes" in r and "failed_at" not in r:
+        if "sizes" in r:
             by_name.setdefault(r["name"], []).append(r)
     for name, rs in by_name.items():
-        if len(rs) < 2:
-            continue
-        small, large = min(rs, key=lambda r: r["scale"]), max(rs, key=lambda r: r["scale"])
         for stage in STAGE_ORDER:
-            a, b = (next((x for x in r["stages"] if x["stage"] == stage and x.get("seconds")), None)
-                    for r in (small, large))
-            if a is None or b is None:
+            # the smallest and the largest run of the shape that finished the stage (a run may stop early)
+            done = [r for r in rs if any(x["stage"] == stage and x.get("seconds") for x in r["stages"])]
+            small, large = min(done, key=lambda r: r["scale"], default=None), max(done, key=lambda r: r["scale"],
+                                                                                  default=None)
+            if small is None or small["scale"] == large["scale"]:
                 continue
+            a, b = (next(x for x in r["stages"] if x["stage"] == stage and x.get("seconds")) for r in (small, large))
             wname, w = WORK[stage]
             w1, w2 = w(small["sizes"]), w(large["sizes"])
             e = exponent(a["seconds"], b["seconds"], w1, w2)
