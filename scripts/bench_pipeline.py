@@ -259,7 +259,7 @@ def project(results: list[dict], epochs_full: dict[str, int]) -> list[dict]:
     """Projected CPU seconds of a full run (the defaults: full GCL epochs) at each Table-1 shape, per stage.
 
     Per stage, the reference is the largest run of the same shape that finished the stage, else the nearest
-    such run in users, items and interactions. The target has Table 1's users, items and interactions; its training positives and
+    such run in users, items, interactions and interactions per user. The target has Table 1's users, items and interactions; its training positives and
     cold-start users keep the reference's ratios (to interactions, to users). A stage's seconds scale with
     its work variable to the power max(1, its fitted exponent) (below 1 the fixed costs flatter the fit:
     linear is the safer bound); control and gcl are their fixed part (stage seconds less the measured
@@ -280,8 +280,10 @@ def project(results: list[dict], epochs_full: dict[str, int]) -> list[dict]:
             if not done:
                 continue
             same = [r for r in done if r["name"] == shape]
+            # interactions per user decide the cold-start share, so they count beside the three sizes
             ref = max(same, key=lambda r: r["scale"]) if same else min(done, key=lambda r: sum(
-                abs(math.log(v / r["sizes"][k])) for k, v in (("users", n_u), ("items", n_i), ("interactions", n_x))))
+                abs(math.log(v / r["sizes"][k])) for k, v in (("users", n_u), ("items", n_i), ("interactions", n_x)))
+                + abs(math.log((n_x / n_u) / (r["sizes"]["interactions"] / r["sizes"]["users"]))))
             rs = ref["sizes"]
             sz = {**rs, "users": n_u, "items": n_i, "interactions": n_x,
                   "train_positives": round(n_x * rs["train_positives"] / rs["interactions"]),
