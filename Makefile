@@ -31,7 +31,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: ui-deps setup pipeline status compare recommend server deploy test test-slow bench bench-gcl clean-venv \
+.PHONY: ui-deps setup pipeline status compare recommend server deploy test test-slow bench bench-gcl bench-pipeline \
+	clean-venv \
 	setup-dgl test-dgl bench-graph
 
 STAMP := $(VENV)/.lagcl-setup
@@ -141,6 +142,12 @@ bench: bench-gcl
 
 bench-gcl: setup
 	$(PY) -m scripts.bench_gcl
+
+# the whole pipeline at Table-1 shapes (synthetic), one stage per process: seconds, peak RSS, rows, growth
+# exponents and projected full-run times (BENCHMARKS.md "The paper's sizes"); tens of minutes per shape
+BENCH_SHAPES ?= ml-100k,ml-1m@0.25,ml-1m,steam
+bench-pipeline: setup
+	$(PY) -m scripts.bench_pipeline --shapes $(BENCH_SHAPES)
 
 clean-venv:
 	rm -rf $(VENV)
