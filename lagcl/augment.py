@@ -271,24 +271,24 @@ def augment_quality(augmented: pl.DataFrame, scores: pl.DataFrame, interactions:
         out[f"{'pos' if sign == 1 else 'neg'}_random_precision"] = round(rand, 5)
         out["pos_lift" if sign == 1 else "neg_heldout_ratio"] = round(prec / rand, 4) if rand else float("nan")
     if "categories" in items.columns:
-        lean = _genre_lean(interactions, items)
-        for name, frame in (("neg", augmented.filter(pl.col("sign") == -1)),
-                            ("pos", augmented.filter(pl.col("sign") == 1)),
-                            ("random", scores.filter(pl.col("polarity") == "neg").select("user", "item").unique())):
+        frames = (("neg", augmented.filter(pl.col("sign") == -1)), ("pos", augmented.filter(pl.col("sign") == 1)),
+                  ("random", scores.filter(pl.col("polarity") == "neg").select("user", "item").unique()))
+        lean = _genre_lean(interactions, items, pl.concat([f.select("user", "item") for _, f in frames]))
+        for name, frame in frames:
             vals = frame.join(lean, on=["user", "item"], how="inner")["lean"]
             out[f"dislike_lean_{name}"] = round(float(vals.mean()), 4) if len(vals) else float("nan")
     return out
 
 
-def _genre_lean(interactions: pl.DataFrame, items: pl.DataFrame) -> pl.DataFrame:
-    """(user, item, lean) for every item: mean over its genres of log((dislikes+1)/(likes+1)) in training."""
+def _genre_lean(interactions: pl.DataFrame, items: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """(user, item, lean) for the given pairs of users with training interactions: mean over the item's genres
+    of log((dislikes+1)/(likes+1)) of the user in training. Only the pairs asked for: a table over every user
+    and every item grows with users x items (7 GB at ML-1M's shape, BENCHMARKS.md "The paper's sizes")."""
     genres = items.select("item", pl.col("categories").alias("genre")).explode("genre").drop_nulls()
     train = interactions.filter(pl.col("split") == "train").select("user", "item", "sign")
-    users = train.select("user").unique()
     counts = (train.join(genres, on="item").group_by("user", "genre")
               .agg((pl.col("sign") == -1).sum().alias("dis"), (pl.col("sign") == 1).sum().alias("like")))
-    all_pairs = users.join(genres.select("genre").unique(), how="cross").join(counts, on=["user", "genre"], how="left")
-    lean_g = all_pairs.with_columns(
-        (((pl.col("dis").fill_null(0) + 1) / (pl.col("like").fill_null(0) + 1)).log()).alias("lean_g"))
-    return (lean_g.select("user", "genre", "lean_g").join(genres, on="genre")
+    wanted = pairs.select("user", "item").unique().join(train.select("user").unique(), on="user")
+    return (wanted.join(genres, on="item").join(counts, on=["user", "genre"], how="left")
+            .with_columns((((pl.col("dis").fill_null(0) + 1) / (pl.col("like").fill_null(0) + 1)).log()).alias("lean_g"))
             .group_by("user", "item").agg(pl.col("lean_g").mean().alias("lean")))
