@@ -35,6 +35,20 @@ def wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def settled_task_runs(client: httpx.Client, flow_run_id: str, names: set[str], timeout: float = 60) -> list[dict]:
+    """The flow run's task runs once the server holds the final state of each of `names`. Task run states reach
+    the server as events, after the flow run's own state: read right after COMPLETED, a CI run once saw a task
+    still under its provisional name ("stage-345") and Pending."""
+    final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+    def settled():
+        tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        done = {t["name"] for t in tasks if t["state_type"] in final}
+        return tasks if done >= names and len(tasks) == len(names) else None
+
+    return wait_for(settled, timeout, f"the final states of the task runs {sorted(names)}")
+
+
 @pytest.fixture
 def prefect_server(tmp_path):
     port = free_port()
@@ -99,7 +113,7 @@ def test_deployment_runs_from_the_api_and_a_second_run_shows_the_stage_cached(pr
                 return state if state in ("COMPLETED", "FAILED", "CRASHED") else None
 
             assert wait_for(finished, 240, "the flow run") == "COMPLETED"
-            tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+            tasks = settled_task_runs(client, run["id"], {"prepare"})
             return run["name"], sorted(t["state_name"] for t in tasks)
 
         _, first_states = run_once()

@@ -19,7 +19,7 @@ from lagcl.artifacts import read_table
 from lagcl.data.fetch import ensure_ml100k
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_prefect_server import prefect_server, wait_for  # noqa: E402,F401  (the fixture)
+from test_prefect_server import prefect_server, settled_task_runs, wait_for  # noqa: E402,F401  (the fixture)
 
 OFF = ("profiles", "augment", "groups", "rerank")
 NEW_USER = "9999"
@@ -58,7 +58,7 @@ def test_a_rerun_after_new_ratings_recomputes_and_recommends_to_the_new_user_the
                 return state if state in ("COMPLETED", "FAILED", "CRASHED") else None
 
             assert wait_for(finished, 900, "the flow run") == "COMPLETED"
-            tasks = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+            tasks = settled_task_runs(client, run["id"], {"prepare", "control", "gcl", "evaluate"})
             return {t["name"]: t["state_name"] for t in tasks}
 
         first = run_once()
