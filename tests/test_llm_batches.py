@@ -61,7 +61,7 @@ def test_a_restarted_run_polls_the_batch_it_submitted_instead_of_resubmitting(se
     crashed = client_for(server, tmp_path)
 
     with pytest.raises(asyncio.TimeoutError):
-        asyncio.run(asyncio.wait_for(crashed.generate(score_requests(4)), timeout=0.5))
+        asyncio.run(asyncio.wait_for(crashed.generate(score_requests(4)), timeout=3.0))  # time to submit, loaded
     assert submits(server) == 1
 
     server.batch_polls_before_end = 0
