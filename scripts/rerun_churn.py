@@ -3,7 +3,8 @@
 Appends `--new` ratings (random users, items they have not rated, seeded) to a copy of the raw file, prepares
 both versions and counts what the LLM stages' prompts are made of that changed: users whose training set
 changed (with and without a new rating of their own), internal user and item ids that moved, users who became
-or stopped being cold-start; and how long the raw-file digest takes hashed and from its index.
+or stopped being cold-start; the user and item profile requests (eq. 1, what the profiles stage sends) that
+changed under each `profiles.item_rating_counts`; and how long the raw-file digest takes hashed and from its index.
 
     PYTHONPATH=$PWD .venv/bin/python -m scripts.rerun_churn [--new 3000] [--out /tmp/rerun-churn]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from lagcl.data.digest import raw_inputs
 from lagcl.data.fetch import ensure_ml100k
 from lagcl.data.prepare import prepare
 from lagcl.data.readers import read_raw
+from lagcl.profiles import profile_requests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,6 +100,14 @@ def main() -> None:
         b, a = (dict(zip(p[kind]["raw_id"], p[kind][key])) for p in (pb.__dict__, pa.__dict__))
         print(f"{kind} whose internal id moved: {sum(a.get(k) != v for k, v in b.items())}/{len(b)} "
               f"({len(set(a) - set(b))} new)")
+    for mode in ("exact", "coarse", "off"):
+        asked = [{(r.kind, r.label): replace(r, id=0) for r in profile_requests(
+            p.interactions, p.users, p.items, item_rating_counts=mode)} for p in (pb, pa)]
+        for kind in ("user", "item"):
+            old = {k: v for k, v in asked[0].items() if k[0] == kind}
+            new = {k: v for k, v in asked[1].items() if k[0] == kind}
+            print(f"{kind} profile requests changed, item_rating_counts={mode}: "
+                  f"{sum(old.get(k) != v for k, v in new.items())}/{len(new)} ({len(set(new) - set(old))} new)")
     cold = [set(p.users.filter(pl.col("user").is_in(cold_users(p.interactions, 30)))["raw_id"]) for p in (pb, pa)]
     print(f"cold-start users: {len(cold[0])} before, {len(cold[1])} after ({len(cold[1] - cold[0])} became cold, "
           f"{len(cold[0] - cold[1])} stopped)")
