@@ -38,3 +38,19 @@ def test_the_generic_table_reader_reads_a_written_dataset(tmp_path):
     assert {"title", "categories", "description"} <= set(raw.items.columns)
     assert raw.items["categories"].dtype == pl.List(pl.String)
     assert cfg.data.item_text_fields == ["title", "categories", "description"]
+
+
+def test_the_5_core_of_a_generated_dataset_keeps_every_user_item_and_interaction():
+    from lagcl.data.prepare import reading_stats
+    cfg = load_config(data="synthetic").data
+    r = generate(300, 120, 2400, seed=2)["ratings"]  # 8 per user on average: a sparse shape
+    inter = r.select(pl.col("user_id").alias("user_raw"), pl.col("item_id").alias("item_raw"), "rating", "timestamp")
+    stats = reading_stats(inter, cfg, all_positive=False)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (300, 120, 2400)
+    likes = r.filter(pl.col("rating") > 3)
+    assert likes.group_by("user_id").len()["len"].min() >= 5 and likes.group_by("item_id").len()["len"].min() >= 5
+
+
+def test_too_few_interactions_for_the_core_are_refused_with_what_it_needs():
+    with pytest.raises(ValueError, match="that needs 1500"):
+        generate(300, 120, 1000, core=5)
