@@ -15,6 +15,7 @@ import polars as pl
 from lagcl.artifacts import StageDir
 from lagcl.augment import cold_warm
 from lagcl.config import Config, GateConfig
+from lagcl.evaluate import UserItems
 from lagcl.gate import Step, above_noise, beats, gain
 from lagcl.recommend import recommendations
 from lagcl.report import grid_plot, metrics_plot, protocols_markdown, report_markdown
@@ -39,90 +40,156 @@ class EvaluateInputs:
     rerank_meta: dict
 
 
+Variants = dict[str, tuple[float, float]]  # ranking name -> (alpha, tau) of eq. 21 ("cf" is alpha = 1)
+PerUser = dict[tuple[str, str], FusedUsers]  # (variant, split) -> the ranking's per-user Recall/NDCG
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who and what every ranking is scored on: the evaluated users and the held-out ones, the K reranked
+    candidates (0 without reranker scores), each split's positives, the cut-offs, and per split the
+    candidate matrix with its positives and the items it excludes."""
+
+    k: int
+    users: list[int]
+    holdout: list[int]
+    truth: dict[str, UserItems]
+    ks: list[int]
+    splits: dict[str, tuple[CandidateMatrix, UserItems, UserItems | None]]
+
+
 def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[str, str]) -> dict:
     """Write `metrics`, `grid` (with the grid search), `recommendations`, the plots and report.md into `sd`;
     returns the manifest meta (the headline, the chain with the rerank step, and the run's `fingerprints`, which
     `lagcl recommend` follows)."""
-    rc = cfg.rerank
-    inter, cf_topk, scores, roles = x.interactions, x.cf_topk, x.scores, x.roles
-    n_users, n_items = x.users.height, x.items.height
-    k = rc.candidates if scores is not None and scores.height else 0
-    users = roles["user"].to_list() if roles is not None else cf_topk["user"].unique().to_list()
-    holdout = (roles.filter(pl.col("role") == "holdout")["user"].to_list() if roles is not None else [])
-    truth = {s: user_items(inter, s, n_users, n_items) for s in ("valid", "test")}
-    ks = sorted(set(cfg.evaluate.topk) | {20})
-    mat = CandidateMatrix.build(cf_topk, scores, k, users)
-    # validation numbers come from the held-out users: the reranker was trained on the others' labels
-    mat_valid = CandidateMatrix.build(cf_topk, scores, k, holdout) if holdout else mat
-    # testing ranks every item without a training or validation positive (docs/design.md decision 12)
-    split_args = {"valid": (mat_valid, truth["valid"], None), "test": (mat, truth["test"], truth["valid"])}
+    scope = evaluation_scope(cfg, x)
+    variants, grid = fusion_variants(cfg, scope)
+    if grid is not None:
+        sd.write_table("grid", grid)
+    per_user = rank_variants(scope, variants)
+    metrics = metrics_table(variants, per_user)
+    sd.write_table("metrics", metrics)
+    head, step = rerank_step(cfg, x, scope, variants, per_user, metrics)
+    # the run's product: top-N per user from the ranking chosen above (fused where the reranker was kept)
+    rec = recommendations(x.cf_topk, x.interactions, x.users, x.items, cfg.recommend.n, x.scores,
+                          scope.k if head != "cf" else 0, variants[head][0], variants[head][1], scope.users)
+    sd.write_table("recommendations", rec)
+    meta = evaluate_meta(cfg, x, scope, variants, metrics, head, step, rec, fingerprints)
+    write_report(sd, cfg, x, meta, metrics, grid)
+    return meta
 
+
+def evaluation_scope(cfg: Config, x: EvaluateInputs) -> Scope:
+    k = cfg.rerank.candidates if x.scores is not None and x.scores.height else 0
+    roles = x.roles
+    users = roles["user"].to_list() if roles is not None else x.cf_topk["user"].unique().to_list()
+    holdout = (roles.filter(pl.col("role") == "holdout")["user"].to_list() if roles is not None else [])
+    truth = {s: user_items(x.interactions, s, x.users.height, x.items.height) for s in ("valid", "test")}
+    ks = sorted(set(cfg.evaluate.topk) | {20})
+    mat = CandidateMatrix.build(x.cf_topk, x.scores, k, users)
+    # validation numbers come from the held-out users: the reranker was trained on the others' labels
+    mat_valid = CandidateMatrix.build(x.cf_topk, x.scores, k, holdout) if holdout else mat
+    # testing ranks every item without a training or validation positive (docs/design.md decision 12)
+    splits = {"valid": (mat_valid, truth["valid"], None), "test": (mat, truth["test"], truth["valid"])}
+    return Scope(k, users, holdout, truth, ks, splits)
+
+
+def fusion_variants(cfg: Config, scope: Scope) -> tuple[Variants, pl.DataFrame | None]:
+    """The rankings compared: CF alone, and with reranker scores the configured fusion, the one tuned by the
+    (alpha, tau) grid search on the held-out users (returned with its grid) and the reranker alone."""
+    rc = cfg.rerank
     variants = {"cf": (1.0, rc.tau)}
     grid = None
-    if k:
+    if scope.k:
         variants["cf+rerank"] = (rc.alpha, rc.tau)
-        if rc.grid_search and holdout:
-            a, t, grid = grid_search(mat_valid, truth["valid"], rc.alpha_grid, rc.tau_grid)
+        if rc.grid_search and scope.holdout:
+            mat_valid, valid, _ = scope.splits["valid"]
+            a, t, grid = grid_search(mat_valid, valid, rc.alpha_grid, rc.tau_grid)
             variants["cf+rerank (tuned)"] = (a, t)
-            sd.write_table("grid", grid)
         variants["rerank only"] = (0.0, rc.tau)
-    # each ranking once: the metrics are its per-user values' means, the paired tests below use the values
-    per_user = {(name, split): fusion_users(m, alpha, tau, tr, ex, ks)
-                for name, (alpha, tau) in variants.items() for split, (m, tr, ex) in split_args.items()}
+    return variants, grid
+
+
+def rank_variants(scope: Scope, variants: Variants) -> PerUser:
+    """Each ranking once per split: the metrics are its per-user values' means, the paired tests use the values."""
+    return {(name, split): fusion_users(m, alpha, tau, tr, ex, scope.ks)
+            for name, (alpha, tau) in variants.items() for split, (m, tr, ex) in scope.splits.items()}
+
+
+def metrics_table(variants: Variants, per_user: PerUser) -> pl.DataFrame:
     rows = []
     for name, (alpha, tau) in variants.items():
-        for split in split_args:
+        for split in ("valid", "test"):
             for (metric, kk), v in per_user[(name, split)].means().items():
                 rows.append({"variant": name, "split": split, "metric": metric, "k": kk, "value": v,
                              "alpha": alpha, "tau": tau})
-    metrics = pl.DataFrame(rows, schema={"variant": pl.String, "split": pl.String, "metric": pl.String,
-                                         "k": pl.Int32, "value": pl.Float64, "alpha": pl.Float64,
-                                         "tau": pl.Float64})
-    sd.write_table("metrics", metrics)
+    return pl.DataFrame(rows, schema={"variant": pl.String, "split": pl.String, "metric": pl.String,
+                                      "k": pl.Int32, "value": pl.Float64, "alpha": pl.Float64, "tau": pl.Float64})
 
-    def val(variant: str, split: str, metric: str, kk: int = 20) -> float:
-        return metrics.filter((pl.col("variant") == variant) & (pl.col("split") == split) &
-                              (pl.col("metric") == metric) & (pl.col("k") == kk))["value"].item()
 
-    head, step = "cf", Step("rerank", "off", False, False, "the rerank stage is not part of this run")
-    if k:
-        fused = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else "cf+rerank"
-        cand, base = val(fused, "valid", "ndcg"), val("cf", "valid", "ndcg")
-        t = paired_users(per_user[(fused, "valid")].values("ndcg"), per_user[("cf", "valid")].values("ndcg"),
-                         cfg.gate.resamples)
-        ok = beats(cand, base, cfg.gate.min_gain) and above_noise(t, cfg.gate)
-        reason = (f"validation NDCG@20 of {len(holdout)} held-out users {cand:.4f} vs CF {base:.4f} "
-                  f"({gain(cand, base):+.2%}, p={format_p(t.p)}{mark(t.p)})")
-        if ok or not cfg.gate.enabled:
-            head = fused
-            reason += "" if ok else "; kept because gate.enabled is false"
-        else:
-            needs = f"> {cfg.gate.min_gain:+.2%}" + (f" with p < {cfg.gate.max_p:g}" if cfg.gate.max_p < 1 else "")
-            reason += f": reranker left out (needs {needs})"
-        parts = cold_warm(inter, users, cfg.augment.cold_threshold)
-        seg = {"": users, **{f"_{k}": v for k, v in parts.items()}}
-        numbers = {"valid_recall@20": val(fused, "valid", "recall"), "valid_ndcg@20": cand,
-                   "valid_scope": f"{len(holdout)} held-out users",
-                   **paired_with_control(per_user[(fused, "test")], x.control_per_user, cfg.gate)}
-        for name, us in seg.items():
-            if not us:
-                continue
-            m = fusion_metrics(CandidateMatrix.build(cf_topk, scores, k, us), variants[fused][0],
-                               variants[fused][1], truth["test"], truth["valid"], [20])
-            numbers[f"test_recall@20{name}"], numbers[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
-        step = Step("rerank", fused, True, head != "cf", reason, numbers)
+def metric_value(metrics: pl.DataFrame, variant: str, split: str, metric: str, kk: int = 20) -> float:
+    return metrics.filter((pl.col("variant") == variant) & (pl.col("split") == split) &
+                          (pl.col("metric") == metric) & (pl.col("k") == kk))["value"].item()
 
-    # the run's product: top-N per user from the ranking chosen above (fused where the reranker was kept)
-    rec = recommendations(cf_topk, inter, x.users, x.items, cfg.recommend.n,
-                          scores, k if head != "cf" else 0, variants[head][0], variants[head][1], users)
-    sd.write_table("recommendations", rec)
-    gcl_meta, rr_meta = x.gcl_meta, (x.rerank_meta if scores is not None else {})
-    meta = {"headline_variant": head, "candidates": k, "alpha": variants[head][0], "tau": variants[head][1],
-            "config_alpha": rc.alpha, "config_tau": rc.tau, "users": len(users), "holdout_users": len(holdout),
+
+def rerank_step(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants, per_user: PerUser,
+                metrics: pl.DataFrame) -> tuple[str, Step]:
+    """The headline ranking and the chain's rerank step: the fusion chosen on validation (the tuned one where
+    the grid search ran), kept when the gate passes it, with its test numbers."""
+    if not scope.k:
+        return "cf", Step("rerank", "off", False, False, "the rerank stage is not part of this run")
+    fused = "cf+rerank (tuned)" if "cf+rerank (tuned)" in variants else "cf+rerank"
+    cand = metric_value(metrics, fused, "valid", "ndcg")
+    kept, reason = gate_reranker(cfg.gate, cand, metric_value(metrics, "cf", "valid", "ndcg"), per_user, fused,
+                                 len(scope.holdout))
+    numbers = {"valid_recall@20": metric_value(metrics, fused, "valid", "recall"), "valid_ndcg@20": cand,
+               "valid_scope": f"{len(scope.holdout)} held-out users",
+               **paired_with_control(per_user[(fused, "test")], x.control_per_user, cfg.gate),
+               **segment_test_numbers(cfg, x, scope, variants[fused])}
+    return (fused if kept else "cf"), Step("rerank", fused, True, kept, reason, numbers)
+
+
+def gate_reranker(gate: GateConfig, cand: float, base: float, per_user: PerUser, fused: str,
+                  n_holdout: int) -> tuple[bool, str]:
+    """Whether the fusion is kept over CF (validation NDCG@20 above gate.min_gain and the noise, or the gate
+    off), and the reason the chain shows."""
+    t = paired_users(per_user[(fused, "valid")].values("ndcg"), per_user[("cf", "valid")].values("ndcg"),
+                     gate.resamples)
+    ok = beats(cand, base, gate.min_gain) and above_noise(t, gate)
+    reason = (f"validation NDCG@20 of {n_holdout} held-out users {cand:.4f} vs CF {base:.4f} "
+              f"({gain(cand, base):+.2%}, p={format_p(t.p)}{mark(t.p)})")
+    if ok or not gate.enabled:
+        return True, reason + ("" if ok else "; kept because gate.enabled is false")
+    needs = f"> {gate.min_gain:+.2%}" + (f" with p < {gate.max_p:g}" if gate.max_p < 1 else "")
+    return False, reason + f": reranker left out (needs {needs})"
+
+
+def segment_test_numbers(cfg: Config, x: EvaluateInputs, scope: Scope, alpha_tau: tuple[float, float]) -> dict:
+    """The fusion's test Recall/NDCG@20 over all evaluated users and their cold-start and warm parts."""
+    parts = cold_warm(x.interactions, scope.users, cfg.augment.cold_threshold)
+    out = {}
+    for name, us in {"": scope.users, **{f"_{seg}": v for seg, v in parts.items()}}.items():
+        if not us:
+            continue
+        m = fusion_metrics(CandidateMatrix.build(x.cf_topk, x.scores, scope.k, us), alpha_tau[0], alpha_tau[1],
+                           scope.truth["test"], scope.truth["valid"], [20])
+        out[f"test_recall@20{name}"], out[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
+    return out
+
+
+def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants, metrics: pl.DataFrame,
+                  head: str, step: Step, rec: pl.DataFrame, fingerprints: dict[str, str]) -> dict:
+    def val(variant: str, split: str, metric: str) -> float:
+        return metric_value(metrics, variant, split, metric)
+
+    rc, gcl_meta = cfg.rerank, x.gcl_meta
+    return {"headline_variant": head, "candidates": scope.k, "alpha": variants[head][0], "tau": variants[head][1],
+            "config_alpha": rc.alpha, "config_tau": rc.tau, "users": len(scope.users),
+            "holdout_users": len(scope.holdout),
             "test_recall@20": val(head, "test", "recall"), "test_ndcg@20": val(head, "test", "ndcg"),
             "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
             "valid_ndcg@20": val(head, "valid", "ndcg"), "cf_valid_ndcg@20": val("cf", "valid", "ndcg"),
-            "reranker": rr_meta.get("model"), "backbone": gcl_meta.get("backbone"),
+            "reranker": rerank_meta(x).get("model"), "backbone": gcl_meta.get("backbone"),
             "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("data_level"),
             "rerank_level": head != "cf", "levels": [*gcl_meta.get("levels", []), step.as_row()],
             "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
@@ -130,14 +197,21 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
             "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
                                 "ranking": head},
             "fingerprints": dict(fingerprints)}  # the run's stage folders, for `lagcl recommend`
+
+
+def rerank_meta(x: EvaluateInputs) -> dict:
+    return x.rerank_meta if x.scores is not None else {}
+
+
+def write_report(sd: StageDir, cfg: Config, x: EvaluateInputs, meta: dict, metrics: pl.DataFrame,
+                 grid: pl.DataFrame | None) -> None:
     plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
     if grid is not None:
         plots.append(grid_plot(grid, sd.file_path("grid.png")))
-    report = report_markdown(cfg, meta, metrics, grid, gcl_meta, rr_meta, [p.name for p in plots])
+    report = report_markdown(cfg, meta, metrics, grid, x.gcl_meta, rerank_meta(x), [p.name for p in plots])
     if x.gcl_metrics is not None:
-        report += protocols_markdown(x.gcl_metrics, gcl_meta.get("variant"))
+        report += protocols_markdown(x.gcl_metrics, x.gcl_meta.get("variant"))
     sd.file_path("report.md").write_text(report)
-    return meta
 
 
 def paired_with_control(fused_test: FusedUsers, control_per_user: pl.DataFrame | None, gate: GateConfig) -> dict:

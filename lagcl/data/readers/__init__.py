@@ -10,6 +10,8 @@ Conventions shared by every reader, and where they live:
 - Values are checked (non-empty ids, ratings in `data.rating_range`, timestamps 1970-2100) and
   streamed into column chunks; ids are kept exactly as published (`values`).
 - Header tables, RecBole atomic and CSV/TSV, share one parser (`delimited`).
+- Record-per-line formats (Yelp, Amazon, Steam: one JSON or Python-literal record a line) read their
+  files by role through one `values.RecordFiles`; every interactions file goes through `values.interactions`.
 
 The formats: `atomic` (RecBole atomic files, and ML-100K in that format), `movielens` (ML-1M),
 `yelp`, `amazon` (2018 and 2023 releases), `steam`, `table` (your own CSV/TSV/Parquet).

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import ast
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.readers.dataset import INTERACTION_SCHEMA, RawDataset, Roles, locate, no_columns
-from lagcl.data.readers.lines import PARSE_ERRORS, Files
-from lagcl.data.readers.values import (ITEM_META, checked, collect, dropped_notes, field, finish, metadata_rows,
-                                       opt_float, opt_str, str_list, to_float, to_id, to_int)
+from lagcl.data.readers.dataset import RawDataset, Roles
+from lagcl.data.readers.lines import PARSE_ERRORS
+from lagcl.data.readers.values import (ITEM_META, RecordFiles, field, opt_float, opt_str, str_list, to_float, to_id,
+                                       to_int)
 
 
 def file_roles(cfg: DataConfig) -> tuple[Roles, Roles]:
@@ -46,25 +45,16 @@ def read_amazon2018(cfg: DataConfig, root: Path) -> RawDataset:
     the 2014 release's `categories` list of lists is flattened), brand, main_cat. Lines may be JSON or,
     as in the 2014 release, Python literals.
     """
-    no_columns(cfg)
-    paths = locate(cfg, root, *file_roles(cfg))
-    files = Files(cfg)
-    dropped: Counter = Counter()
-
-    reader = files(paths["reviews"])
-    inter = collect(reader, reader.records(json_or_literal, "JSON"), checked(cfg, lambda r: [(
+    src = RecordFiles(cfg, root, file_roles(cfg), json_or_literal)
+    inter = src.interactions("reviews", lambda r: [(
         to_id(field(r, "reviewerID"), "reviewerID"), to_id(field(r, "asin"), "asin"),
-        to_float(field(r, "overall"), "overall"), to_int(field(r, "unixReviewTime"), "unixReviewTime"))]),
-        INTERACTION_SCHEMA, cfg.max_interactions)
-    inter = finish(inter, paths["reviews"], reader.skipped)
-
-    reader = files(paths["meta"])
-    items = collect(reader, reader.records(json_or_literal, "JSON"), metadata_rows("asin", lambda r: (
+        to_float(field(r, "overall"), "overall"), to_int(field(r, "unixReviewTime"), "unixReviewTime"))])
+    items = src.metadata("meta", "asin", lambda r: (
         opt_str(r.get("title")),
         str_list(r.get("category") if r.get("category") is not None else r.get("categories")),
         opt_str(r.get("brand")), opt_str(r.get("main_cat")),
-    ), dropped, paths["meta"].name), {**ITEM_META, "brand": pl.String, "main_category": pl.String})
-    return files.dataset(inter, pl.DataFrame(), items, dropped_notes(dropped))
+    ), {**ITEM_META, "brand": pl.String, "main_category": pl.String})
+    return src.dataset(inter, pl.DataFrame(), items)
 
 
 def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
@@ -74,22 +64,12 @@ def read_amazon2023(cfg: DataConfig, root: Path) -> RawDataset:
     in milliseconds (stored here in seconds like every other format). Metadata: parent_asin, title,
     categories, main_category, store.
     """
-    no_columns(cfg)
-    paths = locate(cfg, root, *file_roles(cfg))
-    files = Files(cfg)
-    dropped: Counter = Counter()
-
-    reader = files(paths["reviews"])
-    inter = collect(reader, reader.records(json.loads, "JSON"), checked(cfg, lambda r: [(
+    src = RecordFiles(cfg, root, file_roles(cfg))
+    inter = src.interactions("reviews", lambda r: [(
         to_id(field(r, "user_id"), "user_id"), to_id(field(r, "parent_asin"), "parent_asin"),
-        to_float(field(r, "rating"), "rating"), to_int(field(r, "timestamp"), "timestamp") // 1000)]),
-        INTERACTION_SCHEMA, cfg.max_interactions)
-    inter = finish(inter, paths["reviews"], reader.skipped)
-
-    reader = files(paths["meta"])
-    items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("parent_asin", lambda r: (
+        to_float(field(r, "rating"), "rating"), to_int(field(r, "timestamp"), "timestamp") // 1000)])
+    items = src.metadata("meta", "parent_asin", lambda r: (
         opt_str(r.get("title")), str_list(r.get("categories")), opt_str(r.get("main_category")),
         opt_str(r.get("store")), opt_float(r.get("average_rating")),
-    ), dropped, paths["meta"].name), {**ITEM_META, "main_category": pl.String, "store": pl.String,
-                                      "average_rating": pl.Float64})
-    return files.dataset(inter, pl.DataFrame(), items, dropped_notes(dropped))
+    ), {**ITEM_META, "main_category": pl.String, "store": pl.String, "average_rating": pl.Float64})
+    return src.dataset(inter, pl.DataFrame(), items)

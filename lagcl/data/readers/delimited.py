@@ -12,9 +12,8 @@ from typing import Iterator
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.readers.dataset import INTERACTION_SCHEMA
 from lagcl.data.readers.lines import LineReader
-from lagcl.data.readers.values import CATEGORIES, BadRecord, any_timestamp, checked, collect, finish, to_float
+from lagcl.data.readers.values import CATEGORIES, BadRecord, any_timestamp, collect, interactions, to_float
 from lagcl.errors import DataError
 
 
@@ -118,8 +117,7 @@ class DelimitedFile:
             rating = 1.0 if r is None else to_float(p[r], col["rating"])
             return [(p[u], p[i], rating, 0 if t is None else any_timestamp(p[t], col["timestamp"]))]
 
-        inter = collect(self.reader, self.rows(), checked(cfg, to_rows), INTERACTION_SCHEMA, cfg.max_interactions)
-        return finish(inter, self.path, self.reader.skipped)
+        return interactions(cfg, self.reader, self.rows(), to_rows)
 
 
 class _Replayable:

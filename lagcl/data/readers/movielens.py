@@ -13,9 +13,10 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.readers.dataset import INTERACTION_SCHEMA, RawDataset, Roles, locate, no_columns
+from lagcl.data.readers.dataset import RawDataset, Roles, locate, no_columns
 from lagcl.data.readers.lines import Files
-from lagcl.data.readers.values import CATEGORIES, BadRecord, checked, collect, finish, split_list, to_float, to_int
+from lagcl.data.readers.values import (CATEGORIES, BadRecord, collect, interactions, split_list, to_float,
+                                       to_int)
 
 ML1M_OCCUPATIONS = (
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
@@ -37,10 +38,8 @@ def read_ml1m(cfg: DataConfig, root: Path) -> RawDataset:
     files = Files(cfg, encoding="latin-1")
 
     reader = files(paths["ratings"])
-    inter = collect(reader, reader.rows("::", 4), checked(cfg, lambda p: [
-        (ml1m_id(p[0], "UserID"), ml1m_id(p[1], "MovieID"), to_float(p[2], "rating"), to_int(p[3], "timestamp"))]),
-        INTERACTION_SCHEMA, cfg.max_interactions)
-    inter = finish(inter, paths["ratings"], reader.skipped)
+    inter = interactions(cfg, reader, reader.rows("::", 4), lambda p: [
+        (ml1m_id(p[0], "UserID"), ml1m_id(p[1], "MovieID"), to_float(p[2], "rating"), to_int(p[3], "timestamp"))])
 
     def user_row(p: list[str]) -> list[tuple]:
         code = to_int(p[3], "occupation")

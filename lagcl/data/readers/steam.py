@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import re
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,9 @@ from typing import Any
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.readers.dataset import INTERACTION_SCHEMA, RawDataset, Roles, locate, no_columns
-from lagcl.data.readers.lines import Files
-from lagcl.data.readers.values import (CATEGORIES, ITEM_META, BadRecord, checked, collect, dropped_notes, field,
-                                       finish, metadata_rows, opt_str, str_list, to_id)
+from lagcl.data.readers.dataset import RawDataset, Roles
+from lagcl.data.readers.values import (CATEGORIES, ITEM_META, BadRecord, RecordFiles, field, opt_str, str_list,
+                                       to_id)
 
 MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
                                       "september", "october", "november", "december"), start=1)}
@@ -52,9 +50,7 @@ def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
     `data.steam_signed: true` prepare signs by rating, so a review that does not recommend the game is a
     negative. A review date without a year becomes timestamp 0 and is counted in notes.
     """
-    no_columns(cfg)
-    paths = locate(cfg, root, *file_roles(cfg))
-    files = Files(cfg)
+    src = RecordFiles(cfg, root, file_roles(cfg), ast.literal_eval, "Python literal")
     undated = 0
 
     def review_rows(rec: dict) -> list[tuple]:
@@ -75,18 +71,9 @@ def read_steam(cfg: DataConfig, root: Path) -> RawDataset:
         undated += sum(r[3] is None for r in rows)
         return [(u, i, r, t or 0) for u, i, r, t in rows]
 
-    reader = files(paths["reviews"])
-    inter = collect(reader, reader.records(ast.literal_eval, "Python literal"), checked(cfg, review_rows),
-                    INTERACTION_SCHEMA, cfg.max_interactions)
-    inter = finish(inter, paths["reviews"], reader.skipped)
-
-    dropped: Counter = Counter()
-    reader = files(paths["games"])
-    items = collect(reader, reader.records(ast.literal_eval, "Python literal"), metadata_rows("id", lambda r: (
+    inter = src.interactions("reviews", review_rows)
+    items = src.metadata("games", "id", lambda r: (
         opt_str(r.get("app_name") or r.get("title")), str_list(r.get("genres") or r.get("tags")),
         str_list(r.get("tags")), opt_str(r.get("developer")), opt_str(r.get("release_date")),
-    ), dropped, paths["games"].name), {**ITEM_META, "tags": CATEGORIES, "developer": pl.String,
-                                       "release_date": pl.String})
-    notes = dropped_notes(dropped)
-    notes["reviews without a year (timestamp 0)"] = undated
-    return files.dataset(inter, pl.DataFrame(), items, notes)
+    ), {**ITEM_META, "tags": CATEGORIES, "developer": pl.String, "release_date": pl.String})
+    return src.dataset(inter, pl.DataFrame(), items, {"reviews without a year (timestamp 0)": undated})

@@ -1,4 +1,5 @@
-"""Turning parsed records into checked columns: ids, ratings, timestamps and item attributes.
+"""Turning parsed records into checked columns: ids, ratings, timestamps and item attributes, and the
+record-per-line formats' files (Yelp, Amazon, Steam: one JSON or Python-literal record a line) into tables.
 
 - Ids are kept exactly as published (spaces and unicode included); readers never filter or sign.
 - Timestamps are unix seconds; dates without a time zone are read as UTC; an unknown date is 0.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from datetime import datetime, timezone
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import polars as pl
 
 from lagcl.config import DataConfig
+from lagcl.data.readers.dataset import INTERACTION_SCHEMA, RawDataset, Roles, locate, no_columns
+from lagcl.data.readers.lines import Files
 from lagcl.errors import DataError
 
 if TYPE_CHECKING:
@@ -57,6 +61,14 @@ def collect(reader: LineReader, records: Iterable[tuple[int, Any]], to_rows: Cal
     chunks.append(pl.DataFrame(buf, schema=schema, orient="row"))
     df = pl.concat(chunks, how="vertical")
     return df.head(limit) if limit is not None else df
+
+
+def interactions(cfg: DataConfig, reader: LineReader, records: Iterable[tuple[int, Any]],
+                 to_rows: Callable[[Any], list[tuple]]) -> pl.DataFrame:
+    """An interactions file read through `reader`: `to_rows` over its records, the values `checked`, at most
+    `data.max_interactions` rows, and an error when nothing is left (`finish`)."""
+    inter = collect(reader, records, checked(cfg, to_rows), INTERACTION_SCHEMA, cfg.max_interactions)
+    return finish(inter, reader.path, reader.skipped)
 
 
 def checked(cfg: DataConfig, to_rows: Callable[[Any], list[tuple]]) -> Callable[[Any], list[tuple]]:
@@ -204,3 +216,32 @@ def finish(inter: pl.DataFrame, path: Path, skipped: int) -> pl.DataFrame:
         raise DataError(f"{path} holds no interactions{why}; check that it is the right file and download "
                         "it again if it is truncated")
     return inter
+
+
+class RecordFiles:
+    """A record-per-line format's files, found by role: each line is one record read by `parse` (a line it
+    cannot read is a malformed `what` line), the fields are the format's own (so `data.columns` is refused),
+    and metadata records without an id are dropped and counted in the dataset's notes."""
+
+    def __init__(self, cfg: DataConfig, root: Path, roles: tuple[Roles, Roles],
+                 parse: Callable[[str], Any] = json.loads, what: str = "JSON"):
+        no_columns(cfg)
+        self.cfg, self.paths, self.files = cfg, locate(cfg, root, *roles), Files(cfg)
+        self.parse, self.what = parse, what
+        self.dropped: Counter = Counter()
+
+    def interactions(self, role: str, to_rows: Callable[[dict], list[tuple]]) -> pl.DataFrame:
+        reader = self.files(self.paths[role])
+        return interactions(self.cfg, reader, reader.records(self.parse, self.what), to_rows)
+
+    def metadata(self, role: str, id_key: str, attrs: Callable[[dict], tuple],
+                 schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """(raw_id, *attrs) per record of the `role` file (`metadata_rows`)."""
+        path = self.paths[role]
+        reader = self.files(path)
+        return collect(reader, reader.records(self.parse, self.what),
+                       metadata_rows(id_key, attrs, self.dropped, path.name), schema)
+
+    def dataset(self, inter: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
+                notes: dict[str, object] | None = None) -> RawDataset:
+        return self.files.dataset(inter, users, items, {**dropped_notes(self.dropped), **(notes or {})})

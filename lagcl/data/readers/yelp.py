@@ -8,17 +8,14 @@ average_stars, fans, yelping_since). The review file is large: it is streamed, i
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
 from lagcl.config import DataConfig
-from lagcl.data.readers.dataset import INTERACTION_SCHEMA, RawDataset, Roles, locate, no_columns
-from lagcl.data.readers.lines import Files
-from lagcl.data.readers.values import (CATEGORIES, checked, collect, dropped_notes, field, finish, iso_timestamp,
-                                       metadata_rows, opt_float, opt_int, opt_str, split_list, to_float, to_id)
+from lagcl.data.readers.dataset import RawDataset, Roles
+from lagcl.data.readers.values import (CATEGORIES, RecordFiles, field, iso_timestamp, opt_float, opt_int, opt_str,
+                                       split_list, to_float, to_id)
 
 
 def file_roles(cfg: DataConfig) -> tuple[Roles, Roles]:
@@ -29,33 +26,20 @@ def file_roles(cfg: DataConfig) -> tuple[Roles, Roles]:
 def read_yelp(cfg: DataConfig, root: Path) -> RawDataset:
     """Yelp Open Dataset: reviews (stars, date) + businesses (name, 'A, B' categories, city, state)
     + users (a few scalar attributes; optional, the file is large and only adds attributes)."""
-    no_columns(cfg)
-    paths = locate(cfg, root, *file_roles(cfg))
-    files = Files(cfg)
-    dropped: Counter = Counter()
-
-    reader = files(paths["reviews"])
-    inter = collect(reader, reader.records(json.loads, "JSON"), checked(cfg, lambda r: [(
+    src = RecordFiles(cfg, root, file_roles(cfg))
+    inter = src.interactions("reviews", lambda r: [(
         to_id(field(r, "user_id"), "user_id"), to_id(field(r, "business_id"), "business_id"),
-        to_float(field(r, "stars"), "stars"), iso_timestamp(field(r, "date"), "date"))]),
-        INTERACTION_SCHEMA, cfg.max_interactions)
-    inter = finish(inter, paths["reviews"], reader.skipped)
-
-    reader = files(paths["businesses"])
-    items = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("business_id", lambda r: (
+        to_float(field(r, "stars"), "stars"), iso_timestamp(field(r, "date"), "date"))])
+    items = src.metadata("businesses", "business_id", lambda r: (
         opt_str(r.get("name")), split_list(r.get("categories"), ","), opt_str(r.get("city")),
-        opt_str(r.get("state")), opt_float(r.get("stars")), opt_int(r.get("review_count"))),
-        dropped, paths["businesses"].name), {
+        opt_str(r.get("state")), opt_float(r.get("stars")), opt_int(r.get("review_count"))), {
         "raw_id": pl.String, "title": pl.String, "categories": CATEGORIES, "city": pl.String,
         "state": pl.String, "stars": pl.Float64, "review_count": pl.Int64})
-
     users = pl.DataFrame()
-    if "users" in paths:
-        reader = files(paths["users"])
-        users = collect(reader, reader.records(json.loads, "JSON"), metadata_rows("user_id", lambda r: (
+    if "users" in src.paths:
+        users = src.metadata("users", "user_id", lambda r: (
             opt_int(r.get("review_count")), opt_float(r.get("average_stars")), opt_int(r.get("fans")),
-            opt_str(r.get("yelping_since"))),
-            dropped, paths["users"].name), {
+            opt_str(r.get("yelping_since"))), {
             "raw_id": pl.String, "review_count": pl.Int64, "average_stars": pl.Float64, "fans": pl.Int64,
             "yelping_since": pl.String})
-    return files.dataset(inter, users, items, dropped_notes(dropped))
+    return src.dataset(inter, users, items)

@@ -10,11 +10,10 @@ beside `input_tokens` (the uncached rest); the Completion counts all three as in
 
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, TransientError, redact, translate_sdk_error
+from lagcl.llm.backends.base import Backend, redact, sdk_call
 from lagcl.llm.types import Completion, LLMRequest
 
 
@@ -90,13 +89,8 @@ class AnthropicBackend(Backend):
     async def _call(self, coro: Any) -> Any:
         import anthropic
 
-        try:
-            return await coro
-        except anthropic.APIError as exc:
-            raise translate_sdk_error(anthropic, exc, f"the Anthropic API at {self.base_url or 'api.anthropic.com'}",
-                                      self._key) from None
-        except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
-            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
+        return await sdk_call(anthropic, coro, f"the Anthropic API at {self.base_url or 'api.anthropic.com'}",
+                              self._key)
 
     async def complete(self, request: LLMRequest) -> Completion:
         return self._completion(await self._call(self._client.messages.create(**self.build(request))))

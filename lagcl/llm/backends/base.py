@@ -3,11 +3,12 @@ provider errors onto three kinds; the client owns caching, limits, retries and a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from lagcl.errors import LLMError
 from lagcl.llm.types import Completion, LLMRequest
@@ -107,6 +108,16 @@ def translate_sdk_error(sdk: Any, exc: Exception, service: str, key: str | None)
             return TransientError(text, parse_retry_after(exc.response.headers), status_reason(exc.status_code))
         return PermanentError(text)
     return exc
+
+
+async def sdk_call(sdk: Any, call: Awaitable[Any], service: str, key: str | None) -> Any:
+    """Await a call of the `openai` or `anthropic` SDK with its errors as ours (`translate_sdk_error`)."""
+    try:
+        return await call
+    except sdk.APIError as exc:
+        raise translate_sdk_error(sdk, exc, service, key) from None
+    except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
+        raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
 
 
 class Backend:

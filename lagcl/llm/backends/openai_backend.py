@@ -16,7 +16,7 @@ import json
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, TransientError, translate_sdk_error
+from lagcl.llm.backends.base import Backend, TransientError, sdk_call
 from lagcl.llm.types import Completion, LLMRequest
 
 RESPONSE_FORMATS = ("json_object", "json_schema", "none")
@@ -75,13 +75,7 @@ class OpenAIBackend(Backend):
     async def _call(self, coro: Any) -> Any:
         import openai
 
-        try:
-            return await coro
-        except openai.APIError as exc:
-            raise translate_sdk_error(openai, exc, f"the server at {self.base_url or 'api.openai.com'}",
-                                      self._key) from None
-        except json.JSONDecodeError as exc:  # a 200 whose body is cut off or not JSON: retried like a 5xx
-            raise TransientError(f"the server's reply is not valid JSON ({exc.msg})", reason="invalid_reply") from None
+        return await sdk_call(openai, coro, f"the server at {self.base_url or 'api.openai.com'}", self._key)
 
     async def complete(self, request: LLMRequest) -> Completion:
         reply = await self._call(self._client.chat.completions.create(**self.build(request)))
