@@ -46,9 +46,12 @@ def _build(plan: Plan, sd) -> dict:
 
 def _summary(meta: dict) -> None:
     quality = meta["quality"]
-    log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed); %d augmented positives, "
+    usage = meta.get("usage") or {}
+    pairs = (f"; score pairs {usage['score_pairs_sent']} asked, {usage['score_pairs_reused']} reused"
+             if "score_pairs_reused" in usage else "")
+    log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed%s); %d augmented positives, "
              "%d negatives; by %s/%s%s in %.1fs", meta["cold_users"], meta["requests"], meta["sent_this_run"],
-             meta["resumed"], meta["failed"], meta["augmented_pos"], meta["augmented_neg"], meta["engine"],
+             meta["resumed"], meta["failed"], pairs, meta["augmented_pos"], meta["augmented_neg"], meta["engine"],
              meta["model"], " (approximation)" if meta["approximate"] else "", meta["seconds_this_run"])
     log.info("augment quality: positive precision %.4f vs random %.4f (lift %.2f); negatives on held-out "
              "positives %.4f vs random %.4f (ratio %.2f); dislike lean neg %s / random %s / pos %s",
