@@ -136,3 +136,26 @@ def test_the_augment_summary_line_says_how_many_score_pairs_were_asked_and_reuse
     with caplog.at_level(logging.INFO):
         _summary(meta)
     assert "score pairs 8 asked, 120 reused" in caplog.text
+
+
+def test_the_augment_stages_scoring_of_a_rerun_writes_every_score_and_asks_only_the_changed_pairs(server, tmp_path):
+    from lagcl.artifacts import StageDir
+    from lagcl.augment import SCORES, SCORES_SCHEMA, Chunk, run_scoring
+    from lagcl.semantic.base import Profile
+
+    users = [Profile("user", u, "likes noir", "", label=f"u{u}") for u in (0, 1)]
+    todo = [Chunk(0, "pos", 0, (1, 2, 3)), Chunk(0, "pos", 1, (4, 5, 6)), Chunk(1, "pos", 0, (1, 2, 3))]
+
+    def score(run: str, profiles: dict[int, str]) -> tuple[object, dict]:
+        items = [Profile("item", i, text, "", label=f"tt{i}") for i, text in profiles.items()]
+        with StageDir(tmp_path / run, "augment", run) as sd:
+            res = run_scoring(make(server, tmp_path), todo, users, items, sd, shard_size=1)
+            table = sd.read_shards(SCORES, SCORES_SCHEMA)
+        return res, {(u, i): s for u, i, s in table.select("user", "item", "score").iter_rows()}
+
+    score("first", PROFILES)
+    sent = len(server.model_calls())
+    res, scores = score("rerun", {**PROFILES, 5: "item 5!"})
+    assert asked(server, sent) == [("u0", ["tt5"])]
+    assert (res.requests, res.sent, res.failed) == (3, 3, 0)
+    assert scores == {**{(0, i): 6.0 for i in (1, 2, 3, 4, 6)}, (0, 5): 7.0, **{(1, i): 6.0 for i in (1, 2, 3)}}
