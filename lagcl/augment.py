@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import polars as pl
@@ -141,16 +141,17 @@ class ScoringRun:
     failed: int  # still without a usable reply
 
 
-def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profile: dict[int, str],
-                item_profile: dict[int, str], sd: StageDir, shard_size: int,
-                on_shard: Callable[[int, int], None] | None = None, user_labels: Mapping[int, str] | None = None,
-                item_labels: Mapping[int, str] | None = None, user_facts: Mapping[int, Mapping | None] | None = None,
-                item_facts: Mapping[int, Mapping | None] | None = None) -> ScoringRun:
+def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profiles: Iterable[Profile],
+                item_profiles: Iterable[Profile], sd: StageDir, shard_size: int,
+                on_shard: Callable[[int, int], None] | None = None) -> ScoringRun:
     """Send every chunk not yet fully scored, `shard_size` users per engine call; write each shard on arrival.
-    Requests name users and items by `user_labels`/`item_labels` (the dataset's own ids) where given, and carry
-    the profiles' `user_facts`/`item_facts` (Profile.facts) where given.
+    Requests carry the profiles' summarizations and facts, and name users and items by the profiles' labels (the
+    dataset's own ids) where they have them.
 
     `on_shard(users_done, users_total)` is called after each shard is written (progress reporting)."""
+    users_by_id = {p.id: p for p in user_profiles}
+    items_by_id = {p.id: p for p in item_profiles}
+    labelled = any(p.label for p in items_by_id.values())
     scored = sd.read_shards(SCORES, SCORES_SCHEMA)
     done_keys = set(zip(scored["user"].to_list(), scored["polarity"].to_list(), scored["item"].to_list()))
     todo = [c for c in todo_chunks if not all((c.user, c.polarity, i) in done_keys for i in c.items)]
@@ -159,19 +160,13 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
     if todo:
         # embedding engines: embed every profile of the run up front, so a resumed run computes
         # exactly the scores the uninterrupted run would have (see EmbeddingEngine.prime)
-        engine.prime([Profile("user", u, user_profile[u], "", facts=(user_facts or {}).get(u))
-                      for u in sorted({c.user for c in todo_chunks})]
-                     + [Profile("item", i, item_profile[i], "", facts=(item_facts or {}).get(i))
-                        for i in sorted({i for c in todo_chunks for i in c.items})])
+        engine.prime([_bare(users_by_id[u]) for u in sorted({c.user for c in todo_chunks})]
+                     + [_bare(items_by_id[i]) for i in sorted({i for c in todo_chunks for i in c.items})])
     failed = 0
     for start in range(0, len(users), shard_size):
         batch_users = set(users[start:start + shard_size])
         batch = [c for c in todo if c.user in batch_users]
-        requests = [ScoreRequest(c.user, user_profile[c.user], c.polarity,
-                                 tuple((i, item_profile[i]) for i in c.items), (user_labels or {}).get(c.user, ""),
-                                 tuple((item_labels or {}).get(i, "") for i in c.items) if item_labels else (),
-                                 (user_facts or {}).get(c.user),
-                                 tuple(item_facts.get(i) for i in c.items) if item_facts else ())
+        requests = [score_request(c, users_by_id[c.user], [items_by_id[i] for i in c.items], labelled)
                     for c in batch]
         results = engine.score(requests)
         if len(results) != len(requests):
@@ -197,6 +192,19 @@ def run_scoring(engine: SemanticEngine, todo_chunks: Sequence[Chunk], user_profi
         if on_shard:
             on_shard(all_users - len(users) + min(start + shard_size, len(users)), all_users)
     return ScoringRun(len(todo_chunks), len(todo), len(todo_chunks) - len(todo), failed)
+
+
+def score_request(chunk: Chunk, user: Profile, items: Sequence[Profile], labelled: bool = True) -> ScoreRequest:
+    """The eq. 2-3 request of one chunk: the user's and the items' summarizations, labels and facts (`labelled`
+    False: the items have no labels, and the request names them by internal id)."""
+    return ScoreRequest(chunk.user, user.summarization, chunk.polarity, tuple((p.id, p.summarization) for p in items),
+                        user.label, tuple(p.label for p in items) if labelled else (), user.facts,
+                        tuple(p.facts for p in items))
+
+
+def _bare(p: Profile) -> Profile:
+    """What `SemanticEngine.prime` embeds of a profile: its summarization and facts."""
+    return Profile(p.kind, p.id, p.summarization, "", facts=p.facts)
 
 
 def top_k(n_sampled: int, fraction: float) -> int:

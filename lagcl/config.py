@@ -139,6 +139,10 @@ class LLMConfig(Section):
                              "(one-line item cards, scores only, compact_items_per_call candidates per call)")
     compact_items_per_call: int = Field(64, ge=1, description="compact style: candidates per scoring call")
     compact_summary_words: int = Field(20, ge=1, description="compact style: words of the item profile per card")
+    reuse_pair_scores: bool = Field(
+        True, description="augment (eq. 2-3): reuse the validated score of every (user profile, item profile, "
+                          "polarity) pair already answered and send only the changed pairs; a reused score was given "
+                          "beside other items than a fresh run's request would list (false: every request in full)")
     prompt_cache: bool = Field(True, description="anthropic: mark the stable prefix (instructions + user "
                                                  "profile) with cache_control; openai caches prefixes itself")
     cache_min_tokens: dict[str, int] = Field(

@@ -22,19 +22,15 @@ def _build(plan: Plan, sd) -> dict:
     with semantic_engine(plan, STAGE) as engine:
         t0 = time.time()
         inter, items, raw_users = (plan.input("prepare", t) for t in ("interactions", "items", "users"))
-        user_profiles, item_profiles = (read_profiles(plan.input("profiles", f"{k}_profiles"), k)
-                                        for k in ("user", "item"))
+        user_profiles, item_profiles = (read_profiles(plan.input("profiles", f"{k}_profiles"), k, raw_labels(raw, k))
+                                        for k, raw in (("user", raw_users), ("item", items)))
         users = cold_users(inter, a.cold_threshold)
         samples = candidate_samples(inter, items["item"].to_list(), users, a.n_candidates, cfg.seed,
                                     user_keys=dict(zip(raw_users["user"].to_list(), raw_users["raw_id"].to_list())),
                                     item_keys=dict(zip(items["item"].to_list(), items["raw_id"].to_list())))
         todo = chunks(samples, a.items_per_call)
-        res = run_scoring(engine, todo, {p.id: p.summarization for p in user_profiles},
-                          {p.id: p.summarization for p in item_profiles}, sd, a.shard_size,
-                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total),
-                          user_labels=raw_labels(raw_users, "user"), item_labels=raw_labels(items, "item"),
-                          user_facts={p.id: p.facts for p in user_profiles},
-                          item_facts={p.id: p.facts for p in item_profiles})
+        res = run_scoring(engine, todo, user_profiles, item_profiles, sd, a.shard_size,
+                          on_shard=lambda done, total: log.info("augment: scored %d/%d cold users", done, total))
         t_score = time.time() - t0
         scores = sd.read_shards(SCORES, SCORES_SCHEMA)
         augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
@@ -50,9 +46,12 @@ def _build(plan: Plan, sd) -> dict:
 
 def _summary(meta: dict) -> None:
     quality = meta["quality"]
-    log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed); %d augmented positives, "
+    usage = meta.get("usage") or {}
+    pairs = (f"; score pairs {usage['score_pairs_sent']} asked, {usage['score_pairs_reused']} reused"
+             if "score_pairs_reused" in usage else "")
+    log.info("augment: %d cold users, %d requests (%d sent now, %d resumed, %d failed%s); %d augmented positives, "
              "%d negatives; by %s/%s%s in %.1fs", meta["cold_users"], meta["requests"], meta["sent_this_run"],
-             meta["resumed"], meta["failed"], meta["augmented_pos"], meta["augmented_neg"], meta["engine"],
+             meta["resumed"], meta["failed"], pairs, meta["augmented_pos"], meta["augmented_neg"], meta["engine"],
              meta["model"], " (approximation)" if meta["approximate"] else "", meta["seconds_this_run"])
     log.info("augment quality: positive precision %.4f vs random %.4f (lift %.2f); negatives on held-out "
              "positives %.4f vs random %.4f (ratio %.2f); dislike lean neg %s / random %s / pos %s",

@@ -67,6 +67,15 @@ def prompt_style(plan: Plan) -> str | None:
     return f"prompt_style={llm.prompt_style},{llm.compact_items_per_call},{llm.compact_summary_words}"
 
 
+def pair_reuse(plan: Plan) -> str | None:
+    """Scores reused pair by pair (llm.reuse_pair_scores, the default) may have been given beside other items than
+    a fresh request lists: turned off, the stage recomputes with every request in full. The embedding engine
+    reuses nothing, and runs with reuse on keep their folders (no extra)."""
+    if plan.cfg.engine.name == "embedding" or plan.cfg.llm.reuse_pair_scores:
+        return None
+    return "pair_scores=fresh"
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -116,7 +125,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("scores", "augmented"), extras=(prompt_ids, prompt_style), meta=RequestsMeta, timing="seconds_this_run"),
+              writes=("scores", "augmented"), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "2",
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},

@@ -9,7 +9,7 @@ import pytest
 from lagcl.artifacts import StageDir
 from lagcl.augment import (SCORES, SCORES_SCHEMA, Chunk, augment_quality, candidate_samples, check_result, chunks,
                            cold_users, run_scoring, select_augmented, top_k)
-from lagcl.semantic.base import EngineDefaults, ScoreResult, Usage
+from lagcl.semantic.base import EngineDefaults, Profile, ScoreResult, Usage
 
 
 def interactions(rows):
@@ -138,8 +138,8 @@ def test_top_two_percent_per_polarity_with_disjoint_positives_and_negatives():
 def _setup(tmp_path, users=6, n_items=60):
     inter = interactions([(u, u, 1, "train") for u in range(users)] + [(u, 40 + u, 1, "test") for u in range(users)])
     samples = candidate_samples(inter, range(n_items), list(range(users)), n=50, seed=3)
-    return inter, samples, chunks(samples, items_per_call=10), {u: f"user {u}" for u in range(users)}, \
-        {i: f"item {i}" for i in range(n_items)}
+    return inter, samples, chunks(samples, items_per_call=10), [Profile("user", u, f"user {u}", "") for u in range(users)], \
+        [Profile("item", i, f"item {i}", "") for i in range(n_items)]
 
 
 class Killed(Exception):

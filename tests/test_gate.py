@@ -15,7 +15,7 @@ from lagcl.config import DataLevelConfig, GateConfig, GCLConfig, RankConfig, loa
 from lagcl.data_level import precision_check, select_calibrated
 from lagcl.gate import FitContext, Variant, choose_levels, data_level_plan, fit_variant, topk_table
 from lagcl.sampling import NegativeSampler
-from lagcl.semantic.base import EngineDefaults, ScoreResult
+from lagcl.semantic.base import EngineDefaults, Profile, ScoreResult
 from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan
@@ -89,9 +89,9 @@ def _context(inter, n_users, n_items, tmp_path):
 def _scores(engine, inter, n_items, tmp_path):
     users = cold_users(inter, 10)
     samples = candidate_samples(inter, list(range(n_items)), users, 1024, seed=1)
-    profiles = {u: "" for u in users}
     with ArtifactStore(tmp_path, "t").stage("augment", engine.name) as sd:
-        run_scoring(engine, chunks(samples, 32), profiles, {i: "" for i in range(n_items)}, sd, 64)
+        run_scoring(engine, chunks(samples, 32), [Profile("user", u, "", "") for u in users],
+                    [Profile("item", i, "", "") for i in range(n_items)], sd, 64)
         scores = sd.read_shards(SCORES, SCORES_SCHEMA)
     return scores, select_augmented(scores, {k: len(v) for k, v in samples.items()}, 0.02)
 

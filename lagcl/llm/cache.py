@@ -8,6 +8,10 @@ answer. Failed requests are never stored (they are retried on the next run).
 
 The same file records submitted batches (Anthropic Message Batches, OpenAI Batch API; batch id -> the cache keys it carries),
 so a restarted run polls a batch it already paid for instead of submitting it again.
+
+And it keeps the scores (eq. 2-3) of single (user profile, item profile) pairs read from validated replies, keyed by
+a digest of what the model saw for the pair (`LLMEngine.score`, `llm.reuse_pair_scores`): a score request that
+changed in one item then re-asks that item only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ CREATE TABLE IF NOT EXISTS batch_requests (
     PRIMARY KEY (key, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batch_requests_batch ON batch_requests (batch_id);
+CREATE TABLE IF NOT EXISTS pair_scores (
+    key TEXT PRIMARY KEY,          -- digest of model, prompt, polarity, the user part and the item part
+    score REAL NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -104,6 +113,33 @@ class ResponseCache:
         """Everything ever paid for through this cache (all runs): for stage manifests."""
         with self._lock:
             return float(self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()[0])
+
+    # pair scores -----------------------------------------------------------------------------
+    def pair_scores(self, keys: Iterable[str]) -> dict[str, float]:
+        """The recorded scores of the pairs that have one."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, float] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                out.update(self._db.execute(f"SELECT key, score FROM pair_scores WHERE key IN "
+                                            f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out
+
+    def put_pair_scores(self, scores: dict[str, float]) -> None:
+        """Record validated pair scores, all in one transaction."""
+        if not scores:
+            return
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO pair_scores VALUES (?, ?, ?)",
+                                     [(k, float(v), now) for k, v in scores.items()])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # batches ---------------------------------------------------------------------------------
     def record_batch(self, batch_id: str, backend: str, keys: Iterable[str]) -> None:

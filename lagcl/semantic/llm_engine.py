@@ -9,11 +9,13 @@ Nothing is silently dropped and no id outside the request is ever returned.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.llm import LLMClient, LLMRequest, make_client
@@ -45,6 +47,8 @@ class LLMUsage(Usage):
     estimated_output_tokens: int = 0
     cache_read_tokens: int = 0   # of input_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0  # of input_tokens: written to it
+    score_pairs_reused: int = 0  # eq. 2-3 (user, item) pairs scored from earlier validated replies
+    score_pairs_sent: int = 0  # pairs put into score requests (answered by the model or the response cache)
 
 
 class LLMEngine(EngineDefaults):
@@ -62,6 +66,10 @@ class LLMEngine(EngineDefaults):
         # compact style: consecutive score requests of one user and polarity share a call, up to this many items
         self.items_per_call = llm.compact_items_per_call if llm.prompt_style == "compact" else 0
         self.repair = llm.repair
+        self.reuse_pair_scores = llm.reuse_pair_scores
+        self._pair_prefix: dict[str, list[Any]] = {}  # polarity -> the parts of a pair key every pair shares
+        self.pairs_reused = 0  # score pairs answered from earlier validated replies (pair_scores)
+        self.pairs_sent = 0  # score pairs put into requests (answered by the model or the response cache)
         self.failed = 0  # semantic results recorded as failed (after repair)
 
     # the one place replies are checked and repaired -----------------------------------------------
@@ -127,15 +135,76 @@ class LLMEngine(EngineDefaults):
 
     # eq. 2-3 -----------------------------------------------------------------------------------
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """One ScoreResult per request. A call whose prompt is in the response cache is answered from there, as
+        always. With `llm.reuse_pair_scores` the other requests take the score of every (user, item, polarity)
+        pair whose prompt parts were already scored in a validated reply, and only the remaining pairs are asked,
+        regrouped per user and polarity into requests of at most the largest request's size: a request changed in
+        one item re-asks that item only, and one whose items are all known sends nothing. On a first run nothing
+        is known and the regrouped requests are the requests themselves. Every validated pair is recorded
+        (lagcl.llm.cache, table pair_scores); a failed reply never."""
+        packs = pack_score_requests(requests, self.items_per_call)
+        keys = [self.pair_keys(r) for r in requests]
+        if self.reuse_pair_scores:
+            calls = [self.client.key(self.prompts.score(_packed(requests, p))) for p in packs]
+            in_cache = self.client.cache.get_many(calls)
+            whole = [i for p, call in zip(packs, calls) if call in in_cache for i in p]
+            rest = sorted(set(range(len(requests))) - set(whole))
+            known = self.client.cache.pair_scores(k for i in rest for k in keys[i])
+        else:
+            whole, rest, known = list(range(len(requests))), [], {}
+        regrouped, regrouped_keys = _regroup([requests[i] for i in rest], [keys[i] for i in rest], known)
+        asked = [requests[i] for i in whole] + regrouped
+        asked_keys = [keys[i] for i in whole] + regrouped_keys
+        at = {i: n for n, i in enumerate(whole)}
+        answers = self._score(asked, [[at[i] for i in p] for p in packs if p[0] in at]
+                              + [[len(whole) + j for j in p] for p in pack_score_requests(regrouped, self.items_per_call)])
+        self.client.cache.put_pair_scores(
+            {k: answer.scores[item] for sub, answer, ks in zip(asked, answers, asked_keys) if answer.failed is None
+             for (item, _), k in zip(sub.items, ks) if item in answer.scores})
+        self.pairs_sent += sum(len(sub.items) for sub in asked)
+        self.pairs_reused += sum(1 for i in rest for k in keys[i] if k in known)
+        where = {k: n for n, ks in enumerate(regrouped_keys) for k in ks}
+        out = [answers[at[i]] if i in at else None for i in range(len(requests))]
+        for i in rest:
+            r, scores, failed = requests[i], {}, None
+            for (item, _), k in zip(r.items, keys[i]):
+                if k in known:
+                    scores[item] = known[k]
+                    continue
+                answer = answers[len(whole) + where[k]]
+                failed = failed or answer.failed
+                if item in answer.scores:
+                    scores[item] = answer.scores[item]
+            out[i] = ScoreResult(r.user, r.polarity, scores, failed=failed)
+        return out  # type: ignore[return-value]
+
+    def pair_keys(self, req: ScoreRequest) -> list[str]:
+        """Per item of `req`, the digest of what the model sees of that (user, item, polarity) pair: backend,
+        model and its answer-changing parameters, the prompt style and the template text, the temperature, the
+        polarity, the user's shown id, profile and facts, and the item's shown id, profile and facts."""
+        if req.polarity not in self._pair_prefix:
+            name = "score_compact" if self.prompts.style == "compact" else f"score_{req.polarity}"
+            template = self.prompts.env.loader.get_source(self.prompts.env, f"{name}.j2")[0]  # type: ignore[union-attr]
+            backend = self.client.backend
+            self._pair_prefix[req.polarity] = [
+                backend.name, backend.model, backend.cache_params(), self.domain, self.prompts.style,
+                self.prompts.summary_words if self.prompts.style == "compact" else None, template,
+                self.prompts.temperature, req.polarity]
+        head = [*self._pair_prefix[req.polarity], shown_id(req.user, req.user_label), req.user_profile, req.user_facts]
+        labels = req.labels()
+        facts = req.item_facts or (None,) * len(req.items)
+        return [_digest([*head, labels[i], text, f]) for (i, text), f in zip(req.items, facts)]
+
+    def _score(self, requests: Sequence[ScoreRequest], packs: list[list[int]]) -> list[ScoreResult]:
+        """The requests as given, each pack (indices into `requests`, pack_score_requests) in one call."""
         id_key = domain_words(self.domain).id_key
 
         def merge(first: dict[int, float], repaired: dict[int, float]) -> dict[int, float]:
             return {**first, **repaired}  # the repaired reply wins; valid scores of the first are kept
 
-        packs = pack_score_requests(requests, self.items_per_call)
-        packed = [ScoreRequest(requests[p[0]].user, requests[p[0]].user_profile, requests[p[0]].polarity,
-                               tuple(item for i in p for item in requests[i].items), requests[p[0]].user_label,
-                               tuple(label for i in p for label in requests[i].labels().values())) for p in packs]
+        if not requests:
+            return []
+        packed = [_packed(requests, p) for p in packs]
         wanted = [[item for item, _ in req.items] for req in packed]
 
         def parse(i: int, text: str) -> tuple[Any, str | None]:
@@ -192,7 +261,8 @@ class LLMEngine(EngineDefaults):
                         retry_wait_s=round(t.retry_wait_s, 3), invalid_replies=dict(sorted(t.invalid_replies.items())),
                         estimated_input_tokens=t.estimated_input_tokens,
                         estimated_output_tokens=t.estimated_output_tokens,
-                        cache_read_tokens=t.cache_read_tokens, cache_write_tokens=t.cache_write_tokens)
+                        cache_read_tokens=t.cache_read_tokens, cache_write_tokens=t.cache_write_tokens,
+                        score_pairs_reused=self.pairs_reused, score_pairs_sent=self.pairs_sent)
 
     def accounting(self) -> dict[str, Any]:
         """Per-operation counts, tokens and spend of this run, plus everything ever paid through this cache:
@@ -200,6 +270,48 @@ class LLMEngine(EngineDefaults):
         return {"engine": self.name, "model": self.model, "by_operation": self.client.accounting.summary(),
                 "spent_usd": self.client.accounting.spent_usd, "cache_total_usd": self.client.cache.total_cost(),
                 "semantic_failures": self.failed}
+
+
+def _packed(requests: Sequence[ScoreRequest], pack: list[int]) -> ScoreRequest:
+    """The one request a pack of consecutive requests of one user, profile and polarity is sent as."""
+    head = requests[pack[0]]
+    return ScoreRequest(head.user, head.user_profile, head.polarity,
+                        tuple(item for i in pack for item in requests[i].items), head.user_label,
+                        tuple(label for i in pack for label in requests[i].labels().values()))
+
+
+def _regroup(requests: Sequence[ScoreRequest], keys: Sequence[Sequence[str]], known: Mapping[str, float]
+             ) -> tuple[list[ScoreRequest], list[list[str]]]:
+    """The pairs of `requests` without a known score, as requests of one user, profile and polarity (in the order
+    the requests list them) of at most the largest request's size; and the pair keys of each."""
+    size = max((len(r.items) for r in requests), default=0)
+    pending: dict[tuple, list[tuple[ScoreRequest, int, str]]] = {}
+    seen: set[str] = set()
+    for r, ks in zip(requests, keys):
+        head = (r.user, r.user_profile, r.polarity, r.user_label,
+                json.dumps(r.user_facts, sort_keys=True, default=str))
+        for j, k in enumerate(ks):
+            if k not in known and k not in seen:
+                seen.add(k)
+                pending.setdefault(head, []).append((r, j, k))
+    asked: list[ScoreRequest] = []
+    asked_keys: list[list[str]] = []
+    for pairs in pending.values():
+        for start in range(0, len(pairs), size):
+            part = pairs[start:start + size]
+            first = part[0][0]
+            labelled = all(r.item_labels for r, _, _ in part)
+            with_facts = all(r.item_facts for r, _, _ in part)
+            asked.append(ScoreRequest(
+                first.user, first.user_profile, first.polarity, tuple(r.items[j] for r, j, _ in part),
+                first.user_label, tuple(r.item_labels[j] for r, j, _ in part) if labelled else (),
+                first.user_facts, tuple(r.item_facts[j] for r, j, _ in part) if with_facts else ()))
+            asked_keys.append([k for _, _, k in part])
+    return asked, asked_keys
+
+
+def _digest(parts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
 def pack_score_requests(requests: Sequence[ScoreRequest], items_per_call: int) -> list[list[int]]:
