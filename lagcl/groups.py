@@ -16,9 +16,11 @@ Partitions and ratings are written to shards as they arrive, so a rerun sends on
 Incremental (`groups.incremental`, given a previous result of the same engine and settings): members whose
 profile digest (`profile_digest`, keyed by the id the prompt shows, which does not move with new data) is
 unchanged keep their previous partition group, name and characteristics; only new or changed profiles are
-partitioned (eq. 5), in batches among themselves ordered by shown id; a candidate pair of two groups kept whole
-(same name, characteristics and members: the same eq. 6 prompt) keeps its previous rating, every other candidate
-pair is rated; merging is as in a full run.
+partitioned (eq. 5), in batches among themselves ordered by shown id; a candidate pair of two kept groups keeps
+its previous rating, every pair involving a new group is rated; merging is as in a full run. A kept group is the
+previous one less its changed or gone members: eq. 6 reads its name and characteristics, which are the same, and
+its size, which may be smaller; counting that as a change would re-rate almost every pair (a group of 20 keeps all
+its members with probability 0.85^20 = 4% when 15% of the profiles changed).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class PreviousGroups:
 @dataclass
 class Carried:
     rows: pl.DataFrame  # PARTITIONS rows of the kept members, under their previous (batch, local_group)
-    whole: dict[tuple[int, int], int]  # (batch, local_group) of each group kept whole -> its previous partition_group
+    kept: dict[tuple[int, int], int]  # (batch, local_group) of each kept group -> its previous partition_group
     changed: dict[str, int]  # shown id -> id of each new or changed profile
     next_batch: int  # the first batch number free for the changed profiles
 
@@ -156,32 +158,29 @@ def carry_over(kind: Kind, previous: PreviousGroups, profiles: Sequence[Profile]
     """Which members keep their previous partition group: those whose shown id and profile digest are unchanged."""
     now = {shown_id(p.id, p.label): (p.id, profile_digest(p)) for p in profiles}
     kept: dict[int, list[int]] = {}  # previous partition_group -> its kept members' ids now
-    size: dict[int, int] = {}
     for shown, digest, g in previous.members.select("shown", "digest", "partition_group").iter_rows():
-        size[g] = size.get(g, 0) + 1
         if now.get(shown, (None, None))[1] == digest:
             kept.setdefault(g, []).append(now[shown][0])
     rows: dict[str, list] = {k: [] for k in PARTITIONS_SCHEMA}
-    whole = {}
     for g, b, j, name, chars, single in previous.partitions.sort("partition_group").select(
             "partition_group", "batch", "local_group", "name", "characteristics", "singleton").iter_rows():
         for m in sorted(kept.get(g, ())):
             for k, v in zip(PARTITIONS_SCHEMA, (kind, b, j, name, chars, m, single)):
                 rows[k].append(v)
-        if len(kept.get(g, ())) == size.get(g, 0) > 0:
-            whole[(b, j)] = g
     ids = {m for ms in kept.values() for m in ms}
     changed = {s: i for s, (i, _) in now.items() if i not in ids}
     nxt = int(previous.partitions["batch"].max()) + 1 if previous.partitions.height else 0
-    return Carried(pl.DataFrame(rows, schema=PARTITIONS_SCHEMA), whole, changed, nxt)
+    groups = {(b, j): g for g, b, j in previous.partitions.select("partition_group", "batch", "local_group").iter_rows()
+              if g in kept}
+    return Carried(pl.DataFrame(rows, schema=PARTITIONS_SCHEMA), groups, changed, nxt)
 
 
 def reuse_similarity(kind: Kind, pg: pl.DataFrame, carried: Carried, previous: PreviousGroups,
                      pairs: list[tuple[int, int]], sd: StageDir) -> int:
-    """Eq. 6 for candidate pairs of two groups kept whole: their previous rating (the same prompt), written to the
-    similarity shards so `run_similarity` asks only the rest; returns how many candidate pairs it covers."""
-    was = {g: carried.whole[(b, j)] for g, b, j in pg.select("partition_group", "batch", "local_group").iter_rows()
-           if (b, j) in carried.whole}
+    """Eq. 6 for candidate pairs of two kept groups: their previous rating (same names and characteristics),
+    written to the similarity shards so `run_similarity` asks only the rest; returns how many pairs it covers."""
+    was = {g: carried.kept[(b, j)] for g, b, j in pg.select("partition_group", "batch", "local_group").iter_rows()
+           if (b, j) in carried.kept}
     before = {(a, b): s for a, b, s in previous.similarity.select("group_a", "group_b", "similarity").iter_rows()}
     reused = [(a, b, before[key]) for a, b in pairs if a in was and b in was
               and (key := (min(was[a], was[b]), max(was[a], was[b]))) in before]

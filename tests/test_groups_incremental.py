@@ -70,7 +70,7 @@ def test_an_unchanged_rerun_sends_no_request_and_keeps_every_group(server, tmp_p
     assert again.stats["similarity_reused"] == again.stats["candidate_pairs"] == first.stats["candidate_pairs"] > 0
 
 
-def test_one_changed_profile_is_partitioned_alone_and_only_pairs_of_changed_groups_are_rated(server, tmp_path):
+def test_one_changed_profile_is_partitioned_alone_and_only_pairs_with_its_new_group_are_rated(server, tmp_path):
     first = group(engine(server, tmp_path / "llm"), users(), tmp_path / "a")
     n = len(server.model_calls())
     # a fresh response cache: every request the stage makes reaches the server
@@ -81,17 +81,21 @@ def test_one_changed_profile_is_partitioned_alone_and_only_pairs_of_changed_grou
     assert sorted(again.assignment["user"].to_list()) == list(range(12))  # every member in exactly one group
     assert (again.stats["profiles_kept"], again.stats["profiles_partitioned"]) == (11, 1)
     before, now = member_sets(first), member_sets(again)
-    old_index = {ms: pg for pg, ms in before.items()}
-    whole = {pg: old_index[ms] for pg, ms in now.items() if ms in old_index and "u5" not in ms}
-    rated_before = set(zip(first.similarity["group_a"], first.similarity["group_b"]))
+    # a kept group: its previous members less u5, under its previous name and characteristics
+    kept = {pg: old for pg, ms in now.items() if "u5" not in ms for old, was in before.items() if ms <= was}
+    assert len(kept) == len(now) - 1 == len(before)
+    names = dict(zip(first.partitions["partition_group"], first.partitions["name"]))
+    assert all(names[old] == name for pg, old in kept.items()
+               for name in again.partitions.filter(again.partitions["partition_group"] == pg)["name"])
+    rating = {(a, b): s for a, b, s in first.similarity.select("group_a", "group_b", "similarity").iter_rows()}
     pairs = list(zip(again.similarity["group_a"], again.similarity["group_b"]))
-    reused = [(a, b) for a, b in pairs if a in whole and b in whole and (whole[a], whole[b]) in rated_before]
-    assert len(whole) == len(before) - 1  # u5's old group lost it: changed, its pairs asked again
+    reused = [(a, b) for a, b in pairs if a in kept and b in kept and (kept[a], kept[b]) in rating]
     assert reused and again.stats["similarity_reused"] == len(reused)
     assert similarity_requests == len(pairs) - len(reused) > 0
-    rating = {(a, b): s for a, b, s in first.similarity.select("group_a", "group_b", "similarity").iter_rows()}
+    new_group = next(pg for pg, ms in now.items() if "u5" in ms)
+    assert all(new_group in p for p in pairs if p not in reused)  # the rest: pairs with u5's new group
     rating_now = {(a, b): s for a, b, s in again.similarity.select("group_a", "group_b", "similarity").iter_rows()}
-    assert [rating_now[a, b] for a, b in reused] == [rating[whole[a], whole[b]] for a, b in reused]
+    assert [rating_now[p] for p in reused] == [rating[kept[a], kept[b]] for a, b in reused]
 
 
 def test_new_profiles_are_partitioned_among_themselves_by_shown_id_and_gone_ones_leave_their_group(server, tmp_path):
