@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.artifacts import has_table, is_complete, read_manifest, read_table
+from lagcl.errors import ArtifactError
 from lagcl.groups import PreviousGroups, build_groups, genre_purity
 from lagcl.profiles import raw_labels, read_profiles
 from lagcl.semantic import SemanticEngine, make_engine
@@ -19,16 +20,21 @@ from tasks.base import Plan, StageRef, log, run_stage
 
 STAGE = "groups"
 MEMBERS = "group_members"
+# shard naming the previous result an incremental run started from: a resumed run builds on the same one (its
+# kept groups are in the shards already, under that result's batch numbers)
+STARTED_FROM = "incremental_from"
 
 
 def run(plan: Plan) -> StageRef:
     return run_stage(plan, STAGE, _build, _summary)
 
 
-def previous_result(plan: Plan, here: Path, engine: SemanticEngine) -> tuple[str, dict[str, PreviousGroups]] | None:
+def previous_result(plan: Plan, here: Path, engine: SemanticEngine,
+                    pinned: str | None = None) -> tuple[str, dict[str, PreviousGroups]] | None:
     """The latest finished groups folder of the dataset, other than `here`, with no failed requests, made by the
     same engine and model with the same seed and group settings (`incremental` aside), and recording its members'
-    profile digests (groups version 3 on); None when there is none or `groups.incremental` is off."""
+    profile digests (groups version 3 on); only the folder named `pinned` where given. None when there is none
+    or `groups.incremental` is off."""
     if not plan.cfg.groups.incremental:
         return None
 
@@ -39,7 +45,7 @@ def previous_result(plan: Plan, here: Path, engine: SemanticEngine) -> tuple[str
     found = []
     for folder in plan.store.iter_stage_dirs(STAGE):
         manifest = read_manifest(folder)
-        if folder == here or manifest is None or not has_table(folder, MEMBERS):
+        if folder == here or manifest is None or not has_table(folder, MEMBERS) or pinned not in (None, folder.name):
             continue
         meta, config = manifest.get("meta", {}), manifest.get("config", {})
         if (meta.get("failed") or (meta.get("engine"), meta.get("model")) != (engine.name, engine.model)
@@ -62,9 +68,16 @@ def _build(plan: Plan, sd) -> dict:
     engine = make_engine(cfg, plan.store.root, STAGE)
     items = plan.input("prepare", "items")
     labels = {"user": raw_labels(plan.input("prepare", "users"), "user"), "item": raw_labels(items, "item")}
-    previous = previous_result(plan, sd.path, engine)
+    started = sd.read_shards(STARTED_FROM)
+    pinned = started["folder"][0] if started.height else None
+    previous = previous_result(plan, sd.path, engine, pinned)
+    if pinned and not previous:
+        raise ArtifactError(f"{sd.path} was started from the groups result {pinned}, which is gone or no longer "
+                            f"matches; delete {sd.path} to group from scratch")
     if previous:
         log.info("groups: incremental from the finished result %s", previous[0])
+        if not pinned:
+            sd.write_shard(STARTED_FROM, pl.DataFrame({"folder": [previous[0]]}))
     out, stats = {}, {}
     for kind in ("user", "item"):
         profiles = read_profiles(plan.input("profiles", f"{kind}_profiles"), kind, labels[kind])

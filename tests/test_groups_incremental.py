@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from llm_server import LLMServer, _id_key, _payload, pipeline_model, prompt_text
@@ -156,8 +157,10 @@ def run_groups(server: LLMServer, tmp_path: Path, model: str, extra_user: bool =
     prepare_stage.run(plan)
     profiles_stage.run(plan)
     n = len(server.model_calls())
-    meta = read_manifest(Path(groups_stage.run(plan).path))["meta"]
+    folder = Path(groups_stage.run(plan).path)
+    meta = read_manifest(folder)["meta"]
     meta["partition_requests"] = len(asked(server, n)[0])
+    meta["folder"], meta["plan"] = folder, plan
     return meta
 
 
@@ -172,3 +175,16 @@ def test_the_stage_starts_from_the_previous_result_of_the_same_model_and_never_f
     assert (again["user"]["profiles_kept"], again["user"]["profiles_partitioned"]) == (12, 1)
     assert again["item"]["profiles_partitioned"] == 0 and again["item"]["profiles_kept"] == first["item"]["members"]
     assert again["user"]["members"] == 13 and again["failed"] == 0
+    assert again["incremental_from"] == first["folder"].name
+
+
+def test_a_resumed_run_builds_on_the_result_it_started_from_even_when_a_newer_one_finished(server, tmp_path):
+    from tasks.groups import previous_result
+
+    first = run_groups(server, tmp_path, "m1")
+    newer = run_groups(server, tmp_path, "m1", extra_user=True)
+    m1 = SimpleNamespace(name="openai", model="m1")
+    here = tmp_path / "resumed"
+    assert previous_result(newer["plan"], here, m1)[0] == newer["folder"].name  # the latest
+    assert previous_result(newer["plan"], here, m1, pinned=first["folder"].name)[0] == first["folder"].name
+    assert previous_result(newer["plan"], here, SimpleNamespace(name="openai", model="m2")) is None
