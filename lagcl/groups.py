@@ -148,6 +148,8 @@ class PreviousGroups:
 
 @dataclass
 class Carried:
+    """What an incremental run takes over from a previous result (`carry_over`)."""
+
     rows: pl.DataFrame  # PARTITIONS rows of the kept members, under their previous (batch, local_group)
     kept: dict[tuple[int, int], int]  # (batch, local_group) of each kept group -> its previous partition_group
     changed: dict[str, int]  # shown id -> id of each new or changed profile

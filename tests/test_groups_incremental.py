@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from types import SimpleNamespace
 
+import polars as pl
 import pytest
 from llm_server import LLMServer, _id_key, _payload, pipeline_model, prompt_text
 
@@ -123,13 +123,13 @@ def test_the_profile_digest_follows_what_a_partition_reads():
 
 
 # the stage: which previous result it starts from ----------------------------------------------------------------
-def tiny_dataset(root: Path, extra_user: bool = False) -> Path:
-    """12 users rating 6 of 10 items each; `extra_user` adds a 13th user's ratings of items already rated."""
+def tiny_dataset(root: Path, new_users: int = 0) -> Path:
+    """12 users rating 6 of 10 items each, and `new_users` more users rating items already rated."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "ratings.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "rating", "timestamp"])
-        for u in range(13 if extra_user else 12):
+        for u in range(12 + new_users):
             for j in range(6):
                 w.writerow([f"user {u}", f"item {(u + j) % 10}", (5, 4, 2)[(u + j) % 3], 1000 * u + j])
     with open(root / "items.csv", "w", newline="") as fh:
@@ -140,13 +140,16 @@ def tiny_dataset(root: Path, extra_user: bool = False) -> Path:
     return root
 
 
-def run_groups(server: LLMServer, tmp_path: Path, model: str, extra_user: bool = False) -> dict:
+def run_groups(server: LLMServer, tmp_path: Path, model: str, new_users: int = 0,
+               started_from: str | None = None) -> dict:
+    """prepare, profiles and groups (incremental); `started_from`: the groups folder is left as by a run that started
+    from that previous result and stopped."""
     from tasks import groups as groups_stage
     from tasks import prepare as prepare_stage
     from tasks import profiles as profiles_stage
     from tasks.base import make_plan
 
-    data = tiny_dataset(tmp_path / ("data2" if extra_user else "data"), extra_user)
+    data = tiny_dataset(tmp_path / f"data{new_users}", new_users)
     cfg = load_config(data="my-csv", engine="openai", overrides=[
         f"cache_dir={tmp_path / 'cache'}", f"data.path={data}", "data.kcore=1", "data.name=tiny",
         f"engine.base_url={server.base_url}/v1", f"engine.model={model}", "engine.requests_per_minute=null",
@@ -156,6 +159,9 @@ def run_groups(server: LLMServer, tmp_path: Path, model: str, extra_user: bool =
     plan = make_plan(cfg)
     prepare_stage.run(plan)
     profiles_stage.run(plan)
+    if started_from:
+        with plan.stage_dir("groups") as sd:
+            sd.write_shard(groups_stage.STARTED_FROM, pl.DataFrame({"folder": [started_from]}))
     n = len(server.model_calls())
     folder = Path(groups_stage.run(plan).path)
     meta = read_manifest(folder)["meta"]
@@ -167,10 +173,10 @@ def run_groups(server: LLMServer, tmp_path: Path, model: str, extra_user: bool =
 def test_the_stage_starts_from_the_previous_result_of_the_same_model_and_never_from_another_models(server, tmp_path):
     first = run_groups(server, tmp_path, "m1")
     assert first["incremental_from"] is None and first["user"]["profiles_kept"] == 0
-    other = run_groups(server, tmp_path, "m2", extra_user=True)
+    other = run_groups(server, tmp_path, "m2", new_users=1)
     assert other["incremental_from"] is None and other["partition_requests"] > 1
     assert other["user"]["profiles_kept"] == other["item"]["profiles_kept"] == 0
-    again = run_groups(server, tmp_path, "m1", extra_user=True)  # one new user; items and other users unchanged
+    again = run_groups(server, tmp_path, "m1", new_users=1)  # one new user; items and other users unchanged
     assert again["incremental_from"] is not None and again["partition_requests"] == 1
     assert (again["user"]["profiles_kept"], again["user"]["profiles_partitioned"]) == (12, 1)
     assert again["item"]["profiles_partitioned"] == 0 and again["item"]["profiles_kept"] == first["item"]["members"]
@@ -179,12 +185,11 @@ def test_the_stage_starts_from_the_previous_result_of_the_same_model_and_never_f
 
 
 def test_a_resumed_run_builds_on_the_result_it_started_from_even_when_a_newer_one_finished(server, tmp_path):
-    from tasks.groups import previous_result
-
     first = run_groups(server, tmp_path, "m1")
-    newer = run_groups(server, tmp_path, "m1", extra_user=True)
-    m1 = SimpleNamespace(name="openai", model="m1")
-    here = tmp_path / "resumed"
-    assert previous_result(newer["plan"], here, m1)[0] == newer["folder"].name  # the latest
-    assert previous_result(newer["plan"], here, m1, pinned=first["folder"].name)[0] == first["folder"].name
-    assert previous_result(newer["plan"], here, SimpleNamespace(name="openai", model="m2")) is None
+    newer = run_groups(server, tmp_path, "m1", new_users=1)
+    assert newer["incremental_from"] == first["folder"].name
+    resumed = run_groups(server, tmp_path, "m1", new_users=2, started_from=first["folder"].name)
+    assert resumed["incremental_from"] == first["folder"].name
+    assert resumed["user"]["profiles_kept"] + resumed["user"]["profiles_partitioned"] == 14
+    latest = run_groups(server, tmp_path, "m1", new_users=3)
+    assert latest["incremental_from"] == resumed["folder"].name
