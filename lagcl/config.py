@@ -185,6 +185,11 @@ class GroupsConfig(Section):
     target_group_size: int = Field(20, ge=2)
     tau_sim: float = Field(0.8, ge=0, le=1)
     candidate_pairs_k: int = Field(5, ge=1)
+    incremental: bool = Field(
+        False, description="reuse the previous finished groups result of the dataset made by the same engine, model "
+        "and group settings: unchanged profiles keep their partition group, only new or changed ones are partitioned "
+        "(lagcl/groups.py). Off: the result depends on the config and the data only, not on what the cache holds",
+        json_schema_extra=HASHED_WHEN_SET)
 
 
 class GraphConfig(Section):

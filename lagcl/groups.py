@@ -12,10 +12,21 @@
   G^item; final group ids are contiguous, numbered in order of each group's smallest member id.
 
 Partitions and ratings are written to shards as they arrive, so a rerun sends only what is missing.
+
+Incremental (`groups.incremental`, given a previous result of the same engine and settings): members whose
+profile digest (`profile_digest`, keyed by the id the prompt shows, which does not move with new data) is
+unchanged keep their previous partition group, name and characteristics; only new or changed profiles are
+partitioned (eq. 5), in batches among themselves ordered by shown id; a candidate pair of two kept groups keeps
+its previous rating, every pair involving a new group is rated; merging is as in a full run. A kept group is the
+previous one less its changed or gone members: eq. 6 reads its name and characteristics, which are the same, and
+its size, which may be smaller; counting that as a change would re-rate almost every pair (a group of 20 keeps all
+its members with probability 0.85^20 = 4% when 15% of the profiles changed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from lagcl.artifacts import StageDir
-from lagcl.semantic.base import Group, Kind, Profile, SemanticEngine
+from lagcl.semantic.base import Group, Kind, Profile, SemanticEngine, shown_id
 from lagcl.semantic.replies import check_members
 
 log = logging.getLogger("lagcl.groups")
@@ -35,13 +46,26 @@ SIMILARITY = "similarity"
 PARTITIONS_SCHEMA = {"kind": pl.String, "batch": pl.Int32, "local_group": pl.Int32, "name": pl.String,
                      "characteristics": pl.String, "member": pl.Int32, "singleton": pl.Boolean}
 SIMILARITY_SCHEMA = {"kind": pl.String, "group_a": pl.Int32, "group_b": pl.Int32, "similarity": pl.Float64}
+# the group_members table: each member's partition group and what an incremental rerun compares it by
+MEMBERS_SCHEMA = {"kind": pl.String, "member": pl.Int32, "shown": pl.String, "digest": pl.String,
+                  "partition_group": pl.Int32}
 SIM_SHARD_PAIRS = 256  # pairs per similarity shard (one engine call)
 
 
-def batches(ids: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Seeded shuffle, then consecutive batches: a batch mixes ids from the whole range."""
-    order = np.random.default_rng(seed).permutation(np.array(sorted(ids), dtype=np.int64))
-    return [sorted(int(i) for i in order[s:s + batch_size]) for s in range(0, len(order), batch_size)]
+def batches(ids: Sequence, batch_size: int, seed: int) -> list[list]:
+    """Seeded shuffle, then consecutive batches: a batch mixes ids from the whole range. `ids` are internal ids
+    or any sortable keys (an incremental run batches by the shown ids, which do not move with new data)."""
+    keys = sorted(ids)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return [sorted(keys[int(j)] for j in order[s:s + batch_size]) for s in range(0, len(keys), batch_size)]
+
+
+def profile_digest(profile: Profile) -> str:
+    """What eq. 5 and the candidate-pair vectors read of a profile: the id its prompt shows, its texts and facts.
+    The same digest, the same partition input."""
+    payload = [profile.kind, shown_id(profile.id, profile.label), profile.summarization, profile.reasoning,
+               profile.facts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -76,11 +100,13 @@ class PartitionRun:
 
 
 def run_partitions(engine: SemanticEngine, kind: Kind, profiles: dict[int, Profile], batch_ids: list[list[int]],
-                   target_group_size: int, sd: StageDir, on_batch: Callable[[int, int], None] | None = None) -> PartitionRun:
-    """Eq. 5 for every batch of one kind not yet in a shard; one shard per batch, written on arrival."""
+                   target_group_size: int, sd: StageDir, on_batch: Callable[[int, int], None] | None = None,
+                   first_batch: int = 0) -> PartitionRun:
+    """Eq. 5 for every batch of one kind not yet in a shard; one shard per batch, written on arrival. Batches are
+    numbered from `first_batch` (an incremental run's kept groups hold the previous result's numbers)."""
     done = set(sd.read_shards(PARTITIONS, PARTITIONS_SCHEMA).filter(pl.col("kind") == kind)["batch"].unique().to_list())
     run = PartitionRun(batches=len(batch_ids))
-    for b, ids in enumerate(batch_ids):
+    for b, ids in enumerate(batch_ids, start=first_batch):
         if b in done:
             continue
         run.sent += 1
@@ -107,8 +133,67 @@ def run_partitions(engine: SemanticEngine, kind: Kind, profiles: dict[int, Profi
                     rows[k].append(v)
         sd.write_shard(PARTITIONS, pl.DataFrame(rows, schema=PARTITIONS_SCHEMA))
         if on_batch:
-            on_batch(b + 1, len(batch_ids))
+            on_batch(b - first_batch + 1, len(batch_ids))
     return run
+
+
+@dataclass
+class PreviousGroups:
+    """One kind's rows of a previous finished result: its group_partitions, group_members, group_similarity."""
+
+    partitions: pl.DataFrame
+    members: pl.DataFrame
+    similarity: pl.DataFrame
+
+
+@dataclass
+class Carried:
+    """What an incremental run takes over from a previous result (`carry_over`)."""
+
+    rows: pl.DataFrame  # PARTITIONS rows of the kept members, under their previous (batch, local_group)
+    kept: dict[tuple[int, int], int]  # (batch, local_group) of each kept group -> its previous partition_group
+    changed: dict[str, int]  # shown id -> id of each new or changed profile
+    next_batch: int  # the first batch number free for the changed profiles
+
+
+def carry_over(kind: Kind, previous: PreviousGroups, profiles: Sequence[Profile]) -> Carried:
+    """Which members keep their previous partition group: those whose shown id and profile digest are unchanged."""
+    now = {shown_id(p.id, p.label): (p.id, profile_digest(p)) for p in profiles}
+    kept: dict[int, list[int]] = {}  # previous partition_group -> its kept members' ids now
+    for shown, digest, g in previous.members.select("shown", "digest", "partition_group").iter_rows():
+        if now.get(shown, (None, None))[1] == digest:
+            kept.setdefault(g, []).append(now[shown][0])
+    rows: dict[str, list] = {k: [] for k in PARTITIONS_SCHEMA}
+    for g, b, j, name, chars, single in previous.partitions.sort("partition_group").select(
+            "partition_group", "batch", "local_group", "name", "characteristics", "singleton").iter_rows():
+        for m in sorted(kept.get(g, ())):
+            for k, v in zip(PARTITIONS_SCHEMA, (kind, b, j, name, chars, m, single)):
+                rows[k].append(v)
+    ids = {m for ms in kept.values() for m in ms}
+    changed = {s: i for s, (i, _) in now.items() if i not in ids}
+    nxt = int(previous.partitions["batch"].max()) + 1 if previous.partitions.height else 0
+    groups = {(b, j): g for g, b, j in previous.partitions.select("partition_group", "batch", "local_group").iter_rows()
+              if g in kept}
+    return Carried(pl.DataFrame(rows, schema=PARTITIONS_SCHEMA), groups, changed, nxt)
+
+
+def reuse_similarity(kind: Kind, pg: pl.DataFrame, carried: Carried, previous: PreviousGroups,
+                     pairs: list[tuple[int, int]], sd: StageDir) -> int:
+    """Eq. 6 for candidate pairs of two kept groups: their previous rating (same names and characteristics),
+    written to the similarity shards so `run_similarity` asks only the rest; returns how many pairs it covers."""
+    was = {g: carried.kept[(b, j)] for g, b, j in pg.select("partition_group", "batch", "local_group").iter_rows()
+           if (b, j) in carried.kept}
+    before = {(a, b): s for a, b, s in previous.similarity.select("group_a", "group_b", "similarity").iter_rows()}
+    reused = [(a, b, before[key]) for a, b in pairs if a in was and b in was
+              and (key := (min(was[a], was[b]), max(was[a], was[b]))) in before]
+    rated = sd.read_shards(SIMILARITY, SIMILARITY_SCHEMA).filter(pl.col("kind") == kind)
+    done = set(zip(rated["group_a"].to_list(), rated["group_b"].to_list()))
+    todo = [r for r in reused if r[:2] not in done]
+    if todo:
+        sd.write_shard(SIMILARITY, pl.DataFrame(
+            {"kind": [kind] * len(todo), "group_a": [a for a, _, _ in todo], "group_b": [b for _, b, _ in todo],
+             "similarity": [s for _, _, s in todo]}, schema=SIMILARITY_SCHEMA))
+    return len(reused)
 
 
 def partition_groups(sd: StageDir, kind: Kind) -> pl.DataFrame:
@@ -238,16 +323,30 @@ class KindGroups:
     assignment: pl.DataFrame  # (<kind>, group)
     partitions: pl.DataFrame  # one row per partition group, with its final group
     similarity: pl.DataFrame  # rated candidate pairs
+    members: pl.DataFrame  # MEMBERS_SCHEMA: what the next incremental run compares against
     stats: dict
 
 
 def build_groups(engine: SemanticEngine, kind: Kind, profiles: Sequence[Profile], batch_size: int,
                  target_group_size: int, tau_sim: float, k: int, seed: int, sd: StageDir,
-                 on_batch: Callable[[int, int], None] | None = None) -> KindGroups:
-    """Eq. 5-6 for one kind: partition in batches, rate candidate pairs, merge above tau_sim."""
+                 on_batch: Callable[[int, int], None] | None = None,
+                 previous: PreviousGroups | None = None) -> KindGroups:
+    """Eq. 5-6 for one kind: partition in batches, rate candidate pairs, merge above tau_sim. With `previous`
+    (incremental): unchanged profiles keep their partition group and only the others are partitioned."""
     by_id = {p.id: p for p in profiles}
     engine.prime(list(profiles))  # same embeddings in fresh and resumed runs
-    part = run_partitions(engine, kind, by_id, batches(list(by_id), batch_size, seed), target_group_size, sd, on_batch)
+    carried = None
+    if previous is None:
+        batch_ids, first = batches(list(by_id), batch_size, seed), 0
+    else:
+        carried = carry_over(kind, previous, profiles)
+        written = sd.read_shards(PARTITIONS, PARTITIONS_SCHEMA).filter(
+            (pl.col("kind") == kind) & (pl.col("batch") < carried.next_batch))
+        if carried.rows.height and not written.height:  # once: a resumed run finds them in its shards
+            sd.write_shard(PARTITIONS, carried.rows)
+        batch_ids = [[carried.changed[s] for s in b] for b in batches(list(carried.changed), batch_size, seed)]
+        first = carried.next_batch
+    part = run_partitions(engine, kind, by_id, batch_ids, target_group_size, sd, on_batch, first_batch=first)
     pg = partition_groups(sd, kind)
     members = pg["members"].to_list()
     groups = [Group(kind, n, c, tuple(m)) for n, c, m in zip(pg["name"], pg["characteristics"], members)]
@@ -255,6 +354,7 @@ def build_groups(engine: SemanticEngine, kind: Kind, profiles: Sequence[Profile]
     vec = profile_vectors(engine, profiles)
     centroids = np.stack([np.mean([vec[m] for m in ms], axis=0) for ms in members]) if members else np.zeros((0, 1))
     pairs = candidate_pairs(centroids, k)
+    reused = reuse_similarity(kind, pg, carried, previous, pairs, sd) if carried else 0
     sent, failed = run_similarity(engine, kind, groups, pairs, sd)
     wanted = set(pairs)
     rated = [(a, b, s) for a, b, s in sd.read_shards(SIMILARITY, SIMILARITY_SCHEMA).filter(pl.col("kind") == kind)
@@ -270,11 +370,20 @@ def build_groups(engine: SemanticEngine, kind: Kind, profiles: Sequence[Profile]
         {"kind": [kind] * len(rated), "group_a": [a for a, _, _ in rated], "group_b": [b for _, b, _ in rated],
          "similarity": [s for _, _, s in rated], "merged": [s > tau_sim for _, _, s in rated]},
         schema={**SIMILARITY_SCHEMA, "merged": pl.Boolean})
+    digest = {i: profile_digest(p) for i, p in by_id.items()}
+    kept = carried.rows.height if carried else 0
+    members_table = pl.DataFrame(
+        {"kind": [kind] * sum(map(len, members)), "member": [m for ms in members for m in ms],
+         "shown": [shown_id(m, by_id[m].label) for ms in members for m in ms],
+         "digest": [digest[m] for ms in members for m in ms],
+         "partition_group": [g for g, ms in zip(pg["partition_group"], members) for _ in ms]},
+        schema=MEMBERS_SCHEMA).sort("member")
     singles = int(pg.filter(pl.col("singleton"))["members"].list.len().sum()) if pg.height else 0
-    stats = {**group_stats(assignment), "partition_groups": pg.height, "batches": part.batches,
+    stats = {**group_stats(assignment), "profiles_kept": kept, "profiles_partitioned": len(by_id) - kept,
+             "similarity_reused": reused, "partition_groups": pg.height, "batches": part.batches,
              "partition_requests_this_run": part.sent, "reasked_ids_this_run": part.reasked,
              "singleton_ids": singles, "unknown_ids_this_run": part.unknown, "duplicate_ids_this_run": part.duplicate,
              "partition_failures_this_run": part.failed[:10], "candidate_pairs": len(pairs), "rated_pairs": len(rated),
              "similarity_sent_this_run": sent, "similarity_failed": failed,
              "merged_pairs": int(sum(s > tau_sim for _, _, s in rated))}
-    return KindGroups(assignment, partitions, similarity, stats)
+    return KindGroups(assignment, partitions, similarity, members_table, stats)

@@ -115,7 +115,8 @@ class StageSpec:
 # (rerank 2: the classifier head is drawn from `seed`, not from the process's random state; augment 2: quality
 # figures against validation positives only; gcl 2 / evaluate 2: the validation gate and the control;
 # control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py; evaluate 3: the
-# `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items are added)
+# `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items are added; groups 3:
+# the `group_members` table, each member's profile digest, what groups.incremental compares against)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", "tasks.prepare:run", ("data",), "1", extras=(raw_digest,),
               writes=("interactions", "users", "items"), meta=PrepareMeta),
@@ -126,10 +127,11 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
               writes=("scores", "augmented"), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run"),
-    StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "2",
+    StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "3",
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("user_groups", "item_groups", "group_partitions", "group_similarity"), extras=(prompt_ids,),
+              writes=("user_groups", "item_groups", "group_partitions", "group_similarity", "group_members"),
+              extras=(prompt_ids,),
               meta=RequestsMeta,
               timing="seconds_this_run"),
     StageSpec("control", "tasks.control:run", ("gcl", "graph", "evaluate"), "2",
