@@ -183,6 +183,15 @@ def time_to_best_row(epochs, best_epoch: int, gcl) -> dict:
             "valid_recall@20": best["valid_recall@20"], "valid_ndcg@20": best["valid_ndcg@20"]}
 
 
+def against_ours(row: dict, rows: list[dict]) -> dict:
+    """`row` with its epochs and seconds to the best epoch as multiples of the same backbone's `ours` run in
+    `rows` (None where there is none)."""
+    ours = next((r for r in rows if r["backbone"] == row["backbone"] and r["settings"] == "ours"
+                 and not r["missing"]), None)
+    return {**row, "epochs_vs_ours": row["best_epoch"] / ours["best_epoch"] if ours else None,
+            "seconds_vs_ours": row["seconds_to_best"] / ours["seconds_to_best"] if ours else None}
+
+
 def _describe(gcl) -> str:
     text = f"lr {gcl.lr:g}, batch {gcl.batch_size}, d {gcl.emb_dim}, L {gcl.n_layers}, reg {gcl.lambda_reg:g}"
     if gcl.backbone in ("sgl", "lightgcl", "xsimgcl"):
@@ -222,22 +231,24 @@ def time_to_best(backbones: list[str], settings: list[str], cap: int, interactio
             row = {"backbone": backbone, "settings": name, "missing": False, "described": _describe(cfg.gcl),
                    **time_to_best_row(r.epochs, r.best_epoch, cfg.gcl), "test_recall@20": test[("recall", 20)],
                    "history": r.epochs.to_dicts()}
-            rows.append(row)
+            rows.append(against_ours(row, rows))
             if log is not None:
                 log(_ttb_line(row))
     return rows
 
 
-TTB_HEADER = ("| backbone | settings | best / run epochs | s to best | s total | valid R@20 | valid N@20 | "
-              "test R@20 |\n|---|---|---:|---:|---:|---:|---:|---:|")
+TTB_HEADER = ("| backbone | settings | best / run epochs | s to best | s total | to best x ours (epochs, s) | "
+              "valid R@20 | valid N@20 | test R@20 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def _ttb_line(r: dict) -> str:
     if r["missing"]:
-        return f"| {r['backbone']} | {r['settings']}: no such model | | | | | | |"
+        return f"| {r['backbone']} | {r['settings']}: no such model | | | | | | | |"
     cap = " (cap)" if r["cap_hit"] else ""
+    ratio = (f"{r['epochs_vs_ours']:.1f}x, {r['seconds_vs_ours']:.1f}x" if r.get("epochs_vs_ours") is not None
+             and r["settings"] != "ours" else "")
     return (f"| {r['backbone']} | {r['settings']}: {r['described']} | {r['best_epoch']} / {r['epochs_run']}{cap} | "
-            f"{r['seconds_to_best']:.1f} | {r['seconds_total']:.1f} | {r['valid_recall@20']:.4f} | "
+            f"{r['seconds_to_best']:.1f} | {r['seconds_total']:.1f} | {ratio} | {r['valid_recall@20']:.4f} | "
             f"{r['valid_ndcg@20']:.4f} | {r['test_recall@20']:.4f} |")
 
 

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from lagcl.config import GCLConfig
-from scripts.bench_gcl import PEER_DEFAULTS, settings_overrides, synthetic_ml1m, time_to_best, time_to_best_row
+from scripts.bench_gcl import (PEER_DEFAULTS, against_ours, settings_overrides, synthetic_ml1m, time_to_best,
+                               time_to_best_row)
 
 
 def _history(recalls: list[float], seconds: list[tuple[float, float]]) -> pl.DataFrame:
@@ -65,6 +66,19 @@ def test_each_run_reports_its_best_epoch_and_seconds_as_its_history_shows():
         assert r["cap_hit"] == (len(h) == cap and not stopped_early)
         assert len(h) == cap or stopped_early  # it ran until the cap or until patience ran out
         assert 0.0 <= r["test_recall@20"] <= 1.0
+    by = {(r["backbone"], r["settings"]): r for r in ran}
+    ours, peer = by[("lightgcn", "ours")], by[("lightgcn", "selfrec")]
+    assert peer["epochs_vs_ours"] == pytest.approx(peer["best_epoch"] / ours["best_epoch"])
+    assert peer["seconds_vs_ours"] == pytest.approx(peer["seconds_to_best"] / ours["seconds_to_best"])
     described = {(r["backbone"], r["settings"]): r["described"] for r in ran}
     assert described[("lightgcn", "selfrec")].startswith("lr 0.001, batch 2048, d 64, L 2, reg 0.0001")
     assert described[("lightgcn", "ours")].startswith("lr 0.005")
+
+
+def test_a_peer_run_is_compared_with_our_run_of_the_same_backbone():
+    ours = {"backbone": "sgl", "settings": "ours", "missing": False, "best_epoch": 20, "seconds_to_best": 10.0}
+    other = {"backbone": "mf", "settings": "ours", "missing": False, "best_epoch": 5, "seconds_to_best": 1.0}
+    peer = {"backbone": "sgl", "settings": "recbole", "missing": False, "best_epoch": 90, "seconds_to_best": 55.0}
+    row = against_ours(peer, [other, ours])
+    assert (row["epochs_vs_ours"], row["seconds_vs_ours"]) == (4.5, 5.5)
+    assert against_ours(peer, [other])["epochs_vs_ours"] is None
