@@ -241,11 +241,15 @@ TTB_HEADER = ("| backbone | settings | best / run epochs | s to best | s total |
               "valid R@20 | valid N@20 | test R@20 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
 
 
+def _times(x: float) -> str:
+    return f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
 def _ttb_line(r: dict) -> str:
     if r["missing"]:
         return f"| {r['backbone']} | {r['settings']}: no such model | | | | | | | |"
     cap = " (cap)" if r["cap_hit"] else ""
-    ratio = (f"{r['epochs_vs_ours']:.1f}x, {r['seconds_vs_ours']:.1f}x" if r.get("epochs_vs_ours") is not None
+    ratio = (f"{_times(r['epochs_vs_ours'])}, {_times(r['seconds_vs_ours'])}" if r.get("epochs_vs_ours") is not None
              and r["settings"] != "ours" else "")
     return (f"| {r['backbone']} | {r['settings']}: {r['described']} | {r['best_epoch']} / {r['epochs_run']}{cap} | "
             f"{r['seconds_to_best']:.1f} | {r['seconds_total']:.1f} | {ratio} | {r['valid_recall@20']:.4f} | "
