@@ -233,7 +233,7 @@ def time_to_best(backbones: list[str], settings: list[str], cap: int, interactio
                    "history": r.epochs.to_dicts()}
             rows.append(against_ours(row, rows))
             if log is not None:
-                log(_ttb_line(row))
+                log(_ttb_line(rows[-1]))
     return rows
 
 

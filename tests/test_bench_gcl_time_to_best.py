@@ -47,8 +47,9 @@ def test_the_peers_settings_are_their_published_defaults_and_absent_models_stay_
 def test_each_run_reports_its_best_epoch_and_seconds_as_its_history_shows():
     inter, n_users, n_items = synthetic_ml1m(seed=3, n_users=60, n_items=50, n_edges=900)
     cap = 6
+    lines: list[str] = []
     rows = time_to_best(["lightgcn", "xsimgcl"], ["ours", "recbole", "selfrec"], cap, inter, n_users, n_items,
-                        overrides=["gcl.patience=2", "gcl.min_epochs=0"])
+                        overrides=["gcl.patience=2", "gcl.min_epochs=0"], log=lines.append)
     assert [(r["backbone"], r["settings"]) for r in rows if r["missing"]] == [("xsimgcl", "recbole")]
     ran = [r for r in rows if not r["missing"]]
     assert len(ran) == 5
@@ -70,6 +71,10 @@ def test_each_run_reports_its_best_epoch_and_seconds_as_its_history_shows():
     ours, peer = by[("lightgcn", "ours")], by[("lightgcn", "selfrec")]
     assert peer["epochs_vs_ours"] == pytest.approx(peer["best_epoch"] / ours["best_epoch"])
     assert peer["seconds_vs_ours"] == pytest.approx(peer["seconds_to_best"] / ours["seconds_to_best"])
+    # one printed line per row, as it finishes; a peer's line carries its multiples of our run
+    assert len(lines) == len(rows) and "| xsimgcl | recbole: no such model |" in lines[4]
+    printed = [float(x.rstrip("x")) for x in lines[2].split(" | ")[5].split(", ")]
+    assert printed == pytest.approx([peer["epochs_vs_ours"], peer["seconds_vs_ours"]], abs=0.05)
     described = {(r["backbone"], r["settings"]): r["described"] for r in ran}
     assert described[("lightgcn", "selfrec")].startswith("lr 0.001, batch 2048, d 64, L 2, reg 0.0001")
     assert described[("lightgcn", "ours")].startswith("lr 0.005")
