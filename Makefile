@@ -144,7 +144,7 @@ bench-gcl: setup
 	$(PY) -m scripts.bench_gcl
 
 # epochs and seconds to the best validation epoch on ML-100K: our settings vs RecBole's and SELFRec's
-# published defaults, in this engine (BENCHMARKS.md "Time to the best epoch"); ~30 min on 2 cores
+# published defaults, in this engine (BENCHMARKS.md "Time to the best epoch"); ~20 min on 2 cores
 TTB_BACKBONES ?= mf,lightgcn,sgl,lightgcl,xsimgcl
 bench-gcl-ttb: setup
 	$(PY) -m scripts.bench_gcl --time-to-best --backbones $(TTB_BACKBONES)
