@@ -8,6 +8,14 @@ the stand-in genre groups, no augmentation) and prints valid/test Recall@20 / ND
 
     python -m scripts.bench_gcl --accuracy --model xsimgcl --rank off --set gcl.lambda_cl=0.02
 
+`--time-to-best` trains each backbone on ML-100K (rank level off, no augmentation) with early stopping on
+validation Recall@20 (lagcl.train's rule and the model file's patience / min_epochs) under our settings
+(conf/model/<backbone>.yaml) and under RecBole 1.2.1's and SELFRec's published defaults for that model,
+all in this engine, so the comparison is about the settings; it prints epochs and seconds to the best
+validation epoch (`make bench-gcl-ttb`):
+
+    python -m scripts.bench_gcl --time-to-best --backbones lightgcn,sgl --cap 300 [--json out.json]
+
 Each (backbone, dataset) runs in its own subprocess, so peak RSS (ru_maxrss) is that run's own; it is
 reported beside the RSS before training starts (data and graph loaded), the difference being what
 training adds. Validation time is reported apart from training time. Results go in BENCHMARKS.md.
@@ -27,6 +35,35 @@ from pathlib import Path
 BACKBONES = ["mf", "lightgcn", "sgl", "lightgcl", "xsimgcl"]
 DATASETS = ["ml-100k", "synthetic-ml1m"]
 REPO = Path(__file__).resolve().parent.parent
+
+# The peers' published defaults as gcl.* overrides (embedding size, learning rate, batch size, layers, L2
+# weight, contrastive weight / temperature / dropout / noise); early stopping stays ours (patience,
+# min_epochs, valid Recall@20), so only the learning settings differ. The L2 weight is taken by value:
+# each engine's regulariser has its own normalisation.
+# RecBole 1.2.1 (the wheel's recbole/properties/overall.yaml: learning_rate 0.001, train_batch_size 2048;
+# model/BPR.yaml, LightGCN.yaml, SGL.yaml); it has no LightGCL, XSimGCL (nor SimGCL) model.
+_RECBOLE = {"emb_dim": 64, "lr": 0.001, "batch_size": 2048}
+# SELFRec (Coder-Yu/SELFRec conf/MF.yaml, LightGCN.yaml, SGL.yaml, XSimGCL.yaml at commit 71deccc:
+# embedding.size 64, learning.rate 0.001, batch.size 2048, reg.lambda 1e-4); it has no LightGCL model.
+_SELFREC = {"emb_dim": 64, "lr": 0.001, "batch_size": 2048, "lambda_reg": 1e-4}
+PEER_DEFAULTS: dict[str, dict[str, dict | None]] = {
+    "recbole": {
+        "mf": {**_RECBOLE, "lambda_reg": 0.0},  # RecBole's BPR loss has no regulariser term
+        "lightgcn": {**_RECBOLE, "n_layers": 2, "lambda_reg": 1e-5},
+        "sgl": {**_RECBOLE, "n_layers": 3, "lambda_reg": 1e-5, "lambda_cl": 0.05, "cl_temperature": 0.5,
+                "drop_rate": 0.1},  # type ED
+        "lightgcl": None,
+        "xsimgcl": None,
+    },
+    "selfrec": {
+        "mf": dict(_SELFREC),
+        "lightgcn": {**_SELFREC, "n_layers": 2},
+        "sgl": {**_SELFREC, "n_layers": 2, "lambda_cl": 0.1, "cl_temperature": 0.2, "drop_rate": 0.1},
+        "lightgcl": None,
+        "xsimgcl": {**_SELFREC, "n_layers": 2, "l_star": 1, "lambda_cl": 0.2, "eps": 0.2, "cl_temperature": 0.15},
+    },
+}
+SETTINGS = ["ours", "recbole", "selfrec"]
 
 
 def _rss_mib() -> float:
@@ -120,6 +157,105 @@ def accuracy(model: str, rank: str, overrides: list[str]) -> str:
             f"{r.epochs['train_seconds'].mean():.3f} s/epoch")
 
 
+def settings_overrides(backbone: str, settings: str) -> list[str] | None:
+    """gcl.* overrides of `settings` for `backbone`: [] for ours, None where the peer has no such model."""
+    if settings == "ours":
+        return []
+    peer = PEER_DEFAULTS[settings].get(backbone)
+    return None if peer is None else [f"gcl.{k}={v}" for k, v in peer.items()]
+
+
+def time_to_best_row(epochs, best_epoch: int, gcl) -> dict:
+    """Epochs and seconds to the best validation epoch, from a run's `epochs` table (one row per epoch).
+
+    Seconds count training and the per-epoch validation (early stopping needs both). `cap_hit`: the run
+    ended at `gcl.epochs` before early stopping would have stopped it, so a later epoch might have been
+    better: the time to best is then a lower bound."""
+    import polars as pl
+
+    secs = epochs.select((pl.col("train_seconds") + pl.col("eval_seconds")).alias("s"), "epoch")
+    best = epochs.filter(pl.col("epoch") == best_epoch).row(0, named=True)
+    run = epochs.height
+    stopped_early = run - best_epoch >= gcl.patience and run >= gcl.min_epochs
+    return {"best_epoch": best_epoch, "epochs_run": run, "cap_hit": run >= gcl.epochs and not stopped_early,
+            "seconds_to_best": float(secs.filter(pl.col("epoch") <= best_epoch)["s"].sum()),
+            "seconds_total": float(secs["s"].sum()),
+            "valid_recall@20": best["valid_recall@20"], "valid_ndcg@20": best["valid_ndcg@20"]}
+
+
+def against_ours(row: dict, rows: list[dict]) -> dict:
+    """`row` with its epochs and seconds to the best epoch as multiples of the same backbone's `ours` run in
+    `rows` (None where there is none)."""
+    ours = next((r for r in rows if r["backbone"] == row["backbone"] and r["settings"] == "ours"
+                 and not r["missing"]), None)
+    return {**row, "epochs_vs_ours": row["best_epoch"] / ours["best_epoch"] if ours else None,
+            "seconds_vs_ours": row["seconds_to_best"] / ours["seconds_to_best"] if ours else None}
+
+
+def _describe(gcl) -> str:
+    text = f"lr {gcl.lr:g}, batch {gcl.batch_size}, d {gcl.emb_dim}, L {gcl.n_layers}, reg {gcl.lambda_reg:g}"
+    if gcl.backbone in ("sgl", "lightgcl", "xsimgcl"):
+        text += f", cl {gcl.lambda_cl:g}, tau {gcl.cl_temperature:g}"
+    if gcl.backbone == "sgl":
+        text += f", drop {gcl.drop_rate:g}"
+    if gcl.backbone == "xsimgcl":
+        text += f", eps {gcl.eps:g}, l* {gcl.l_star}"
+    return text
+
+
+def time_to_best(backbones: list[str], settings: list[str], cap: int, interactions, n_users: int, n_items: int,
+                 overrides: list[str] = (), log=None) -> list[dict]:
+    """Train each (backbone, settings) to early stopping or `cap` epochs on `interactions` (user, item, sign,
+    split), rank level off; one dict per pair: `time_to_best_row`, test R@20 of the best epoch's weights,
+    the settings and the per-epoch `history`. A peer without the model gives a row with `missing`."""
+    from lagcl.config import load_config
+    from lagcl.models import Graph, build_model
+    from lagcl.train import build_train_data, train, validate
+
+    data = build_train_data(interactions, n_users, n_items)
+    rows = []
+    for backbone in backbones:
+        for name in settings:
+            extra = settings_overrides(backbone, name)
+            if extra is None:
+                rows.append({"backbone": backbone, "settings": name, "missing": True})
+                if log is not None:
+                    log(_ttb_line(rows[-1]))
+                continue
+            cfg = load_config(model=backbone, overrides=["rank.enabled=false", *extra, *overrides,
+                                                         f"gcl.epochs={cap}"])
+            model = build_model(cfg.gcl, Graph(data.edge_users, data.edge_items, n_users, n_items,
+                                               cfg.graph.backend), cfg.seed)
+            r = train(model, data, cfg.gcl, None, cfg.seed, progress=False)
+            test = validate(model, data, ks=(20,), split="test", batch_size=cfg.gcl.eval_batch_users)
+            row = {"backbone": backbone, "settings": name, "missing": False, "described": _describe(cfg.gcl),
+                   **time_to_best_row(r.epochs, r.best_epoch, cfg.gcl), "test_recall@20": test[("recall", 20)],
+                   "history": r.epochs.to_dicts()}
+            rows.append(against_ours(row, rows))
+            if log is not None:
+                log(_ttb_line(rows[-1]))
+    return rows
+
+
+TTB_HEADER = ("| backbone | settings | best / run epochs | s to best | s total | to best x ours (epochs, s) | "
+              "valid R@20 | valid N@20 | test R@20 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def _times(x: float) -> str:
+    return f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
+def _ttb_line(r: dict) -> str:
+    if r["missing"]:
+        return f"| {r['backbone']} | {r['settings']}: no such model | | | | | | | |"
+    cap = " (cap)" if r["cap_hit"] else ""
+    ratio = (f"{_times(r['epochs_vs_ours'])}, {_times(r['seconds_vs_ours'])}" if r.get("epochs_vs_ours") is not None
+             and r["settings"] != "ours" else "")
+    return (f"| {r['backbone']} | {r['settings']}: {r['described']} | {r['best_epoch']} / {r['epochs_run']}{cap} | "
+            f"{r['seconds_to_best']:.1f} | {r['seconds_total']:.1f} | {ratio} | {r['valid_recall@20']:.4f} | "
+            f"{r['valid_ndcg@20']:.4f} | {r['test_recall@20']:.4f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.bench_gcl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,10 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="lightgcn")
     p.add_argument("--rank", choices=["on", "off"], default="off")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--time-to-best", action="store_true",
+                   help="epochs and seconds to the best validation epoch on ML-100K: ours vs the peers' defaults")
+    p.add_argument("--settings", default=",".join(SETTINGS), help="with --time-to-best")
+    p.add_argument("--cap", type=int, default=300, help="with --time-to-best: the epoch cap")
+    p.add_argument("--json", type=Path, help="with --time-to-best: also write the rows and histories here")
     p.add_argument("--one", nargs=2, metavar=("BACKBONE", "DATASET"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.accuracy:
         print(accuracy(args.model, args.rank, args.overrides), flush=True)
+        return 0
+    if args.time_to_best:
+        print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}, ML-100K, "
+              f"cap {args.cap} epochs\n{TTB_HEADER}", flush=True)
+        inter, n_users, n_items = ml100k()
+        rows = time_to_best(args.backbones.split(","), args.settings.split(","), args.cap, inter, n_users, n_items,
+                            args.overrides, log=lambda line: print(line, flush=True))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
         return 0
     if args.one:
         print("RESULT " + json.dumps(one(*args.one, args.epochs)), flush=True)
