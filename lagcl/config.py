@@ -171,6 +171,12 @@ class ProfilesConfig(Section):
         "positive\"), coarse (\"about 10 in training, mostly positive\": a few new ratings rarely change it, so a "
         "scheduled rerun re-profiles few items) or off (the paper's input: title and metadata only)")
 
+    @field_validator("item_rating_counts", mode="before")
+    @classmethod
+    def _off_read_as_a_boolean(cls, value):
+        # YAML 1.1 reads an unquoted `off` (in a file or in --set KEY=off) as false
+        return "off" if value is False else value
+
 
 class AugmentConfig(Section):
     cold_threshold: int = Field(30, ge=1)

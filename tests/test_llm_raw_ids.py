@@ -104,3 +104,10 @@ def test_coarse_item_rating_counts_do_not_move_for_a_few_new_ratings_and_off_lea
     inter = pl.DataFrame({"user": [0], "item": [0], "sign": [1], "split": ["train"], "timestamp": [1]})
     [_, item] = profile_requests(inter, users, items, item_rating_counts="off")
     assert item.attributes == {"genres": "Crime"}
+
+
+def test_item_rating_counts_off_can_be_written_unquoted_on_the_command_line_and_in_yaml():
+    from lagcl.config import load_config
+    assert load_config(overrides=["profiles.item_rating_counts=off"]).profiles.item_rating_counts == "off"
+    with pytest.raises(Exception, match="item_rating_counts"):
+        load_config(overrides=["profiles.item_rating_counts=true"])
