@@ -4,12 +4,12 @@ in model requests against the local protocol server."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import polars as pl
 import pytest
 from llm_server import LLMServer, _id_key, _payload, pipeline_model, prompt_text
+from test_llm_compact import tiny_dataset
 
 from lagcl.artifacts import StageDir, read_manifest
 from lagcl.config import LLMConfig, load_config
@@ -123,23 +123,6 @@ def test_the_profile_digest_follows_what_a_partition_reads():
 
 
 # the stage: which previous result it starts from ----------------------------------------------------------------
-def tiny_dataset(root: Path, new_users: int = 0) -> Path:
-    """12 users rating 6 of 10 items each, and `new_users` more users rating items already rated."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "ratings.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["user_id", "item_id", "rating", "timestamp"])
-        for u in range(12 + new_users):
-            for j in range(6):
-                w.writerow([f"user {u}", f"item {(u + j) % 10}", (5, 4, 2)[(u + j) % 3], 1000 * u + j])
-    with open(root / "items.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["item_id", "title", "genres"])
-        for i in range(10):
-            w.writerow([f"item {i}", f"Title {i}", ("Drama", "Comedy|Romance", "Action")[i % 3]])
-    return root
-
-
 def run_groups(server: LLMServer, tmp_path: Path, model: str, new_users: int = 0,
                started_from: str | None = None) -> dict:
     """prepare, profiles and groups (incremental); `started_from`: the groups folder is left as by a run that started

@@ -108,13 +108,14 @@ def test_in_a_shared_call_a_request_left_unscored_after_repair_fails_alone(serve
     assert len(server.model_calls()) == 2
 
 
-def tiny_dataset(root: Path) -> Path:
-    """12 users x 10 items, each user rating 6 items: every user is a cold-start user."""
+def tiny_dataset(root: Path, new_users: int = 0) -> Path:
+    """12 users x 10 items, each user rating 6 items: every user is a cold-start user; and `new_users` more users
+    rating items already rated."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "ratings.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "rating", "timestamp"])
-        for u in range(12):
+        for u in range(12 + new_users):
             for j in range(6):
                 w.writerow([f"user {u}", f"item {(u + j) % 10}", (5, 4, 2)[(u + j) % 3], 1000 * u + j])
     with open(root / "items.csv", "w", newline="") as fh:
