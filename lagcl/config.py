@@ -196,6 +196,60 @@ class GroupsConfig(Section):
         "and group settings: unchanged profiles keep their partition group, only new or changed ones are partitioned "
         "(lagcl/groups.py). Off: the result depends on the config and the data only, not on what the cache holds",
         json_schema_extra=HASHED_WHEN_SET)
+    # LLM outputs made elsewhere (lagcl/group_files.py; README "Bring your own LLM outputs")
+    source: Literal["engine", "files"] = Field(
+        "engine", description="where the groups come from: `engine` = eq. 5-6 by this run's semantic engine from "
+        "the profiles stage's profiles; `files` = read from groups.user_file / groups.item_file (a kind without a "
+        "file is grouped by the engine as usual)")
+    user_file: str | None = Field(
+        None, description="source=files: user groups, `.json` (a list of groups with `members`) or text "
+        "(`user_id,group_id` lines), keyed by the dataset's own user ids; relative to the repository root")
+    item_file: str | None = Field(
+        None, description="source=files: item groups, in either format (as user_file), keyed by the dataset's own "
+        "item ids or, with id_map, by the ids of id_map_items")
+    lenient: bool = Field(
+        False, description="source=files: false = any unknown id, duplicate member or malformed line is one error "
+        "naming the file and line; true = such entries are counted (in the manifest) and skipped")
+    id_map: Literal["none", "title_year"] = Field(
+        "none", description="source=files: `title_year` = item_file is keyed by another dataset's item ids (e.g. "
+        "ML-1M's for an ML-100K run), matched to this dataset's items by normalised title and year through "
+        "id_map_items; items without a match get no group")
+    id_map_items: str | None = Field(
+        None, description="id_map=title_year: the other dataset's item file, ML-1M `movies.dat` "
+        "(`id::Title (Year)::Genres`) or ML-100K `u.item` (`id|Title (Year)|...`), latin-1; relative to the "
+        "repository root")
+
+    def group_file(self, kind: str) -> str | None:
+        """The file kind's groups are read from, None where the engine groups that kind."""
+        return (self.user_file if kind == "user" else self.item_file) if self.source == "files" else None
+
+    @property
+    def engine_kinds(self) -> tuple[str, ...]:
+        """The kinds the semantic engine groups (eq. 5-6) in this run."""
+        return tuple(k for k in ("user", "item") if self.group_file(k) is None)
+
+    def hash_payload(self) -> dict[str, Any]:
+        # file paths never count (their contents' digests are a fingerprint extra, tasks/stages.py), the file
+        # settings only with source=files (engine folders from before them stay valid), and the engine's
+        # settings only while it groups a kind
+        out = super().hash_payload()
+        for key in ("source", "user_file", "item_file", "lenient", "id_map", "id_map_items"):
+            out.pop(key, None)
+        if self.source == "files":
+            if not self.engine_kinds:
+                out = {}
+            out.update(source=self.source, lenient=self.lenient, id_map=self.id_map)
+        return out
+
+    @model_validator(mode="after")
+    def _files_named(self) -> "GroupsConfig":
+        if self.source == "files" and not (self.user_file or self.item_file):
+            raise ValueError("source=files reads groups.user_file and/or groups.item_file: set at least one "
+                             "(a kind without a file is grouped by the engine)")
+        if self.id_map == "title_year" and not self.id_map_items:
+            raise ValueError("id_map=title_year needs groups.id_map_items: the item file (ML-1M movies.dat or "
+                             "ML-100K u.item) of the dataset whose ids groups.item_file uses")
+        return self
 
 
 class GraphConfig(Section):

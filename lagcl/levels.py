@@ -148,13 +148,16 @@ def train_control(sd: StageDir, cfg: Config, data: Interactions) -> dict:
 
 def train_levels(sd: StageDir, cfg: Config, data: Interactions, control: Control, rank_on: bool,
                  groups: tuple[pl.DataFrame | None, pl.DataFrame | None], scores: pl.DataFrame | None,
-                 augmented: pl.DataFrame | None) -> dict:
+                 augmented: pl.DataFrame | None, groups_label: str | None = None) -> dict:
     """The chain control -> + data -> + rank on validation (lagcl/gate.py): writes the chosen model (the
     control's when no level is kept) and the `levels`, `metrics`, `per_user` and `epochs` tables; returns the
     manifest meta. `groups`: the groups stage's (user_groups, item_groups), None where it is off; `scores`,
-    `augmented`: the augment stage's, None where it is off."""
+    `augmented`: the augment stage's, None where it is off. `groups_label`: what made the groups stage's groups
+    (engine or files), recorded as the meta's `groups` when they are used."""
     node = node_groups(cfg, data, *groups) if rank_on else None
     groups_source = node[2] if node is not None else "none (rank level off)"
+    if groups_source == "groups" and groups_label:
+        groups_source = groups_label
     ctx = fit_context(cfg, data, sd.file_path("checkpoints"), node[:2] if node is not None else None)
     ctrl = fitted_control(control)
     variants, blocked, check = data_level_plan(cfg.data_level, cfg.gate, scores, augmented, data.interactions,

@@ -19,7 +19,7 @@ import polars as pl
 
 from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, has_table, is_complete, read_manifest, read_table
 from lagcl.config import Config
-from lagcl.data.digest import InputFile, raw_inputs
+from lagcl.data.digest import DigestIndex, InputFile, raw_inputs
 from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
@@ -65,6 +65,7 @@ class Plan:
     cfg: Config
     fingerprints: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, InputFile] = field(default_factory=dict)  # role -> raw file digested into prepare's
+    group_inputs: dict[str, InputFile] = field(default_factory=dict)  # groups.source=files: role -> file
 
     @property
     def store(self) -> ArtifactStore:
@@ -83,7 +84,7 @@ class Plan:
         return sd
 
     def upstream(self, stage: str) -> dict[str, StageRef]:
-        return {u: self.ref(u) for u in STAGES[stage].upstream if u in self.fingerprints}
+        return {u: self.ref(u) for u in STAGES[stage].upstream_for(self.cfg) if u in self.fingerprints}
 
     def input(self, stage: str, table: str, optional: bool = False) -> pl.DataFrame | None:
         """Table `table` of the finished stage `stage` of this run: the one way a stage reads an upstream.
@@ -107,17 +108,51 @@ def make_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
     enabled = enabled_stages(cfg)
     for name in enabled:
-        missing = [r for r in STAGES[name].requires if r not in enabled]
+        missing = [r for r in STAGES[name].requires_for(cfg) if r not in enabled]
         if missing:
             raise ConfigError(f"stage '{name}' needs stage(s) {missing}: set pipeline.stages.{missing[0]}=true "
                               f"or pipeline.stages.{name}=false")
     plan.inputs = raw_inputs(cfg.data, raw_root(cfg.data, REPO_ROOT), plan.store.root)
+    if "groups" in enabled:
+        plan.group_inputs = group_inputs(cfg, plan.store.root)
     for name in enabled:
         spec = STAGES[name]
         config_hash = _config_hash(cfg, spec.hashed_sections(cfg))
-        ups = {u: plan.fingerprints[u] for u in spec.upstream if u in plan.fingerprints}
+        ups = {u: plan.fingerprints[u] for u in spec.upstream_for(cfg) if u in plan.fingerprints}
         plan.fingerprints[name] = fingerprint(name, config_hash + spec.extra(plan), ups, spec.version)
     return plan
+
+
+def group_inputs(cfg: Config, cache_root: Path) -> dict[str, InputFile]:
+    """`groups.source: files`: role -> each file the groups stage reads, with its SHA-256 (hashed once per size and
+    mtime, lagcl.data.digest); {} with source=engine."""
+    paths = group_file_paths(cfg)
+    if not paths:
+        return {}
+    index = DigestIndex(cache_root)
+    files = {role: index.file(role, p) for role, p in paths.items()}
+    index.save()
+    return files
+
+
+def group_file_paths(cfg: Config) -> dict[str, Path]:
+    """`groups.source: files`: role -> path of each file the groups stage reads (relative paths from the repository
+    root, like data.path); a named file that is not there is a ConfigError before anything runs."""
+    g = cfg.groups
+    named = {f"{k}_file": g.group_file(k) for k in ("user", "item")}
+    if g.source == "files" and g.id_map != "none" and g.item_file:
+        named["id_map_items"] = g.id_map_items
+    out = {}
+    for role, name in named.items():
+        if not name:
+            continue
+        p = Path(name).expanduser()
+        p = p if p.is_absolute() else REPO_ROOT / p
+        if not p.is_file():
+            raise ConfigError(f"groups.{role} {name} does not exist (looked for {p}); a relative path is read from "
+                              "the repository root")
+        out[role] = p
+    return out
 
 
 def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
@@ -176,7 +211,7 @@ def run_stage(plan: Plan, name: str, body: Body, summary: Callable[[dict], None]
     time it into the meta (`spec.timing`), write the manifest and log `summary(meta)`."""
     spec = STAGES[name]
     ups = plan.upstream(name)
-    for up, what in spec.requires.items():
+    for up, what in spec.requires_for(plan.cfg).items():
         if up not in ups:
             raise ConfigError(f"the {name} stage {what}: enable pipeline.stages.{up}")
     if spec.trains:

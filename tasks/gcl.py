@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lagcl.levels import Control, Interactions, train_levels
 from tasks.base import Plan, StageRef, log, rank_enabled, run_stage
+from tasks.groups import source_label
 
 STAGE = "gcl"
 
@@ -33,7 +34,8 @@ def _build(plan: Plan, sd) -> dict:
               if rank_on else (None, None))
     return train_levels(sd, plan.cfg, training_data(plan), control, rank_on, groups,
                         plan.input("augment", "scores", optional=True),
-                        plan.input("augment", "augmented", optional=True))
+                        plan.input("augment", "augmented", optional=True),
+                        source_label(plan.meta("groups")) if "groups" in plan.fingerprints else None)
 
 
 def _summary(meta: dict) -> None:

@@ -67,6 +67,24 @@ def prompt_style(plan: Plan) -> str | None:
     return f"prompt_style={llm.prompt_style},{llm.compact_items_per_call},{llm.compact_summary_words}"
 
 
+def groups_by_engine(cfg: Config) -> bool:
+    """Whether the groups stage asks the engine (eq. 5-6) for a kind: with `groups.source: files` and both files
+    given it reads neither the profiles stage nor the engine section."""
+    return bool(cfg.groups.engine_kinds)
+
+
+def group_prompt_ids(plan: Plan) -> str | None:
+    return prompt_ids(plan) if groups_by_engine(plan.cfg) else None
+
+
+def group_files(plan: Plan) -> str | None:
+    """`groups.source: files`: the files' contents (SHA-256), never where they are, and those of the id map's
+    item file (lagcl/group_files.py)."""
+    if not plan.group_inputs:
+        return None
+    return "group_files=" + ",".join(f"{role}:{f.sha256}" for role, f in sorted(plan.group_inputs.items()))
+
+
 def pair_reuse(plan: Plan) -> str | None:
     """Scores reused pair by pair (llm.reuse_pair_scores, the default) may have been given beside other items than
     a fresh request lists: turned off, the stage recomputes with every request in full. The embedding engine
@@ -89,6 +107,8 @@ class StageSpec:
     extras: tuple[Extra, ...] = ()
     # a section hashed only while the predicate holds: a setting the stage does not use must not retrain it
     only_if: dict[str, Callable[[Config], bool]] = field(default_factory=dict)
+    # an upstream read, hashed and required only while the predicate holds (groups from files need no profiles)
+    needs_if: dict[str, Callable[[Config], bool]] = field(default_factory=dict)
     meta: type | None = None  # the typed view of the manifest meta other code reads back
     timing: str | None = None  # the meta key the template writes the stage's seconds to
     trains: bool = False  # a training stage: with graph.backend=dgl and no DGL here it runs in the DGL environment
@@ -98,6 +118,13 @@ class StageSpec:
         """Every stage whose fingerprint is in this one's, in execution order."""
         ups = {*self.requires, *self.optional, *self.reads}
         return tuple(s for s in STAGES if s in ups)
+
+    def upstream_for(self, cfg: Config) -> tuple[str, ...]:
+        """The upstreams this run's configuration reads (`upstream` less those `needs_if` turns off)."""
+        return tuple(s for s in self.upstream if self.needs_if.get(s, lambda _: True)(cfg))
+
+    def requires_for(self, cfg: Config) -> dict[str, str]:
+        return {s: what for s, what in self.requires.items() if self.needs_if.get(s, lambda _: True)(cfg)}
 
     def hashed_sections(self, cfg: Config) -> tuple[str, ...]:
         return tuple(s for s in self.sections if self.only_if.get(s, lambda _: True)(cfg))
@@ -131,7 +158,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},
               writes=("user_groups", "item_groups", "group_partitions", "group_similarity", "group_members"),
-              extras=(prompt_ids,),
+              extras=(group_prompt_ids, group_files),
+              only_if={"engine": groups_by_engine}, needs_if={"profiles": groups_by_engine},
               meta=RequestsMeta,
               timing="seconds_this_run"),
     StageSpec("control", "tasks.control:run", ("gcl", "graph", "evaluate"), "2",
