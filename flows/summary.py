@@ -26,8 +26,6 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"gcl {h.backbone}: chosen '{h.variant}' (data level {'on' if h.data_level else 'off'}, rank "
               f"level {'on' if h.rank_level else 'off'}): test Recall@20 {h.test_recall:.4f}, NDCG@20 "
               f"{h.test_ndcg:.4f}; control {h.control_test_recall:.4f} / {h.control_test_ndcg:.4f}")
-        if h.groups:
-            print(f"  groups of the rank level: {h.groups}")
     if "evaluate" in done:
         e = EvaluateMeta.of(meta_of(done["evaluate"]))
         h = e.headline

@@ -305,6 +305,9 @@ def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
                      f"{cell(r, 'valid_recall@20'):>19} {cell(r, 'test_recall@20'):>19} {cell(r, 'test_ndcg@20'):>19} "
                      f"{cell(r, 'test_recall@20_cold'):>19} {cell(r, 'test_recall@20_warm'):>19}  "
                      f"{interval(r):<36}  {r['reason']}")
+    for r in levels:
+        if r.get("groups"):
+            lines.append(f"  + {r['level']} groups: {r['groups']}")
     if any(r.get("valid_scope", "all users") != "all users" for r in levels):
         lines.append("  (h): validation over the reranker's held-out users only, not comparable with the rows above")
     if any(r.get("test_recall@20_p") is not None for r in levels):

@@ -372,6 +372,8 @@ def planned_counts(interactions: pl.DataFrame, n_users: int, n_items: int, cfg: 
     if "groups" in on:
         g = cfg.groups
         for kind, n in (("user", n_users), ("item", n_items)):
+            if kind not in g.engine_kinds:  # read from groups.<kind>_file: nothing asked
+                continue
             counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
             counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
     return counts

@@ -311,3 +311,23 @@ def test_an_incremental_engine_run_never_starts_from_imported_groups(tmp_path):
     here = plan.store.stage_path("groups", plan.fingerprints["groups"])
     assert len(list(plan.store.iter_stage_dirs("groups"))) == 1
     assert previous_result(plan, here, make_engine(plan.cfg, plan.store.root, "groups")) is None
+
+
+def test_the_cost_estimate_counts_no_group_requests_for_a_kind_read_from_a_file():
+    from tasks.estimate import planned_counts
+
+    cfg = load_config(overrides=["groups.source=files", "groups.item_file=item_group.txt",
+                                 "pipeline.stages.augment=false"])
+    counts = planned_counts(pl.DataFrame(), 100, 200, cfg)
+    assert {k for k in counts if k.startswith(("partition", "similarity"))} == {"partition_user", "similarity_user"}
+    assert counts["partition_user"] == 1
+
+
+def test_the_chain_names_the_group_source_of_the_rank_step():
+    from lagcl.gate import format_chain
+
+    levels = [{"level": "control", "variant": "control", "kept": True, "reason": "the control"},
+              {"level": "rank", "variant": "rank", "kept": False, "reason": "turned down",
+               "groups": "files (user user_group.json sha aead8b3e..; item item_group.txt sha c2b99f10..)"}]
+    assert "  + rank groups: files (user user_group.json sha aead8b3e..; item item_group.txt sha c2b99f10..)" in \
+        format_chain(levels)
