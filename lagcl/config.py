@@ -476,10 +476,28 @@ def _choices(kind: str, conf_dir: Path) -> list[str]:
 
 def _named_file(kind: str, name: str, conf_dir: Path) -> dict[str, Any]:
     path = conf_dir / kind / f"{name}.yaml"
+    choices = backbone_names(conf_dir) if kind == "model" else _choices(kind, conf_dir)
     if not path.is_file():
-        raise ConfigError(f"unknown {kind} '{name}': choose one of {', '.join(_choices(kind, conf_dir))} "
-                          f"(files in {conf_dir / kind})")
-    return _read_yaml(path)
+        raise ConfigError(f"unknown {kind} '{name}': choose one of {', '.join(choices)} (files in {conf_dir / kind})")
+    tree = _read_yaml(path)
+    if kind == "model" and name not in choices:
+        raise ConfigError(backbone_error(name, choices))
+    return tree
+
+
+def backbone_names(conf_dir: Path | str | None = None) -> list[str]:
+    """The presets of conf/model/ that name a backbone (a `gcl:` section): what `--model` / MODEL= choose. The
+    reranker presets beside them (a `rerank:` section only) are chosen with rerank.model."""
+    folder = Path(conf_dir or CONF_DIR) / "model"
+    return sorted(p.stem for p in folder.glob("*.yaml") if isinstance(_read_yaml(p).get("gcl"), dict))
+
+
+def backbone_error(name: str, backbones: list[str]) -> str:
+    reranker = name.startswith("reranker-")
+    short = name.removeprefix("reranker-") if reranker else "<name>"
+    return (f"model '{name}' is {'a reranker preset, not a backbone' if reranker else 'not a backbone'}: MODEL= / "
+            f"--model chooses one of {', '.join(backbones)}; rerankers are chosen with RERANKER={short} (make) or "
+            f"--set rerank.model=reranker-{short}")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
