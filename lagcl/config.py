@@ -70,6 +70,10 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="generic tables: canonical -> raw column")
     strict: bool = Field(True, description="malformed lines are an error (true) or skipped and counted (false)")
     max_interactions: int | None = Field(None, description="read at most this many interactions (for trials)")
+    separator: str | None = Field(
+        None, json_schema_extra=HASHED_WHEN_SET,
+        description="format table: the field separator of its .csv/.tsv/.txt files, one character such as ';' or "
+                    "'|' (tab: '\\t'); None: by extension (tab for .tsv, comma otherwise)")
     encoding: str | None = Field(None, description="the raw text files' encoding; None: the format's published one "
                                  "(latin-1 for ml-1m, UTF-8 for the others). A UTF-8 byte-order mark always means UTF-8")
     steam_signed: bool = Field(False, description="steam: a review with recommend False is a negative interaction "
@@ -90,10 +94,23 @@ class DataConfig(Section):
             raise ValueError(f"{v} is not read line by line; convert the files to UTF-8 (iconv -f {v} -t UTF-8)")
         return v
 
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = {"\\t": "\t", "tab": "\t"}.get(v, v)
+        if len(v) != 1 or v in "\r\n\"":
+            raise ValueError(f"separator must be one character such as ';', '|' or '\\t' (tab), got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> "DataConfig":
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.separator is not None and self.format != "table":
+            raise ValueError(f"separator is read by format 'table' only, not '{self.format}' (its files have a fixed "
+                             "separator)")
         if self.steam_signed and self.format != "steam":
             raise ValueError(f"steam_signed is read by format 'steam' only, not '{self.format}'")
         return self
