@@ -26,8 +26,9 @@ class DelimitedFile:
     `sep` splits fields (RecBole atomic files: tab, names written `name:type`); `quoted` reads CSV
     quoting, where a field may hold the separator or a line break."""
 
-    def __init__(self, reader: LineReader, sep: str, quoted: bool = False, atomic: bool = False):
-        self.reader, path = reader, reader.path
+    def __init__(self, reader: LineReader, sep: str, quoted: bool = False, atomic: bool = False,
+                 dataset: str = "<name>"):
+        self.reader, path, self.dataset = reader, reader.path, dataset
         self.path, self.sep, self.quoted, self.atomic = path, sep, quoted, atomic
         self.n_fields: int | None = None  # known once the header is read
         self._lines = self._split()
@@ -97,7 +98,7 @@ class DelimitedFile:
                 continue
             yield lineno, parts
 
-    def separator_hint(self, dataset: str = "<name>") -> str | None:
+    def separator_hint(self) -> str | None:
         """When the header splits into fewer columns on `sep` than on another common separator, the file is most
         likely separated by that one: what to set (None when the header gives no such sign, and for RecBole
         atomic files, whose separator is always a tab)."""
@@ -110,7 +111,7 @@ class DelimitedFile:
             return None
         n = len(self.columns)
         return (f"the file has {n} column{'s' * (n != 1)} when split on {self.sep!r}; if it is separated by {best!r} "
-                f"set data.separator={best!r} (in conf/data/{dataset}.yaml, or --set data.separator={best!r})")
+                f"set data.separator={best!r} (in conf/data/{self.dataset}.yaml, or --set data.separator={best!r})")
 
     def frame(self) -> pl.DataFrame:
         """The whole file as String columns (attribute tables)."""
@@ -123,7 +124,7 @@ class DelimitedFile:
         for need in ("user", "item"):
             if col[need] not in idx:
                 raise DataError(f"{self.path}: no column '{col[need]}' for the {need} id (columns: {self.columns}); "
-                                + (self.separator_hint(cfg.name) or f"set data.columns.{need} in conf/data/{cfg.name}.yaml"))
+                                + (self.separator_hint() or f"set data.columns.{need} in conf/data/{cfg.name}.yaml"))
         if col["rating"] not in idx and not cfg.all_positive:
             raise DataError(f"{self.path} has no rating column '{col['rating']}'; set data.columns.rating "
                             "or data.all_positive=true for implicit feedback")

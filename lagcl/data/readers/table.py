@@ -46,7 +46,7 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
     if _is_parquet(path):
         inter = _parquet_interactions(path, cfg, col, files.skips)
     else:
-        inter = _text_table(files(path), cfg.separator).interactions(cfg, col)
+        inter = _text_table(files(path), cfg).interactions(cfg, col)
 
     tables = {}
     for role, key in (("items", "item"), ("users", "user")):
@@ -56,8 +56,8 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
         if _is_parquet(paths[role]):
             t = _read_parquet(paths[role])
         else:
-            text = _text_table(files(paths[role]), cfg.separator)
-            t, hint = text.frame(), text.separator_hint(cfg.name)
+            text = _text_table(files(paths[role]), cfg)
+            t, hint = text.frame(), text.separator_hint()
         t = with_raw_id(t, col[key], paths[role], key, hint).with_columns(pl.col("raw_id").cast(pl.String))
         if role == "items":
             if col["title"] in t.columns and col["title"] != "title":
@@ -72,11 +72,12 @@ def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
-def _text_table(reader: LineReader, separator: str | None) -> DelimitedFile:
+def _text_table(reader: LineReader, cfg: DataConfig) -> DelimitedFile:
     name = reader.path.name.lower().removesuffix(".gz")
     if not name.endswith((".csv", ".tsv", ".txt")):
         raise DataError(f"{reader.path}: the table format reads .csv, .tsv, .txt (optionally .gz) or .parquet files")
-    return DelimitedFile(reader, separator or ("\t" if name.endswith(".tsv") else ","), quoted=True)
+    return DelimitedFile(reader, cfg.separator or ("\t" if name.endswith(".tsv") else ","), quoted=True,
+                         dataset=cfg.name)
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
