@@ -112,7 +112,8 @@ def unknown_options_message(extra: list[str], cmd: argparse.ArgumentParser, run:
     return f"unrecognized arguments: {' '.join(extra)}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `lagcl` parser and each command's own: the options it uses, each with its values and default."""
     p = argparse.ArgumentParser(prog="lagcl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,status,compare,recommend}")
     commands = {
@@ -123,18 +124,23 @@ def main(argv: list[str] | None = None) -> int:
         "recommend": ("one user's profile and recommendations, with the level behind each (make recommend)",
                       add_config_options),
     }
-    parsers = {}
+    subs = {}
     for name, (text, add) in commands.items():
-        parsers[name] = sub.add_parser(name, help=text, description=text)
-        add(parsers[name])
-    rec = parsers["recommend"]
+        subs[name] = sub.add_parser(name, help=text, description=text)
+        add(subs[name])
+    rec = subs["recommend"]
     rec.add_argument("--user", required=True, help="the dataset's original user id, e.g. 196 (make: USER=)")
     rec.add_argument("--n", type=positive_int, default=None, metavar="N",
                      help="show the first N recommendations, a positive integer (default: all the run kept, "
                           "recommend.n; make: N=)")
+    return p, subs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, subs = parsers()
     args, extra = p.parse_known_args(argv)
     if extra:
-        parsers[args.cmd].error(unknown_options_message(extra, parsers[args.cmd], parsers["run"]))
+        subs[args.cmd].error(unknown_options_message(extra, subs[args.cmd], subs["run"]))
     try:
         if args.cmd == "status":
             return cmd_status(args)
