@@ -19,14 +19,18 @@ RUNNER ?=
 DASK_ADDRESS ?=
 GRAPH ?=
 
-PIPELINE_ARGS = --data $(DATA) --engine $(ENGINE) --model $(MODEL) \
-	$(if $(RANK),--rank $(RANK)) $(if $(ABLATION),--ablation $(ABLATION)) $(if $(FROM),--from-stage $(FROM)) \
-	$(if $(DRY_RUN),--dry-run) $(if $(RERANKER),--set rerank.model=reranker-$(RERANKER)) \
-	$(if $(RUNNER),--set pipeline.runner=$(RUNNER)) $(if $(DASK_ADDRESS),--set pipeline.dask_address=$(DASK_ADDRESS)) \
+# CONFIG_ARGS choose a configuration (what `status` and `recommend` read); PIPELINE_ARGS add how to run it
+CONFIG_ARGS = --data $(DATA) --engine $(ENGINE) --model $(MODEL) \
+	$(if $(RANK),--rank $(RANK)) $(if $(ABLATION),--ablation $(ABLATION)) \
+	$(if $(RERANKER),--set rerank.model=reranker-$(RERANKER)) \
 	$(if $(GRAPH),--set graph.backend=$(GRAPH)) $(foreach o,$(OVERRIDES),--set $(o))
+PIPELINE_ARGS = $(CONFIG_ARGS) $(if $(FROM),--from-stage $(FROM)) $(if $(DRY_RUN),--dry-run) \
+	$(if $(RUNNER),--set pipeline.runner=$(RUNNER)) $(if $(DASK_ADDRESS),--set pipeline.dask_address=$(DASK_ADDRESS))
 
 export PREFECT_HOME ?= $(CURDIR)/cache/prefect
 export DO_NOT_TRACK := 1
+# no Prefect telemetry from the server or any process started here (flows/env.py sets the same for every entry point)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -57,7 +61,7 @@ PREFECT_DB_URL ?=
 server: setup
 	mkdir -p cache/prefect
 	$(if $(PREFECT_DB_URL),PREFECT_API_DATABASE_CONNECTION_URL='$(PREFECT_DB_URL)') \
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --analytics-off
 
 # Register the deployments of conf/schedules.yaml with the server started by `make server`, and serve them.
 PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
@@ -65,11 +69,11 @@ deploy: setup
 	PREFECT_API_URL=$(PREFECT_API_URL) $(PY) -m flows.deploy
 
 status: setup
-	$(PY) -m flows.cli status $(PIPELINE_ARGS)
+	$(PY) -m flows.cli status $(CONFIG_ARGS)
 
 # Table 2 / Table 3 view: every finished run of $(DATA) side by side (levels on, test Recall/NDCG@20)
 compare: setup
-	$(PY) -m flows.cli compare --data $(DATA)
+	$(PY) -m flows.cli compare --data $(DATA) $(foreach o,$(OVERRIDES),--set $(o))
 
 # The paper's Table 2 (each of MODELS: base and with the levels) and Table 3 (MODEL: control, without each
 # level, all) over SEEDS training seeds, with intervals and paired tests (docs/statistics.md); Markdown, CSV
@@ -85,10 +89,11 @@ table3: setup
 		$(foreach o,$(OVERRIDES),--set $(o))
 
 # One user's profile and recommendations from the finished run of these options: make recommend USER=196 [N=20]
-# (USER must be given on the command line: the environment's login name is not a user id)
+# (USER must be given on the command line: the environment's login name is not a user id; N, a positive integer,
+# goes to --n as given, which rejects 0, negatives and non-numbers)
 recommend: setup
 	@test "$(origin USER)" = "command line" || { echo "usage: make recommend USER=<the dataset's original user id> [N=20]"; exit 2; }
-	$(PY) -m flows.cli recommend --user '$(USER)' $(if $(N),--n $(N)) $(PIPELINE_ARGS)
+	$(PY) -m flows.cli recommend --user '$(USER)' $(if $(filter-out undefined,$(origin N)),--n '$(N)') $(CONFIG_ARGS)
 
 # Debian's Chromium, for the test that loads the Prefect UI in a headless browser
 ui-deps:

@@ -1,10 +1,12 @@
 """`lagcl` command line: run the pipeline, show each stage's state.
 
-    lagcl run --data ml-100k [--model xsimgcl --rank off --set gcl.lr=0.002]
-    lagcl status --data ml-100k [same options as run]
-    lagcl compare --data ml-100k      (every finished run side by side: backbone, levels on, metrics, p)
+    lagcl run --data ml-100k [--model xsimgcl --rank off --set gcl.lr=0.002] [--from-stage gcl] [--dry-run]
+    lagcl status --data ml-100k [the run's configuration options: --engine --model --rank --ablation --set]
+    lagcl compare --data ml-100k [--set cache_dir=...]   (every finished run side by side: backbone, levels, p)
     python -m flows.tables 3 --seeds 5 (the paper's Table 3 over seeds, intervals, paired tests: make table3)
-    lagcl recommend --user 196 [--n 20] [same options as run]   (one user's recommendations, and why)
+    lagcl recommend --user 196 [--n 20] [the run's configuration options]   (one user's recommendations, and why)
+
+`lagcl <command> --help` lists each option with its values and default.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.options import add_run_options, build_config
+from flows.options import add_config_options, add_run_options, add_store_options, build_config, positive_int
 from flows.summary import comparison_rows, format_comparison
 from lagcl.artifacts import read_manifest
+from lagcl.config import load_config
 from lagcl.errors import LagclError
 from tasks.base import make_plan
 from tasks.meta import meta_of
@@ -47,7 +50,7 @@ def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
+    cfg = load_config(data=args.data, overrides=args.overrides)  # every run of the dataset: only its store matters
     print(format_comparison(comparison_rows(make_plan(cfg).store), cfg.data.name))
     return 0
 
@@ -94,17 +97,50 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def unknown_options_message(extra: list[str], cmd: argparse.ArgumentParser, run: argparse.ArgumentParser) -> str:
+    """Which of the unrecognized arguments are `run`'s own options (a command that runs nothing does not take
+    them), and which are not options at all."""
+    def options(parser: argparse.ArgumentParser) -> set[str]:
+        return {o for a in parser._actions for o in a.option_strings}
+
+    run_only = options(run) - options(cmd)
+    given = [x.split("=", 1)[0] for x in extra if x.startswith("-")]
+    theirs = [o for o in given if o in run_only]
+    if theirs:
+        return (f"`{cmd.prog}` does not use {', '.join(theirs)} (options of `lagcl run`); it takes "
+                f"{', '.join(sorted(options(cmd) - {'-h', '--help'}))}")
+    return f"unrecognized arguments: {' '.join(extra)}"
+
+
+def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `lagcl` parser and each command's own: the options it uses, each with its values and default."""
+    p = argparse.ArgumentParser(prog="lagcl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,status,compare,recommend}")
+    commands = {
+        "run": ("run the pipeline (same as make pipeline)", add_run_options),
+        "status": ("each stage's state, fingerprint, rows and spend for the run these options describe (make status)",
+                   add_config_options),
+        "compare": ("Table 2/3 view of every finished run of the dataset (make compare)", add_store_options),
+        "recommend": ("one user's profile and recommendations, with the level behind each (make recommend)",
+                      add_config_options),
+    }
+    subs = {}
+    for name, (text, add) in commands.items():
+        subs[name] = sub.add_parser(name, help=text, description=text)
+        add(subs[name])
+    rec = subs["recommend"]
+    rec.add_argument("--user", required=True, help="the dataset's original user id, e.g. 196 (make: USER=)")
+    rec.add_argument("--n", type=positive_int, default=None, metavar="N",
+                     help="show the first N recommendations, a positive integer (default: all the run kept, "
+                          "recommend.n; make: N=)")
+    return p, subs
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lagcl")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    add_run_options(sub.add_parser("run", help="run the pipeline (same as make pipeline)"))
-    add_run_options(sub.add_parser("status", help="each stage's state, fingerprint, rows and spend"))
-    add_run_options(sub.add_parser("compare", help="Table 2/3 view of every finished run of the dataset"))
-    rec = sub.add_parser("recommend", help="one user's profile and recommendations, with the level behind each")
-    add_run_options(rec)
-    rec.add_argument("--user", required=True, help="the dataset's original user id")
-    rec.add_argument("--n", type=int, default=None, help="show the first N (default: all the run kept)")
-    args = p.parse_args(argv)
+    p, subs = parsers()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        subs[args.cmd].error(unknown_options_message(extra, subs[args.cmd], subs["run"]))
     try:
         if args.cmd == "status":
             return cmd_status(args)

@@ -24,7 +24,7 @@ from flows.history import previous_run, record_run, what_changed
 from flows.options import add_run_options, build_config
 from flows.publish import publish_artifacts
 from flows.runner import run_stages
-from flows.summary import print_summary
+from flows.summary import print_summary, product_lines
 from lagcl.data.readers import check_raw_files
 from lagcl.errors import LagclError
 from tasks.base import REPO_ROOT, make_plan
@@ -48,6 +48,7 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
     print("\n".join(changes))
     publish_artifacts(plan, done, changes)
     record_run(plan, done)
+    print("\n".join(product_lines(plan, done)))  # last: where the product is and the command that shows it
     return done
 
 

@@ -3,11 +3,16 @@ side by side (Table 2 / Table 3 view), read through the stages' typed manifest m
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+import polars as pl
+
+from flows.options import build_config
+from lagcl.errors import LagclError
 from lagcl.gate import format_chain
 from lagcl.stats import format_p, mark
-from tasks.base import Plan
+from tasks.base import REPO_ROOT, Plan, make_plan
 from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
 
 
@@ -44,6 +49,57 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def product_lines(plan: Plan, done: dict[str, str]) -> list[str]:
+    """The run's last lines: where its product (the recommendations table) is, and the command that shows one
+    user's recommendations from this very run."""
+    ev = done.get("evaluate")
+    table = Path(ev) / "recommendations.parquet" if ev else None
+    if table is None or not table.is_file():
+        last = next(reversed(done), None)
+        return [f"output of the last stage ({last}): {_shown(Path(done[last]))}; try: make status"] if last else []
+    rec = meta_of(ev).get("recommendations") or {}
+    first = pl.read_parquet(table, columns=["user_raw"], n_rows=1)
+    lines = [f"recommendations: {_shown(table)} (top {rec.get('n', '?')} for each of {rec.get('users', 0):,} users)"]
+    if first.height:
+        lines[0] += f"; try: {recommend_command(plan, str(first['user_raw'][0]), min(10, int(rec.get('n') or 10)))}"
+    return lines
+
+
+def recommend_command(plan: Plan, user: str, n: int) -> str:
+    """`make recommend` for one user of this run, with the make variables that rebuild this run's configuration
+    (the same evaluate fingerprint); where settings beyond those made it, says that its OVERRIDES are needed too."""
+    cfg = plan.cfg
+    ablation = None if cfg.pipeline.ablation == "none" else cfg.pipeline.ablation
+    words = {"DATA": (cfg.data.name, "ml-100k"), "ENGINE": (cfg.engine.name, "embedding"),
+             "MODEL": (cfg.gcl.backbone, "lightgcn"), "ABLATION": (ablation, None)}
+    make = [f"{k}={v}" for k, (v, default) in words.items() if v != default]
+    sets = [f"cache_dir={cfg.cache_dir}"] if cfg.cache_dir != "cache" else []
+    command = f"make recommend USER={shlex.quote(user)} N={n}"
+
+    def finds_this_run(rank: str | None) -> bool:
+        again = build_config(cfg.data.name, cfg.engine.name, cfg.gcl.backbone, rank, ablation, sets)
+        return make_plan(again).fingerprints.get("evaluate") == plan.fingerprints.get("evaluate")
+
+    try:
+        rank = next((r for r in (None, "on" if cfg.rank.enabled else "off") if finds_this_run(r)), "?")
+    except LagclError:
+        rank = "?"
+    if rank not in (None, "?"):
+        make.append(f"RANK={rank}")
+    if sets:
+        make.append(f"OVERRIDES={shlex.quote(' '.join(sets))}")
+    command = " ".join([command, *make])
+    return command + (" (with this run's other settings in RERANKER= / OVERRIDES=)" if rank == "?" else "")
+
+
+def _shown(path: Path) -> str:
+    """A path inside the repository relative to it (cache/ml-100k/...), others as they are."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def raw_data_lines(stats: dict) -> list[str]:

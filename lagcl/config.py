@@ -70,6 +70,10 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="generic tables: canonical -> raw column")
     strict: bool = Field(True, description="malformed lines are an error (true) or skipped and counted (false)")
     max_interactions: int | None = Field(None, description="read at most this many interactions (for trials)")
+    separator: str | None = Field(
+        None, json_schema_extra=HASHED_WHEN_SET,
+        description="format table: the field separator of its .csv/.tsv/.txt files, one character such as ';' or "
+                    "'|' (tab: '\\t'); None: by extension (tab for .tsv, comma otherwise)")
     encoding: str | None = Field(None, description="the raw text files' encoding; None: the format's published one "
                                  "(latin-1 for ml-1m, UTF-8 for the others). A UTF-8 byte-order mark always means UTF-8")
     steam_signed: bool = Field(False, description="steam: a review with recommend False is a negative interaction "
@@ -90,10 +94,23 @@ class DataConfig(Section):
             raise ValueError(f"{v} is not read line by line; convert the files to UTF-8 (iconv -f {v} -t UTF-8)")
         return v
 
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = {"\\t": "\t", "tab": "\t"}.get(v, v)
+        if len(v) != 1 or v in "\r\n\"":
+            raise ValueError(f"separator must be one character such as ';', '|' or '\\t' (tab), got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> "DataConfig":
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.separator is not None and self.format != "table":
+            raise ValueError(f"separator is read by format 'table' only, not '{self.format}' (its files have a fixed "
+                             "separator)")
         if self.steam_signed and self.format != "steam":
             raise ValueError(f"steam_signed is read by format 'steam' only, not '{self.format}'")
         return self
@@ -530,10 +547,28 @@ def _choices(kind: str, conf_dir: Path) -> list[str]:
 
 def _named_file(kind: str, name: str, conf_dir: Path) -> dict[str, Any]:
     path = conf_dir / kind / f"{name}.yaml"
+    choices = backbone_names(conf_dir) if kind == "model" else _choices(kind, conf_dir)
     if not path.is_file():
-        raise ConfigError(f"unknown {kind} '{name}': choose one of {', '.join(_choices(kind, conf_dir))} "
-                          f"(files in {conf_dir / kind})")
-    return _read_yaml(path)
+        raise ConfigError(f"unknown {kind} '{name}': choose one of {', '.join(choices)} (files in {conf_dir / kind})")
+    tree = _read_yaml(path)
+    if kind == "model" and name not in choices:
+        raise ConfigError(backbone_error(name, choices))
+    return tree
+
+
+def backbone_names(conf_dir: Path | str | None = None) -> list[str]:
+    """The presets of conf/model/ that name a backbone (a `gcl:` section): what `--model` / MODEL= choose. The
+    reranker presets beside them (a `rerank:` section only) are chosen with rerank.model."""
+    folder = Path(conf_dir or CONF_DIR) / "model"
+    return sorted(p.stem for p in folder.glob("*.yaml") if isinstance(_read_yaml(p).get("gcl"), dict))
+
+
+def backbone_error(name: str, backbones: list[str]) -> str:
+    reranker = name.startswith("reranker-")
+    short = name.removeprefix("reranker-") if reranker else "<name>"
+    return (f"model '{name}' is {'a reranker preset, not a backbone' if reranker else 'not a backbone'}: MODEL= / "
+            f"--model chooses one of {', '.join(backbones)}; rerankers are chosen with RERANKER={short} (make) or "
+            f"--set rerank.model=reranker-{short}")
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,38 @@ def test_ratings_out_of_range_stop_the_run_at_their_file_and_line_or_are_counted
     assert out.stats["skipped_lines"] == 2
 
 
+def test_a_dataset_of_interactions_alone_prepares_and_its_items_and_users_get_profiles_and_scores(tmp_path, caplog):
+    """items.csv and users.csv named (as conf/data/my-csv.yaml does) but absent: the run goes on with the items
+    and users the interactions name, titled by their ids, and the embedding engine profiles and scores them."""
+    from lagcl.config import EngineConfig
+    from lagcl.semantic.embedding import EmbeddingEngine
+
+    ratings = [(f"u{u}", f"film {i}", 5 if (u + i) % 3 else 2, 100 * u + i) for u in range(8) for i in range(8)]
+    cfg = table_dataset(tmp_path, ratings).model_copy(
+        update={"files": {"interactions": "ratings.csv", "items": "items.csv", "users": "users.csv"}})
+    with caplog.at_level("INFO", logger="lagcl.data"):
+        out = prepare(read_raw(cfg, tmp_path), cfg, seed=1)
+    assert sum("the items and users come from the interactions alone" in r.getMessage() for r in caplog.records) == 1
+    assert out.items.select("raw_id", "title").rows() == [(f"film {i}", f"film {i}") for i in range(8)]
+    assert out.items["categories"].to_list() == [[]] * 8 and out.users.columns == ["user", "raw_id"]
+
+    reqs = profile_requests(out.interactions, out.users, out.items)
+    engine = EmbeddingEngine(EngineConfig(batch_size=16), domain="item")
+    profiles = {(p.kind, p.id): p for p in engine.profile(reqs)}
+    assert len(profiles) == 16 and not any(p.failed for p in profiles.values())
+    u0 = profiles[("user", 0)]
+    liked = [i for i in range(8) if i % 3 and (0, i) in set(
+        out.interactions.filter((pl.col("split") == "train") & (pl.col("sign") > 0)).select("user", "item").rows())]
+    assert u0.summarization.startswith("A user. Likes: such as ")
+    assert all(f"film {i}" in u0.summarization for i in liked)
+    assert profiles[("item", 3)].summarization.startswith("film 3. Ratings: ")
+    items = tuple((i, profiles[("item", i)].summarization) for i in range(8))
+    [score] = engine.score([ScoreRequest(0, u0.summarization, "pos", items, user_facts=u0.facts,
+                                         item_facts=tuple(profiles[("item", i)].facts for i in range(8)))])
+    assert score.failed is None and sorted(score.scores) == list(range(8))
+    assert all(0.0 <= v <= 10.0 for v in score.scores.values())
+
+
 # --- LLM replies ---------------------------------------------------------------------------------
 
 @pytest.fixture

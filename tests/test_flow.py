@@ -42,6 +42,8 @@ def test_pipeline_prepares_ml100k_then_reports_the_stage_cached_on_rerun(repo_ro
     assert len(manifests) == 1
     stats = json.loads(manifests[0].read_text())["meta"]["stats"]
     assert (stats["users"], stats["items"], stats["positives"]) == (938, 1008, 54413)
+    # the run ends naming what it made (here prepare's folder: the later stages are off) and what to run next
+    assert f"output of the last stage (prepare): {manifests[0].parent}; try: make status" in out
 
     second = run_pipeline(repo_root, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

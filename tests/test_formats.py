@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from lagcl.config import DataConfig, load_config
-from lagcl.data.readers import READERS, read_raw
+from lagcl.data.readers import FILE_ROLES, READERS, read_raw
 from lagcl.errors import DataError
 
 CONF_DATA = Path(__file__).resolve().parent.parent / "conf" / "data"
@@ -190,13 +190,17 @@ def test_yelp_reads_reviews_businesses_and_users_from_json_lines(tmp_path):
     assert rows(ds.users, "raw_id", "review_count", "average_stars", "fans") == [("u1", 3, 4.2, 1)]
 
 
-def test_yelp_user_file_is_optional_unless_named_in_data_files(tmp_path):
+def test_yelp_user_file_is_optional_even_when_named_in_data_files_and_its_absence_is_logged(tmp_path, caplog):
     yelp_files(tmp_path)
     (tmp_path / "yelp_academic_dataset_user.json").unlink()
-    ds = read_raw(config(tmp_path, "yelp"), tmp_path)
-    assert sorted(ds.users["raw_id"].to_list()) == ["u1", "u2"]
-    with pytest.raises(DataError, match=r"yelp_academic_dataset_user\.json \(users\)"):
-        read_raw(config(tmp_path, "yelp", files={"users": "yelp_academic_dataset_user.json"}), tmp_path)
+    for files in ({}, {"users": "yelp_academic_dataset_user.json"}):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lagcl.data"):
+            ds = read_raw(config(tmp_path, "yelp", files=files), tmp_path)
+        assert sorted(ds.users["raw_id"].to_list()) == ["u1", "u2"]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"fixture: the users file {tmp_path / 'yelp_academic_dataset_user.json'} is not there: the users come from "
+            "the interactions alone (named by their ids; no categories or attributes in their profiles)"]
 
 
 def test_yelp_malformed_json_line_is_an_error_naming_file_and_line(tmp_path):
@@ -362,6 +366,94 @@ def test_csv_table_keeps_string_ids_and_reads_iso_or_unix_timestamps(tmp_path):
                                                                ("B, 2", "Beta", [])]
 
 
+def semicolon_table(root: Path) -> DataConfig:
+    write(root / "ratings.csv", ["user_id;item_id;rating;timestamp", "u1;Amélie, le film;5;10", "u2;i2;2;20"])
+    write(root / "items.csv", ["item_id;title;genres", "Amélie, le film;Amélie;Comedy|Romance", "i2;Heat;Crime"])
+    return config(root, "table", files={"interactions": "ratings.csv", "items": "items.csv"},
+                  columns={"title": "title", "categories": "genres"})
+
+
+def test_a_semicolon_separated_csv_reads_with_data_separator_and_keeps_commas_inside_fields(tmp_path):
+    cfg = semicolon_table(tmp_path).model_copy(update={"separator": ";"})
+    ds = read_raw(cfg, tmp_path)
+    assert ds.interactions.rows() == [("u1", "Amélie, le film", 5.0, 10), ("u2", "i2", 2.0, 20)]
+    assert rows(ds.items, "raw_id", "title", "categories") == [("Amélie, le film", "Amélie", ["Comedy", "Romance"]),
+                                                               ("i2", "Heat", ["Crime"])]
+
+
+def test_without_data_separator_the_error_counts_the_columns_and_names_the_separator_to_set(tmp_path):
+    cfg = semicolon_table(tmp_path)
+    with pytest.raises(DataError) as err:
+        read_raw(cfg, tmp_path)
+    msg = str(err.value)
+    assert msg == (f"{tmp_path / 'ratings.csv'}: no column 'user_id' for the user id (columns: "
+                   "['user_id;item_id;rating;timestamp']); the file has 1 column when split on ','; if it is "
+                   "separated by ';' set data.separator=';' (in conf/data/fixture.yaml, or --set data.separator=';')")
+    assert "data.columns" not in msg  # the columns are right: renaming them would not help
+    # the items file alone separated by ';': its error says the same
+    write(tmp_path / "ratings.csv", ["user_id,item_id,rating,timestamp", "u1,i2,5,10"])
+    with pytest.raises(DataError, match=r"items\.csv:2: expected 1 fields separated by ',', found 2; the file has 1 "
+                                        r"column when split on ','; if it is separated by ';' set "
+                                        r"data\.separator=';' \(in conf/data/fixture\.yaml"):
+        read_raw(cfg, tmp_path)
+    # without a comma inside its fields: the header's columns are not found
+    write(tmp_path / "items.csv", ["item_id;title;genres", "i2;Heat;Crime"])
+    with pytest.raises(DataError, match=r"items\.csv: no id column 'item_id' .* the file has 1 column when split "
+                                        r"on ','; if it is separated by ';' set data\.separator=';'"):
+        read_raw(cfg, tmp_path)
+
+
+def test_data_separator_is_one_character_tab_written_as_backslash_t_and_read_by_the_table_format_only():
+    cfg = DataConfig(name="x", format="table", path=".", separator="|")
+    assert cfg.separator == "|"
+    assert DataConfig(name="x", format="table", path=".", separator="\\t").separator == "\t"
+    with pytest.raises(ValueError, match="one character"):
+        DataConfig(name="x", format="table", path=".", separator=";;")
+    with pytest.raises(ValueError, match="format 'table' only"):
+        DataConfig(name="x", format="atomic", path=".", separator=";")
+
+
+def test_absent_items_and_users_files_named_in_data_files_come_from_the_interactions_in_one_log_line(
+        tmp_path, caplog):
+    write(tmp_path / "ratings.csv", ["user_id,item_id,rating,timestamp", "u1,i1,5,10", "u2,i1,4,20", "u2,i2,1,30"])
+    cfg = config(tmp_path, "table", files={"interactions": "ratings.csv", "items": "items.csv", "users": "users.csv"})
+    with caplog.at_level("INFO", logger="lagcl.data"):
+        ds = read_raw(cfg, tmp_path)
+    assert rows(ds.items, "raw_id", "title", "categories") == [("i1", "i1", []), ("i2", "i2", [])]
+    assert ds.users["raw_id"].sort().to_list() == ["u1", "u2"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"fixture: the items file {tmp_path / 'items.csv'} and the users file {tmp_path / 'users.csv'} are not "
+        "there: the items and users come from the interactions alone (named by their ids; no categories or "
+        "attributes in their profiles)"]
+
+
+def test_an_empty_own_file_says_it_is_empty_and_what_it_should_hold_not_to_download_it_again(tmp_path):
+    cols = {"user": "uid", "item": "iid", "rating": "stars", "timestamp": "when", "title": "name"}
+    cfg = config(tmp_path, "table", name="my-csv", published_at="nowhere: it is your own data",
+                 files={"interactions": "ratings.csv", "items": "items.csv"}, columns=cols)
+    (tmp_path / "ratings.csv").write_bytes(b"")
+    write(tmp_path / "items.csv", ["iid,name", "i1,One"])
+    with pytest.raises(DataError) as err:
+        read_raw(cfg, tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'ratings.csv'} (interactions) is empty: it is your own file, and it should hold a header line "
+        "naming its columns (user 'uid', item 'iid', rating 'stars', timestamp 'when': data.columns in "
+        "conf/data/my-csv.yaml) and then one interaction per line (.csv/.tsv/.txt), or be a Parquet table with "
+        "those columns")
+    assert "publisher" not in str(err.value) and "download" not in str(err.value)
+    write(tmp_path / "ratings.csv", ["uid,iid,stars,when", "u1,i1,5,10"])
+    (tmp_path / "items.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"items\.csv \(items\) is empty: it is your own file, .*\(item 'iid', title "
+                                        r"'name': data\.columns .*one item per line.*or remove the file"):
+        read_raw(cfg, tmp_path)
+    # a published dataset's empty file is still downloaded again, from where it is published
+    yelp_files(tmp_path)
+    (tmp_path / "yelp_academic_dataset_review.json").write_bytes(b"")
+    with pytest.raises(DataError, match=r"is empty; download it again from the dataset's publisher "
+                                        r"\(https://publisher\.example/dataset\)"):
+        read_raw(config(tmp_path, "yelp"), tmp_path)
+
+
 def test_parquet_table_with_list_categories_and_a_users_table(tmp_path):
     pl.DataFrame({"user_id": [1, 2], "item_id": ["x", "y"], "rating": [5, 3], "timestamp": [10, 20]}).write_parquet(
         tmp_path / "inter.parquet")
@@ -432,5 +524,7 @@ def test_every_dataset_config_names_its_files_and_publisher_when_they_are_missin
         read_raw(cfg.model_copy(update={"path": str(tmp_path / "nothing")}), tmp_path)
     msg = str(err.value)
     assert cfg.published_at in msg
+    required, _ = FILE_ROLES[cfg.format](cfg)
     for role, file in cfg.files.items():
-        assert f"{file} ({role})" in msg
+        # an optional file (items, users) is not missing: those come from the interactions
+        assert (f"{file} ({role})" in msg) == (role in required)

@@ -55,7 +55,7 @@ READERS: dict[str, Callable[[DataConfig, Path], RawDataset]] = {
 def check_raw_files(cfg: DataConfig, repo_root: Path) -> None:
     """Before any work: every file the format needs is there (ML-100K downloads itself)."""
     if cfg.format in FILE_ROLES:
-        locate(cfg, raw_root(cfg, repo_root), *FILE_ROLES[cfg.format](cfg))
+        locate(cfg, raw_root(cfg, repo_root), *FILE_ROLES[cfg.format](cfg), say_absent=False)
 
 
 def read_raw(cfg: DataConfig, repo_root: Path) -> RawDataset:

@@ -17,15 +17,19 @@ from lagcl.data.readers.values import CATEGORIES, BadRecord, any_timestamp, coll
 from lagcl.errors import DataError
 
 
+SEPARATORS = (",", ";", "\t", "|")  # what a header line is checked for when its columns are not found
+
+
 class DelimitedFile:
     """A text table with a header line: its column names and its rows, streamed with line numbers.
 
     `sep` splits fields (RecBole atomic files: tab, names written `name:type`); `quoted` reads CSV
     quoting, where a field may hold the separator or a line break."""
 
-    def __init__(self, reader: LineReader, sep: str, quoted: bool = False, atomic: bool = False):
-        self.reader, path = reader, reader.path
-        self.path, self.sep, self.quoted = path, sep, quoted
+    def __init__(self, reader: LineReader, sep: str, quoted: bool = False, atomic: bool = False,
+                 dataset: str = "<name>"):
+        self.reader, path, self.dataset = reader, reader.path, dataset
+        self.path, self.sep, self.quoted, self.atomic = path, sep, quoted, atomic
         self.n_fields: int | None = None  # known once the header is read
         self._lines = self._split()
         try:
@@ -86,12 +90,28 @@ class DelimitedFile:
 
     def rows(self) -> Iterator[tuple[int, list[str]]]:
         """Rows with as many fields as the header; others are malformed lines."""
-        n = len(self.columns)
+        n, hint = len(self.columns), self.separator_hint()
         for lineno, parts in self._lines:
             if len(parts) != n:
-                self.reader.bad(lineno, f"expected {n} fields separated by {self.sep!r}, found {len(parts)}")
+                self.reader.bad(lineno, f"expected {n} fields separated by {self.sep!r}, found {len(parts)}"
+                                + (f"; {hint}" if hint else ""))
                 continue
             yield lineno, parts
+
+    def separator_hint(self) -> str | None:
+        """When the header splits into fewer columns on `sep` than on another common separator, the file is most
+        likely separated by that one: what to set (None when the header gives no such sign, and for RecBole
+        atomic files, whose separator is always a tab)."""
+        if self.atomic:
+            return None
+        line = self.sep.join(self.columns)
+        counts = {s: line.count(s) for s in SEPARATORS if s != self.sep}
+        best = max(counts, key=counts.get)
+        if counts[best] + 1 <= len(self.columns):
+            return None
+        n = len(self.columns)
+        return (f"the file has {n} column{'s' * (n != 1)} when split on {self.sep!r}; if it is separated by {best!r} "
+                f"set data.separator={best!r} (in conf/data/{self.dataset}.yaml, or --set data.separator={best!r})")
 
     def frame(self) -> pl.DataFrame:
         """The whole file as String columns (attribute tables)."""
@@ -104,7 +124,7 @@ class DelimitedFile:
         for need in ("user", "item"):
             if col[need] not in idx:
                 raise DataError(f"{self.path}: no column '{col[need]}' for the {need} id (columns: {self.columns}); "
-                                f"set data.columns.{need} in conf/data/{cfg.name}.yaml")
+                                + (self.separator_hint() or f"set data.columns.{need} in conf/data/{cfg.name}.yaml"))
         if col["rating"] not in idx and not cfg.all_positive:
             raise DataError(f"{self.path} has no rating column '{col['rating']}'; set data.columns.rating "
                             "or data.all_positive=true for implicit feedback")
@@ -144,9 +164,10 @@ class _Replayable:
         return line
 
 
-def with_raw_id(df: pl.DataFrame, id_field: str, path: Path, key: str) -> pl.DataFrame:
+def with_raw_id(df: pl.DataFrame, id_field: str, path: Path, key: str, hint: str | None = None) -> pl.DataFrame:
     if id_field not in df.columns:
-        raise DataError(f"{path}: no id column '{id_field}' (columns: {df.columns}); set data.columns.{key}")
+        raise DataError(f"{path}: no id column '{id_field}' (columns: {df.columns}); "
+                        + (hint or f"set data.columns.{key}"))
     return df.drop("raw_id", strict=False).rename({id_field: "raw_id"})
 
 

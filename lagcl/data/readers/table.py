@@ -1,7 +1,7 @@
 """Generic tables: your own data as CSV/TSV (header row, UTF-8, optionally .gz) or Parquet.
 
 The format is chosen by extension: `.csv` (comma), `.tsv` (tab), `.txt` (comma), each optionally `.gz`,
-with CSV quoting; `.parquet` or `.pq`. Roles `interactions` (required), `items`, `users` (optional),
+with CSV quoting (`data.separator` gives another separator, e.g. ';'); `.parquet` or `.pq`. Roles `interactions` (required), `items`, `users` (optional),
 named by `data.files`; `data.columns` maps canonical names to your column names.
 """
 
@@ -46,17 +46,19 @@ def read_table(cfg: DataConfig, root: Path) -> RawDataset:
     if _is_parquet(path):
         inter = _parquet_interactions(path, cfg, col, files.skips)
     else:
-        inter = _text_table(files(path)).interactions(cfg, col)
+        inter = _text_table(files(path), cfg).interactions(cfg, col)
 
     tables = {}
     for role, key in (("items", "item"), ("users", "user")):
         if role not in paths:
             continue
+        hint = None
         if _is_parquet(paths[role]):
             t = _read_parquet(paths[role])
         else:
-            t = _text_table(files(paths[role])).frame()
-        t = with_raw_id(t, col[key], paths[role], key).with_columns(pl.col("raw_id").cast(pl.String))
+            text = _text_table(files(paths[role]), cfg)
+            t, hint = text.frame(), text.separator_hint()
+        t = with_raw_id(t, col[key], paths[role], key, hint).with_columns(pl.col("raw_id").cast(pl.String))
         if role == "items":
             if col["title"] in t.columns and col["title"] != "title":
                 t = t.drop("title", strict=False).rename({col["title"]: "title"})
@@ -70,11 +72,12 @@ def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
-def _text_table(reader: LineReader) -> DelimitedFile:
+def _text_table(reader: LineReader, cfg: DataConfig) -> DelimitedFile:
     name = reader.path.name.lower().removesuffix(".gz")
     if not name.endswith((".csv", ".tsv", ".txt")):
         raise DataError(f"{reader.path}: the table format reads .csv, .tsv, .txt (optionally .gz) or .parquet files")
-    return DelimitedFile(reader, "\t" if name.endswith(".tsv") else ",", quoted=True)
+    return DelimitedFile(reader, cfg.separator or ("\t" if name.endswith(".tsv") else ","), quoted=True,
+                         dataset=cfg.name)
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
