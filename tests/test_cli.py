@@ -103,8 +103,10 @@ def test_recommend_refuses_an_n_that_is_not_a_positive_integer_with_exit_2(n, sa
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 def test_make_recommend_passes_n_through_as_given_and_status_gets_no_run_only_options():
     def dry(*args: str) -> str:  # make -n prints the commands without running any of them
-        out = subprocess.run(["make", "-n", *args, "VENV=/nonexistent"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout
+        # under `make test` the parent make's MAKEFLAGS would add "Entering/Leaving directory" lines
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        out = subprocess.run(["make", "-n", "--no-print-directory", *args, "VENV=/nonexistent"], cwd=REPO, env=env,
+                             capture_output=True, text=True, check=True).stdout
         return out.strip().splitlines()[-1]
 
     assert "flows.cli recommend --user '196' --n '0' --data ml-100k" in dry("recommend", "USER=196", "N=0")
