@@ -327,6 +327,11 @@ class RankConfig(Section):
     """The rank-level activation switches (eq. 7-12)."""
 
     enabled: bool = True
+    reading: Literal["paper", "official"] = Field(
+        "paper", json_schema_extra=HASHED_WHEN_SET,
+        description="paper: eq. 7-12 as docs/design.md reads them; official: the objective of the authors' released "
+        "code (one easy and one hard negative per positive, bpr(easy) + w_h bpr(hard), their group-aware InfoNCE "
+        "and regulariser; hard_neg_share and item_side unused), docs/design.md 15")
     w_h: float = Field(1.5, gt=0)
     tau_p: float = Field(0.2, gt=0)
     tau_e_ratio: float = Field(0.45, gt=0, description="tau_e = tau_e_ratio * tau_p (Figure 6)")
@@ -338,6 +343,13 @@ class RankConfig(Section):
                                   "positive's item group (hard, eq. 7); 0 = uniform draws only")
     item_side: float = Field(0.0, ge=0, description="weight of LABPR's item -> user half (negative users, hard "
                              "when in the positive user's group); 0 = off")
+
+    @model_validator(mode="after")
+    def _official_has_no_item_side(self) -> RankConfig:
+        if self.reading == "official" and self.item_side > 0:
+            raise ValueError("rank.item_side has no counterpart in the authors' code (rank.reading=official): set "
+                             "rank.item_side=0 or rank.reading=paper")
+        return self
 
 
 class DataLevelConfig(Section):

@@ -276,6 +276,11 @@ def data_level_plan(dl: DataLevelConfig, gate: GateConfig, scores: pl.DataFrame 
     return variants, None, check
 
 
+# how the chain names the rank level's objective (`rank.reading`)
+READINGS = {"paper": "paper (eq. 7-12 as docs/design.md reads them)",
+            "official": "official (the authors' released code's objective, docs/design.md 15)"}
+
+
 def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
     """The chain as text lines (terminal summary, report, compare): each level's validation and test
     Recall/NDCG@20 with the change against the control, cold/warm test Recall@20, the paired test of the test
@@ -308,6 +313,8 @@ def format_chain(levels: list[dict], final: dict | None = None) -> list[str]:
     for r in levels:
         if r.get("groups"):
             lines.append(f"  + {r['level']} groups: {r['groups']}")
+        if r.get("reading"):
+            lines.append(f"  + {r['level']} reading: {READINGS.get(r['reading'], r['reading'])}")
     if any(r.get("valid_scope", "all users") != "all users" for r in levels):
         lines.append("  (h): validation over the reranker's held-out users only, not comparable with the rows above")
     if any(r.get("test_recall@20_p") is not None for r in levels):

@@ -188,9 +188,9 @@ def train_levels(sd: StageDir, cfg: Config, data: Interactions, control: Control
         "rank_level": "rank" in kept, "data_level": "data" in kept, "rank_tried": rank_on,
         "data_tried": blocked is None and bool(variants), "data_check": check,
         "data": chosen.data.info if chosen.data is not None else {},
-        # the rank step names the groups it trained with: the chain says which source ran (lagcl/gate.py)
-        "levels": [{**st.as_row(), **({"groups": groups_source} if st.level == "rank" and st.trained else {})}
-                   for st in steps], "gate": cfg.gate.model_dump(),
+        # the rank step names the groups and the reading it trained with: the chain says which ran (lagcl/gate.py)
+        "levels": [{**st.as_row(), **({"groups": groups_source, "reading": cfg.rank.reading}
+                                      if st.level == "rank" and st.trained else {})} for st in steps], "gate": cfg.gate.model_dump(),
         "best_epoch": chosen.result.best_epoch if chosen.result else None,
         "test_recall@20": chosen.value("test"), "test_ndcg@20": chosen.value("test", "ndcg"),
         "valid_recall@20": chosen.valid, "valid_ndcg@20": chosen.value("valid", "ndcg"),

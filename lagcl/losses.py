@@ -1,5 +1,6 @@
 """Recommendation and contrastive losses: BPR, LABPR (eq. 9), InfoNCE, LA-InfoNCE (eq. 10-11), and
-the total loss (eq. 12). Sums over triplets / nodes in the paper are means over the batch here, which
+the total loss (eq. 12); and the same terms as the authors' released code computes them (`rank.reading:
+official`, docs/design.md decision 15: `official_bpr`, `group_aware_info_nce`, `official_reg`). Sums over triplets / nodes in the paper are means over the batch here, which
 only rescales the learning rate and keeps lambda_cl, lambda_reg independent of the batch size.
 """
 
@@ -70,6 +71,45 @@ def la_info_nce(z1: torch.Tensor, z2: torch.Tensor, group: torch.Tensor, tau_p: 
     group (user groups for the user term, item groups for the item term), hard = same group."""
     hard = group[:, None] == group[None, :]
     return la_info_nce_sim(_cosine(z1, z2), hard, tau_p, tau_e, tau_h, w_h)
+
+
+# the authors' code clamps every temperature of its group-aware InfoNCE from below
+OFFICIAL_MIN_TAU = 0.1
+
+
+def official_bpr(pos: torch.Tensor, neg: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BPR as the authors' code writes it: -mean ln(1e-5 + sigma(r_ui - r_uj)) (their `10e-6`); the 1e-5 bounds
+    a triplet's loss by ln 1e5 where softplus grows without bound. `weight` as in `bpr_loss`."""
+    loss = -torch.log(1e-5 + torch.sigmoid(pos - neg))
+    return (loss if weight is None else weight * loss).mean()
+
+
+def group_aware_info_nce(z1: torch.Tensor, z2: torch.Tensor, group: torch.Tensor, tau_p: float, tau_e: float,
+                         tau_h: float, w_h: float) -> torch.Tensor:
+    """LA-InfoNCE (eq. 10-11) as the authors' `group_aware_InfoNCE` computes it: each temperature clamped to
+    >= 0.1; same-group negatives (temperature tau_h) enter the denominator w_h times, others at tau_e; the
+    row loss is -ln(p + 1e-12) of the positive's share p; a batch whose nodes all share one group is plain
+    InfoNCE at tau_p; one node gives 0."""
+    n = z1.shape[0]
+    if n <= 1:
+        return z1.new_zeros(())
+    tau_p, tau_e, tau_h = (max(t, OFFICIAL_MIN_TAU) for t in (tau_p, tau_e, tau_h))
+    sim = _cosine(z1, z2)
+    hard = group[:, None] == group[None, :]
+    if bool(hard.all()):
+        logits = sim / tau_p
+        return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    logits = torch.where(hard & ~eye, sim / tau_h + math.log(w_h), sim / tau_e)
+    logits = torch.where(eye, sim / tau_p, logits)
+    share = torch.exp(logits.diagonal() - torch.logsumexp(logits, dim=1))
+    return -torch.log(share + 1e-12).mean()
+
+
+def official_reg(*embeddings: torch.Tensor) -> torch.Tensor:
+    """The authors' L_reg: sum over the given per-triplet embedding rows of ||E||_F / batch (the Frobenius norm,
+    not its square), taken on the propagated user and positive-item embeddings the BPR term scores."""
+    return sum(e.norm(p=2) / e.shape[0] for e in embeddings)
 
 
 def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:

@@ -27,12 +27,12 @@ class NegativeSampler:
                  dislike_prob: float = 0.0, item_group: torch.Tensor | None = None, hard_share: float = 0.0):
         self.n_users, self.n_items, self.dislike_prob = n_users, n_items, dislike_prob
         self.hard_share = hard_share if item_group is not None else 0.0
-        if self.hard_share > 0:
-            order = torch.argsort(item_group, stable=True)
-            self.group_items = order
+        self.item_group = item_group
+        if item_group is not None:
+            # items sorted by group: group g's members are group_items[group_ptr[g]:group_ptr[g + 1]]
+            self.group_items = torch.argsort(item_group, stable=True)
             counts = torch.bincount(item_group, minlength=int(item_group.max()) + 1)
             self.group_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-            self.item_group = item_group
         self.pos_keys = torch.unique(pos_users.long() * n_items + pos_items.long())
         if dislike_users is None or dislike_users.numel() == 0:
             dislike_users = dislike_items = torch.zeros(0, dtype=torch.long)
@@ -66,6 +66,55 @@ class NegativeSampler:
             neg[idx] = torch.randint(self.n_users, (idx.numel(),), generator=generator)
             bad[idx] = self.is_positive(neg[idx], items[idx])
         return neg
+
+    def _uniform(self, users: torch.Tensor, generator: torch.Generator, reject=None) -> torch.Tensor:
+        """One uniform non-positive item per user; `reject(idx, items)` also refuses a draw (then after
+        `EASY_ROUNDS` rounds a row keeps a plain non-positive)."""
+        neg = torch.randint(self.n_items, (users.numel(),), generator=generator)
+        idx = torch.arange(users.numel())
+        for rounds in range(self.EASY_ROUNDS + 1):
+            bad = self.is_positive(users[idx], neg[idx])
+            if reject is not None and rounds < self.EASY_ROUNDS:
+                bad |= reject(idx, neg[idx])
+            idx = idx[bad]
+            if idx.numel() == 0:
+                return neg
+            neg[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
+        while idx.numel():  # the last rounds: any non-positive
+            bad = self.is_positive(users[idx], neg[idx])
+            idx = idx[bad]
+            neg[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
+        return neg
+
+    EASY_ROUNDS = 100
+
+    def sample_easy_hard(self, users: torch.Tensor, pos_items: torch.Tensor, generator: torch.Generator
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The authors' sampler (`rank.reading: official`, docs/design.md 15): per (user, positive) one easy
+        negative, uniform over the user's non-positives outside the positive's item group, and one hard one
+        from the positive's own group: a draw, redrawn up to 10 times while it is a positive of the user,
+        then a uniform non-positive; a group of one (the positive alone) gives a uniform non-positive at once.
+        Returns (easy, hard, from_group): from_group marks the hard negatives that did come from the group."""
+        if self.item_group is None:
+            raise ValueError("the official reading's sampler needs item groups")
+        users, pos_items = users.long(), pos_items.long()
+        g = self.item_group[pos_items]
+        easy = self._uniform(users, generator, lambda idx, items: self.item_group[items] == g[idx])
+        size = self.group_ptr[g + 1] - self.group_ptr[g]
+        hard = torch.zeros_like(users)
+        todo = size > 1
+        for _ in range(11):  # one draw and 10 redraws
+            idx = torch.nonzero(todo).flatten()
+            if idx.numel() == 0:
+                break
+            offset = (torch.rand(idx.numel(), generator=generator) * size[idx]).long().clamp(max=size[idx] - 1)
+            hard[idx] = self.group_items[self.group_ptr[g[idx]] + offset]
+            todo[idx] = self.is_positive(users[idx], hard[idx])
+        from_group = (size > 1) & ~todo
+        rest = torch.nonzero(~from_group).flatten()
+        if rest.numel():
+            hard[rest] = self._uniform(users[rest], generator)
+        return easy, hard, from_group
 
     def sample(self, users: torch.Tensor, generator: torch.Generator,
                pos_items: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from lagcl.config import GCLConfig, RankConfig
 from lagcl.device import resolve_device
 from lagcl.evaluate import UserItems, evaluate, rank_topk, user_metrics_from_ranked, users_with_truth
-from lagcl.losses import bpr_loss, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce, total_loss
+from lagcl.losses import (bpr_loss, group_aware_info_nce, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce,
+                          official_bpr, official_reg, total_loss)
 from lagcl.models import Backbone
 from lagcl.sampling import NegativeSampler
 
@@ -206,6 +207,38 @@ def batch_losses(model: Backbone, data: TrainData, users: torch.Tensor, items: t
     return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg, "hard": hard_share, "hard_loss": hard_loss}
 
 
+def official_batch_losses(model: Backbone, data: TrainData, users: torch.Tensor, items: torch.Tensor,
+                          easy: torch.Tensor, hard: torch.Tensor, from_group: torch.Tensor, gcl: GCLConfig,
+                          rank: RankConfig, generator: torch.Generator, weight: torch.Tensor | None = None
+                          ) -> dict[str, torch.Tensor]:
+    """The rank level as the authors' released code computes it (`rank.reading: official`, docs/design.md 15),
+    for one batch of (user, positive, easy negative, hard negative): bpr(easy) + w_h bpr(hard) in their BPR
+    form, lambda_cl times their group-aware InfoNCE over the batch's unique users and items (contrastive
+    backbones only), and lambda_reg times their norm regulariser on the scored user and positive embeddings.
+    `hard` (the share of hard negatives that came from the positive's group) and `hard_loss` (the share of
+    the recommendation loss the hard term carries) as in `batch_losses`."""
+    enc = model.encode(generator)
+    u, i = enc.user[users], enc.item[items]
+    pos = (u * i).sum(-1)
+    easy_loss = official_bpr(pos, (u * enc.item[easy]).sum(-1), weight)
+    hard_term = rank.w_h * official_bpr(pos, (u * enc.item[hard]).sum(-1), weight)
+    rec = easy_loss + hard_term
+    cl_u = cl_i = pos.new_zeros(())
+    if enc.views is not None:
+        (u1, i1), (u2, i2) = enc.views
+        uu, ii = torch.unique(users), torch.unique(items)
+        t = dict(tau_p=rank.tau_p, tau_e=rank.tau_e_ratio * rank.tau_p, tau_h=rank.tau_h_ratio * rank.tau_p,
+                 w_h=rank.w_h)
+        cl_u = group_aware_info_nce(u1[uu], u2[uu], data.user_group[uu], **t)
+        cl_i = group_aware_info_nce(i1[ii], i2[ii], data.item_group[ii], **t)
+    reg = official_reg(u, i)
+    loss = total_loss(rec, cl_u, cl_i, reg, rank.lambda_cl if enc.views is not None else 0.0, gcl.lambda_reg)
+    with torch.no_grad():
+        hard_loss = hard_term / rec.clamp(min=1e-12)
+    return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg, "hard": from_group.float().mean(),
+            "hard_loss": hard_loss}
+
+
 def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", batch_size: int = 1024,
              users: torch.Tensor | None = None, mask_dislikes: bool = False) -> dict[tuple[str, int], float]:
     """Validation masks training positives; test masks training and validation positives. `users`: only
@@ -327,6 +360,7 @@ class Trainer:
             raise ValueError("the rank level needs item groups (and user groups for contrastive backbones and "
                              "the item-side LABPR term)")
         self.model, self.data, self.gcl, self.rank, self.device = model, data, gcl, rank, device
+        self.official = rank is not None and rank.reading == "official"
         generator = torch.Generator().manual_seed(seed)
         # the groups index device tensors in the losses; the sampler and the evaluation sets stay on the CPU
         self.on_device = dataclasses.replace(data, user_group=self._on(data.user_group),
@@ -353,11 +387,16 @@ class Trainer:
         for b in range(0, n_pairs, gcl.batch_size):
             idx = perm[b:b + gcl.batch_size]
             users, items = data.pair_users[idx], data.pair_items[idx]
-            negs = data.sampler.sample(users, state.generator, items)
-            neg_users = data.sampler.sample_users(items, state.generator) if item_side else None
             weight = data.pair_weight[idx] if data.pair_weight is not None else None
-            parts = batch_losses(self.model, self.on_device, on(users), on(items), on(negs), gcl, self.rank,
-                                 state.generator, on(weight), on(neg_users))
+            if self.official:
+                negs, hard_negs, from_group = data.sampler.sample_easy_hard(users, items, state.generator)
+                parts = official_batch_losses(self.model, self.on_device, on(users), on(items), on(negs),
+                                              on(hard_negs), on(from_group), gcl, self.rank, state.generator, on(weight))
+            else:
+                negs = data.sampler.sample(users, state.generator, items)
+                neg_users = data.sampler.sample_users(items, state.generator) if item_side else None
+                parts = batch_losses(self.model, self.on_device, on(users), on(items), on(negs), gcl, self.rank,
+                                     state.generator, on(weight), on(neg_users))
             state.optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             state.optimizer.step()

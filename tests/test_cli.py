@@ -80,14 +80,14 @@ def test_an_unknown_option_is_refused_as_unrecognized(capsys):
 def test_a_reranker_preset_as_the_model_is_refused_naming_the_backbones_and_how_rerankers_are_chosen(capsys):
     err = exits_2(["run", "--model", "reranker-cpu"], capsys)
     assert ("model 'reranker-cpu' is a reranker preset, not a backbone: MODEL= / --model chooses one of "
-            "lightgcl, lightgcn, mf, sgl, xsimgcl; rerankers are chosen with RERANKER=cpu (make) or "
+            "lightgcl, lightgcn, mf, sgl, xsimgcl, xsimgcl-official; rerankers are chosen with RERANKER=cpu (make) or "
             "--set rerank.model=reranker-cpu") in err
     assert "reranker preset" in exits_2(["status", "--model", "reranker-qwen7b"], capsys)
     with pytest.raises(ConfigError, match="'reranker-cpu' is a reranker preset, not a backbone"):
         load_config(model="reranker-cpu")  # the one loader refuses it too (flows.tables, deployments)
-    with pytest.raises(ConfigError, match="unknown model 'gcn': choose one of lightgcl, lightgcn, mf, sgl, xsimgcl"):
+    with pytest.raises(ConfigError, match="unknown model 'gcn': choose one of lightgcl, lightgcn, mf, sgl, xsimgcl, xsimgcl-official"):
         load_config(model="gcn")
-    assert backbone_names() == ["lightgcl", "lightgcn", "mf", "sgl", "xsimgcl"]
+    assert backbone_names() == ["lightgcl", "lightgcn", "mf", "sgl", "xsimgcl", "xsimgcl-official"]
 
 
 # --- --n / N= -------------------------------------------------------------------------------------

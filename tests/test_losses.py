@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from lagcl.losses import (bpr_loss, info_nce, l2_reg, la_info_nce, la_info_nce_sim, labpr_loss, lightgcl_info_nce,
-                          total_loss)
+from lagcl.losses import (bpr_loss, group_aware_info_nce, info_nce, l2_reg, la_info_nce, la_info_nce_sim, labpr_loss,
+                          lightgcl_info_nce, official_bpr, official_reg, total_loss)
 
 
 def test_bpr_is_minus_mean_log_sigmoid_of_the_margin():
@@ -98,3 +98,55 @@ def test_l2_reg_is_half_squared_norm_per_triplet():
 def test_total_loss_weights_the_parts_as_eq_12():
     t = total_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), torch.tensor(4.0), 0.15, 0.01)
     assert math.isclose(t.item(), 1 + 0.15 * 5 + 0.04, rel_tol=1e-6)
+
+
+# --- rank.reading: official (the authors' released code; docs/design.md 15) ------------------------------------
+
+def _cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_official_bpr_is_minus_mean_log_of_1e5_plus_sigmoid_and_is_bounded():
+    pos, neg = torch.tensor([2.0, 0.0, -100.0]), torch.tensor([1.0, 1.0, 0.0])
+    sig = [1 / (1 + math.exp(-d)) for d in (1.0, -1.0, -100.0)]
+    expected = sum(-math.log(1e-5 + s) for s in sig) / 3
+    assert math.isclose(official_bpr(pos, neg).item(), expected, rel_tol=1e-6)
+    assert math.isclose(official_bpr(pos[2:], neg[2:]).item(), -math.log(1e-5 + sig[2]), rel_tol=1e-6)  # ~ln 1e5
+    w = torch.tensor([1.0, 0.5, 0.0])
+    expected_w = (-math.log(1e-5 + sig[0]) - 0.5 * math.log(1e-5 + sig[1])) / 3
+    assert math.isclose(official_bpr(pos, neg, w).item(), expected_w, rel_tol=1e-6)
+
+
+def test_group_aware_info_nce_by_hand_clamps_temperatures_and_weighs_same_group_negatives_twice():
+    z1 = [[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]
+    z2 = [[2.0, 1.0], [0.0, 1.0], [1.0, -1.0]]
+    group = [0, 0, 1]
+    tau_p, tau_e, tau_h = 0.5, 0.125, 0.1   # = tau 0.5 with ratios 0.25 and 0.2: tau_h 0.05 clamps to 0.1
+    expected = 0.0
+    for i in range(3):
+        pos = math.exp(_cos(z1[i], z2[i]) / tau_p)
+        denom = pos
+        for j in range(3):
+            if j != i:
+                s = _cos(z1[i], z2[j])
+                denom += 2 * math.exp(s / 0.1) if group[j] == group[i] else math.exp(s / tau_e)
+        expected += -math.log(pos / denom + 1e-12)
+    got = group_aware_info_nce(torch.tensor(z1), torch.tensor(z2), torch.tensor(group), tau_p, tau_e, 0.05, 2.0)
+    assert math.isclose(got.item(), expected / 3, rel_tol=1e-5)
+
+
+def test_group_aware_info_nce_of_one_group_is_plain_info_nce_at_the_positive_temperature_and_of_one_node_zero():
+    z1, z2 = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]), torch.tensor([[2.0, 1.0], [0.0, 1.0], [1.0, -1.0]])
+    same = torch.zeros(3, dtype=torch.long)
+    assert math.isclose(group_aware_info_nce(z1, z2, same, 1.0, 0.25, 0.1, 2.0).item(), info_nce(z1, z2, 1.0).item(),
+                        rel_tol=1e-6)
+    # a temperature below 0.1 is clamped there, also in the one-group case
+    assert math.isclose(group_aware_info_nce(z1, z2, same, 0.01, 0.25, 0.1, 2.0).item(),
+                        info_nce(z1, z2, 0.1).item(), rel_tol=1e-6)
+    assert group_aware_info_nce(z1[:1], z2[:1], same[:1], 1.0, 0.25, 0.1, 2.0).item() == 0.0
+
+
+def test_official_reg_sums_frobenius_norms_over_the_batch_not_squares():
+    users = torch.tensor([[3.0, 4.0], [0.0, 0.0]])   # ||.||_F = 5, batch 2
+    items = torch.tensor([[1.0, 0.0], [0.0, 0.0]])   # ||.||_F = 1
+    assert math.isclose(official_reg(users, items).item(), 5 / 2 + 1 / 2, rel_tol=1e-6)
