@@ -376,3 +376,61 @@ def test_the_run_summary_lists_skipped_lines_by_reason_duplicates_and_both_steam
         "density 1.0000",
         "  steam read signed (data.steam_signed): 5 users, 6 items, 30 interactions (25 positive, 5 negative), "
         "density 1.0000"]
+
+
+# --- a truncated or corrupt gzip (a download cut short) ------------------------------------------------------
+
+def cut(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def many_reviews(n: int = 400) -> list[dict]:
+    rng = random.Random(0)
+    return [{"reviewerID": f"A{k % 40}", "asin": f"{k:04d}", "overall": float(rng.randint(1, 5)),
+             "unixReviewTime": 1400000000 + k, "reviewText": " ".join(rng.choice("abcdefgh") * 5 for _ in range(20))}
+            for k in range(n)]
+
+
+def test_a_truncated_gzip_is_one_error_naming_the_file_and_what_to_do(tmp_path):
+    cfg = amazon2018(tmp_path, reviews=many_reviews())
+    cut(tmp_path / "Books.json.gz")
+    with pytest.raises(DataError) as err:
+        read_raw(cfg, tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "Books.json.gz") in msg and "truncated or corrupt after line" in msg
+    assert "download it again, or set data.strict=false" in msg
+
+
+def test_lenient_mode_keeps_the_lines_before_the_cut_and_counts_the_loss(tmp_path):
+    reviews = many_reviews()
+    cfg = amazon2018(tmp_path, reviews=reviews).model_copy(update={"strict": False})
+    cut(tmp_path / "Books.json.gz")
+    ds = read_raw(cfg, tmp_path)
+    kept = ds.interactions.height
+    assert 0 < kept < len(reviews)
+    assert ds.interactions["item_raw"].to_list()[:kept] == [r["asin"] for r in reviews[:kept]]  # the first lines, in order
+    [(reason, entry)] = [(r, e) for r, e in ds.skipped.items() if "gzip" in r]
+    assert reason == "truncated or corrupt gzip (the rest of the file is lost)" and entry["count"] == 1
+
+
+def test_a_truncated_metadata_gzip_and_a_corrupt_one_are_errors_too(tmp_path):
+    cfg = amazon2018(tmp_path)
+    meta = tmp_path / "meta_Books.json.gz"
+    write(meta, [json.dumps({"asin": f"{k:04d}", "title": f"Book {k}", "category": ["Books"]}) for k in range(300)])
+    cut(meta, 0.7)
+    with pytest.raises(DataError, match="meta_Books.json.gz is truncated or corrupt"):
+        read_raw(cfg, tmp_path)
+    data = bytearray(gzip.compress(b"".join(json.dumps({"asin": "0001", "title": "x"}).encode() + b"\n"
+                                            for _ in range(50))))
+    data[len(data) // 2] ^= 0xFF   # one flipped byte inside the deflate stream
+    meta.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="meta_Books.json.gz"):
+        read_raw(cfg, tmp_path)
+
+
+def test_the_raw_digest_counts_a_truncated_gzips_lines_before_the_cut_instead_of_crashing(tmp_path):
+    from lagcl.data.digest import count_rows
+    path = write(tmp_path / "r.json.gz", [json.dumps(r) for r in many_reviews()])
+    cut(path)
+    assert 0 < count_rows(path) < 400

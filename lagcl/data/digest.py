@@ -10,6 +10,7 @@ and row count under its (path, size, mtime, inode): an unchanged file is hashed 
 from __future__ import annotations
 
 import gzip
+import zlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -63,10 +64,22 @@ def count_rows(path: Path) -> int:
         return pl.scan_parquet(path).select(pl.len()).collect().item()
     opener = gzip.open if path.suffix == ".gz" else open
     n, last = 0, b"\n"
-    with opener(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
+    try:
+        with opener(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        # a truncated or corrupt gzip (its reader says what to do about it): the whole lines before the cut,
+        # counted line by line since a failed chunk read returns nothing of what it had decompressed
+        n = 0
+        with gzip.open(path, "rb") as fh:
+            try:
+                for _ in fh:
+                    n += 1
+            except (gzip.BadGzipFile, EOFError, zlib.error):
+                pass
+        return n
     return n + (last != b"\n")  # a last line without a newline counts too
 
 

@@ -69,14 +69,32 @@ class LineReader:
         """The file's decoded lines (line endings kept); decoding and gzip errors become a DataError that
         names the file."""
         try:
-            fh = gzip.open(self.path, "rb") if self.path.name.endswith(".gz") else open(self.path, "rb")
+            gz = self.path.name.endswith(".gz")
+            fh = gzip.open(self.path, "rb") if gz else open(self.path, "rb")
             with fh:
-                yield self._decoded(fh)
+                yield self._decoded(self._until_cut(fh) if gz else fh)
         except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise DataError(f"{self.path} is not a complete gzip file ({exc}); download it again, or "
                             "drop the .gz from its name if it is plain text") from None
         except OSError as exc:
             raise DataError(f"cannot read {self.path}: {exc.strerror or exc}; check its permissions") from None
+
+    def _until_cut(self, fh: Iterable[bytes]) -> Iterator[bytes]:
+        """A gzip file's lines; where the compressed stream ends early or is corrupt, strict mode raises (the
+        caller names the file), lenient mode keeps the lines before the cut and counts the loss."""
+        lineno = 0
+        try:
+            for raw in fh:
+                lineno += 1
+                yield raw
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            if self.strict:
+                raise DataError(f"{self.path} is truncated or corrupt after line {lineno} ({exc}): download it "
+                                "again, or set data.strict=false to keep the lines before the cut and count the "
+                                "loss") from None
+            self.skipped += 1
+            self.skips.add("truncated or corrupt gzip (the rest of the file is lost)",
+                           f"{self.path.name}:{lineno + 1}")
 
     def _decoded(self, fh: Iterable[bytes]) -> Iterator[str]:
         encoding, offset = self.encoding, 0
