@@ -36,6 +36,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: ui-deps setup pipeline status compare recommend server deploy test test-slow bench bench-gcl bench-gcl-ttb bench-pipeline \
+	bench-official \
 	clean-venv \
 	setup-dgl test-dgl bench-graph
 
@@ -153,6 +154,15 @@ bench-gcl: setup
 TTB_BACKBONES ?= mf,lightgcn,sgl,lightgcl,xsimgcl
 bench-gcl-ttb: setup
 	$(PY) -m scripts.bench_gcl --time-to-best --backbones $(TTB_BACKBONES)
+
+# the paper authors' released XSimGCL (../shared/anchors/lagcl4rec-official, run as a separate process with
+# run-time patches: scripts/official_runner.py) beside ours on the same ML-100K split and groups, over
+# BENCH_OFFICIAL_SEEDS training seeds (BENCHMARKS.md "Peer benchmark: the authors' code"); ~20 min on 2 cores.
+# Table in cache/bench-official/official.md
+BENCH_OFFICIAL_SEEDS ?= 2024,2025,2026
+BENCH_OFFICIAL_EPOCHS ?= 50
+bench-official: setup
+	$(PY) -m scripts.bench_official --seeds $(BENCH_OFFICIAL_SEEDS) --epochs $(BENCH_OFFICIAL_EPOCHS)
 
 # the whole pipeline at Table-1 shapes (synthetic), one stage per process: seconds, peak RSS, rows, growth
 # exponents and projected full-run times (BENCHMARKS.md "The paper's sizes"); tens of minutes per shape
