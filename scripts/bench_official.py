@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(r in THEIRS for r in runs) and not (args.official / "XSimGCL.py").is_file():
         p.error(f"their code is not at {args.official} (--official)")
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.out = args.out.resolve()  # their code runs in a temporary folder
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
