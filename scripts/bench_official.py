@@ -24,7 +24,8 @@ loader never saw (no training positive) score -inf.
     python -m scripts.bench_official [--seeds 2024,2025,2026] [--epochs 50] [--out cache/bench-official]
         [--runs theirs-released,theirs-intended,control,paper,official,official-one-group] [--set KEY=VALUE]
 
-The Markdown table goes to stdout and to OUT/official.md, every number to OUT/official.json.
+The Markdown table goes to stdout and to OUT/official.md, every number to OUT/official.json (`--from-json
+OUT/official.json` prints its table again without running anything).
 """
 
 from __future__ import annotations
@@ -325,6 +326,36 @@ def table(rows: list[dict], runs: list[str]) -> str:
     return "\n".join(lines)
 
 
+# (their run, our run computing the same objective): as released no group key matches, which our official
+# reading computes with one group for every user and item
+PEERS = (("theirs-released", "official-one-group"), ("theirs-intended", "official"))
+
+
+def peer_lines(rows: list[dict]) -> list[str]:
+    """Each peer pair's difference of mean test Recall@20 / NDCG@20 (ours - theirs) with the standard error of
+    that difference over seeds, and their seconds per epoch over ours."""
+    out = []
+    for theirs, ours in PEERS:
+        a = [r for r in rows if r["run"] == theirs]
+        b = [r for r in rows if r["run"] == ours]
+        if not a or not b:
+            continue
+        parts = []
+        for key, name in (("test_recall@20", "R@20"), ("test_ndcg@20", "N@20")):
+            (ma, sa), (mb, sb) = mean_sd([r[key] for r in a]), mean_sd([r[key] for r in b])
+            se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+            parts.append(f"{name} {mb - ma:+.4f} (standard error {se:.4f})")
+        speed = mean_sd([r["s_per_epoch"] for r in a])[0] / mean_sd([r["s_per_epoch"] for r in b])[0]
+        out.append(f"- {LABELS[ours]} vs {LABELS[theirs]}: {', '.join(parts)}; their epoch takes {speed:.1f}x ours")
+    return out
+
+
+def render(header: str, rows: list[dict], runs: list[str]) -> str:
+    peers = peer_lines(rows)
+    return header + "\n\n" + table(rows, runs) + ("\n\nOurs - theirs, same objective:\n" + "\n".join(peers)
+                                                    if peers else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.bench_official", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads of every run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of our runs and of the split/groups (lagcl/config.py)")
+    p.add_argument("--from-json", type=Path, metavar="OFFICIAL_JSON",
+                   help="print the table of an earlier run's official.json; nothing runs")
     args = p.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        runs = [r for r in RUNS if any(row["run"] == r for row in saved["rows"])]
+        print(render(saved.get("header", ""), saved["rows"], runs))
+        return 0
     from lagcl.config import load_config
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -371,11 +409,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {run} seed {seed}: test R@20 {row['test_recall@20']:.4f} N@20 {row['test_ndcg@20']:.4f} "
                   f"(best valid epoch {row['best_epoch']}), {row['s_per_epoch']:.2f} s/epoch, "
                   f"{row['wall_seconds']:.0f} s", flush=True)
-    text = header + "\n\n" + table(rows, runs)
+    text = render(header, rows, runs)
     print("\n" + text, flush=True)
     (args.out / "official.md").write_text(text + "\n")
     (args.out / "official.json").write_text(json.dumps(
-        {"seeds": seeds, "epochs": args.epochs, "groups": split.groups_source, "rows": rows}, indent=1))
+        {"header": header, "seeds": seeds, "epochs": args.epochs, "groups": split.groups_source, "rows": rows},
+        indent=1))
     return 0
 
 
