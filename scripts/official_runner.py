@@ -13,11 +13,12 @@ the smallest changes that let it run here, applied at run time (their files are 
   released` keeps their int keys);
 - `GraphRecommender._generate_cf_candidates` (writes cf_candidates.json to a hard-coded /home/zlq/... path at
   epoch 20, for the reranker) does nothing;
-- the entry point: main.py cannot run as released (`from imp import reload`, a hard-coded conf path, and its
-  `load_data` splits lines on commas while their documented files are tab-separated), so this runner loads the
-  train/test files with their `FileIO.load_train_set` / `load_test_set` (tabs, weight 1 / -1), trains on the
-  positives it returns, and calls `train()` (their `execute()` ends in `evaluate()`, which stops with "The
-  Lengths of test set and predicted set do not match!" against their own 20% user sample of `test()`).
+- the entry point: main.py cannot run as released (`from imp import reload` fails on their Python 3.12, its conf
+  path is hard-coded, and its `load_data` splits lines on commas while their documented files are
+  tab-separated), so this runner loads the train/test files with their `FileIO.load_train_set` /
+  `load_test_set` (tabs, weight 1 / -1), trains on the positives it returns, and calls `train()` (their
+  `execute()` calls `self.config.contain`, which their OptionConf lacks, and ends in an `evaluate()` that looks
+  up every test user while their `test()` ranked a 20% sample of them).
 
 Instrumentation (no effect on what trains; its seconds are taken out of the epoch times): per epoch, how many of
 the batch users / positives found their key in the loaded group dicts, how many hard / easy negatives lie in the
