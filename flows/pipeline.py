@@ -21,6 +21,7 @@ from prefect.states import Failed
 from flows.dask import dask_stages, dask_task_runner
 from flows.dry_run import dry_run
 from flows.history import previous_run, record_run, what_changed
+from flows.interrupt import stop_cleanly_on_signals
 from flows.options import add_run_options, build_config
 from flows.publish import publish_artifacts
 from flows.runner import run_stages
@@ -37,10 +38,12 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
     try:
         cfg = build_config(data, engine, model, rank, ablation, overrides or [])
         plan = make_plan(cfg)
-        if cfg.pipeline.runner == "dask":
-            done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
-        else:
-            done = run_stages(plan, from_stage)
+        # installed inside the flow, after Prefect's own SIGTERM capture, so that ours is the one in force
+        with stop_cleanly_on_signals():
+            if cfg.pipeline.runner == "dask":
+                done = dask_stages.with_options(task_runner=dask_task_runner(cfg))(plan, from_stage)
+            else:
+                done = run_stages(plan, from_stage)
     except LagclError as exc:
         return Failed(message=str(exc), data=exc)  # the flow run's message, without a traceback
     changes = what_changed(plan, done, previous_run(plan))

@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.states import Failed
 
+from flows import interrupt
 from lagcl.artifacts import is_complete, read_manifest
 from lagcl.errors import LagclError
 from tasks.base import STAGES, Plan, StageRef
@@ -39,6 +40,7 @@ def _stage_key(context, parameters) -> str:  # Prefect cache_key_fn signature
 
 @task(name="stage", cache_key_fn=_stage_key, persist_result=True, task_run_name="{stage}")
 def run_stage(stage: str, plan: Plan) -> StageRef:
+    interrupt.current["stage"] = stage
     try:
         return STAGES[stage].runner(plan)
     except LagclError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from lagcl.models import Backbone
 from lagcl.sampling import NegativeSampler
 
 CKPT_VERSION = 1
+log = logging.getLogger("lagcl.train")
 
 
 @dataclass
@@ -423,6 +425,8 @@ class Trainer:
         last = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
         if last is not None and last.is_file():
             self.resume_checkpoint(last)
+            log.info("gcl %s: resumed at epoch %d of %d from %s", type(self.model).__name__, state.epoch,
+                     gcl.epochs, last)
         resumed_from = state.epoch
         bar = tqdm(total=gcl.epochs, initial=state.epoch, disable=not progress or state.stopped(gcl),
                    desc=f"gcl {type(self.model).__name__}", dynamic_ncols=True)

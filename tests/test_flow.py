@@ -119,6 +119,58 @@ def test_a_run_killed_during_training_resumes_at_its_last_epoch_and_reuses_finis
     assert manifest["meta"]["epochs_run"] == 6
 
 
+def test_ctrl_c_or_sigterm_during_training_ends_at_once_in_one_line_and_the_next_run_resumes_at_its_epoch(
+        repo_root, tmp_path, ml100k):
+    """A real SIGINT to the run's process group (what Ctrl-C in a terminal sends, the temporary Prefect server
+    included), then a real SIGTERM to the process alone: each ends within seconds with exit 128 + signal, one
+    line naming the stage and no traceback, no child process left; the third run resumes and finishes."""
+    import psutil
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    sets = [f"cache_dir={tmp_path / 'cache'}", f"data.path={ml100k}", "gcl.epochs=150", "gcl.patience=200",
+            "rank.enabled=false", *[f"pipeline.stages.{s}=false" for s in ("profiles", "augment", "groups",
+                                                                            "rerank", "evaluate")]]
+    args = [sys.executable, "-m", "flows.pipeline", "--model", "lightgcn"]
+    for s in sets:
+        args += ["--set", s]
+    ckpt = tmp_path / "cache" / "ml-100k" / "control"
+
+    def interrupt(sig: int, group: bool, wait_for: str | None) -> tuple[int, str, float]:
+        out = tmp_path / f"run-{sig}.log"
+        with open(out, "w") as fh:
+            proc = subprocess.Popen(args, cwd=repo_root, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        deadline = time.time() + 400
+        while time.time() < deadline and not (wait_for in out.read_text() if wait_for else
+                                              list(ckpt.glob("*/checkpoints/*/last.pt"))):
+            assert proc.poll() is None, out.read_text()[-3000:]
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the temporary Prefect server runs as a child"
+        t0 = time.time()
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+        took = time.time() - t0
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        return rc, out.read_text(), took
+
+    rc, log, took = interrupt(signal.SIGINT, True, None)  # at the first training checkpoint
+    assert rc == 130 and took < 15, (rc, took, log[-3000:])
+    assert ("interrupted (SIGINT) during stage 'control': finished stages, training checkpoints and answered LLM "
+            "requests are kept; run the same command again to resume") in log
+    assert "Traceback" not in log
+    rc, log, took = interrupt(signal.SIGTERM, False, "resumed at epoch")
+    assert rc == 143 and took < 15, (rc, took, log[-3000:])
+    assert "interrupted (SIGTERM) during stage 'control'" in log and "Traceback" not in log
+
+    third = subprocess.run(args, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "gcl LightGCN: resumed at epoch" in third.stdout + third.stderr
+    manifest = json.loads(next(ckpt.glob("*/manifest.json")).read_text())
+    assert manifest["meta"]["resumed_from_epoch"] >= 1 and manifest["meta"]["epochs_run"] == 150
+
+
 def test_a_corrupted_table_in_the_cache_is_detected_and_its_stage_recomputed(repo_root, tmp_path, ml100k):
     assert run_pipeline(repo_root, tmp_path).returncode == 0
     table = next((tmp_path / "cache" / "ml-100k" / "prepare").glob("*/interactions.parquet"))
