@@ -106,7 +106,7 @@ def test_a_budget_is_shared_between_the_parts_so_the_run_never_pays_more(client,
 def test_a_stage_outside_the_flow_refuses_runner_dask_with_what_to_do_instead(tmp_path):
     cfg = load_config(overrides=[f"cache_dir={tmp_path}", "pipeline.runner=dask"])
     with pytest.raises(ConfigError, match="make pipeline"):
-        with semantic_engine(make_plan(cfg)):
+        with semantic_engine(make_plan(cfg), "profiles"):
             pass
 
 
