@@ -92,7 +92,7 @@ def require_budget(plan: "Plan") -> None:
         f"engine {cfg.engine.name}/{cfg.engine.model} is paid (${price[0]:g} input, ${price[1]:g} output per 1M tokens, "
         f"llm.prices) and no budget is set: the dry-run estimate for this run is ${report.total_usd:,.2f} ({stages}; "
         f"DRY_RUN=1 for the details). Set llm.budget_usd, e.g. llm.budget_usd={want} (the estimate plus 10% for "
-        f"retries and repairs), or llm.budget_usd=none to run without a cap; nothing was sent")
+        f"retries and repairs, in whole dollars), or llm.budget_usd=none to run without a cap; nothing was sent")
 
 
 def budget_lines(plan: "Plan", report: "Estimate") -> list[str]:
@@ -114,5 +114,5 @@ def budget_lines(plan: "Plan", report: "Estimate") -> list[str]:
         lines.append(f"llm.budget_usd=none: no cap on this run (estimated ${report.total_usd:,.2f}{already})")
     elif paid_price(cfg.engine, cfg.llm) is not None:
         lines.append(f"llm.budget_usd is not set: a real run stops before its first request; set "
-                     f"llm.budget_usd={suggested_budget(report)} (the estimate plus 10%) or llm.budget_usd=none")
+                     f"llm.budget_usd={suggested_budget(report)} (the estimate plus 10%, in whole dollars) or llm.budget_usd=none")
     return lines

@@ -303,3 +303,35 @@ def test_stage_engine_hands_the_llm_engine_the_stages_budget(tmp_path):
         plan = make_plan(run_config(tmp_path, server, "llm.budget_usd=50", "llm.stage_budget_usd.augment=20"))
         assert stage_engine(plan, "augment").client.accounting.budget_usd == 20.0
         assert stage_engine(plan, "profiles").client.accounting.budget_usd == 50.0
+
+
+# --- deployments ----------------------------------------------------------------------------------------
+
+def test_every_shipped_deployment_of_a_paid_engine_carries_a_budget(repo_root):
+    from flows.deploy import load_schedules
+    from flows.options import build_config
+    from lagcl.llm.accounting import paid_price
+
+    entries = load_schedules(repo_root / "conf" / "schedules.yaml")  # refuses a paid one without a budget
+    paid = []
+    for e in entries:
+        p = e["parameters"]
+        cfg = build_config(p["data"], p["engine"], p["model"], None, None, p.get("overrides") or [])
+        if paid_price(cfg.engine, cfg.llm) is not None:
+            paid.append((e["name"], cfg.llm.budget_usd))
+    assert paid == [("ml-100k-openai-nightly", 60.0)]
+
+
+def test_a_paid_deployment_without_a_budget_is_refused_at_registration(tmp_path):
+    from flows.deploy import load_schedules
+    from lagcl.errors import ConfigError
+
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text("deployments:\n  - name: llm-nightly\n    cron: '0 2 * * *'\n"
+                         "    parameters: {data: ml-100k, engine: anthropic, model: lightgcn}\n")
+    with pytest.raises(ConfigError, match="deployment llm-nightly runs the paid engine anthropic/claude-sonnet-4-5 "
+                                          "without a budget: add llm.budget_usd="):
+        load_schedules(schedules)
+    schedules.write_text(schedules.read_text().replace("model: lightgcn}", "model: lightgcn, "
+                                                       "overrides: [llm.budget_usd=none]}"))
+    assert [e["name"] for e in load_schedules(schedules)] == ["llm-nightly"]
