@@ -2,6 +2,10 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy      (what `make deploy` runs)
 
+Every deployment whose engine is paid (a price for its model in llm.prices) must carry `llm.budget_usd` in its
+`overrides` (or `llm.budget_usd=none`): a scheduled run nobody watches is the one that must not run away, so a
+paid deployment without one is refused here, at registration, not at 2 a.m. (tasks/budget.py).
+
 `flow.serve`-style: this process polls the server for scheduled and UI-triggered runs of its
 deployments and executes them in subprocesses; stop it with Ctrl-C (schedules pause until it
 serves again). For a fleet, use a process work pool and `prefect worker start` instead (README).
@@ -31,7 +35,22 @@ def load_schedules(path: Path) -> list[dict]:
         if unknown or "name" not in e:
             raise ConfigError(f"{path}: deployment entry {e.get('name', e)} has unknown keys {sorted(unknown)} "
                               f"or no name; allowed keys: {sorted(allowed)}")
+        check_budget(path, e)
     return entries
+
+
+def check_budget(path: Path, entry: dict) -> None:
+    """A deployment of a paid engine carries llm.budget_usd (a number, or `none` on purpose)."""
+    from flows.options import build_config
+    from lagcl.llm.accounting import paid_price
+
+    p = entry.get("parameters", {})
+    cfg = build_config(p.get("data", "ml-100k"), p.get("engine", "embedding"), p.get("model", "lightgcn"),
+                       p.get("rank"), p.get("ablation"), p.get("overrides") or [])
+    if paid_price(cfg.engine, cfg.llm) is not None and cfg.llm.budget_usd is None:
+        raise ConfigError(f"{path}: deployment {entry['name']} runs the paid engine {cfg.engine.name}/"
+                          f"{cfg.engine.model} without a budget: add llm.budget_usd=<USD> to its overrides (DRY_RUN=1 "
+                          f"with the same settings prints the estimate), or llm.budget_usd=none for no cap")
 
 
 def build_deployments(entries: list[dict]):

@@ -134,6 +134,10 @@ class EngineConfig(Section):
     max_retries: int = Field(6, ge=0)
     retry_base_s: float = Field(1.0, gt=0, description="first backoff delay; doubles per retry (with jitter)")
     retry_max_s: float = Field(60.0, gt=0, description="longest backoff delay")
+    connect_wait_s: float = Field(
+        5.0, gt=0, json_schema_extra=HASHED_WHEN_SET, description="anthropic / openai: until the server has answered once, connection refused or an "
+        "unresolvable host is retried for this many seconds, then the stage stops naming engine.base_url (after an "
+        "answer, connection errors are retried like 5xx)")
     temperature: float = 0.0
     max_tokens: int = Field(1024, ge=1)
     device: str = "cpu"
@@ -143,9 +147,13 @@ class EngineConfig(Section):
 
 
 class LLMConfig(Section):
-    budget_usd: float | None = Field(None, description="stop cleanly (resumable) when spend reaches this")
+    budget_usd: float | Literal["none"] | None = Field(
+        None, description="what the whole run's LLM stages may cost together, counted over every attempt (a resumed "
+        "run counts what it paid before; docs/design.md 16): stops cleanly (resumable) before a request could pass "
+        "it. Unset (null) with a paid engine (a price in llm.prices): the run stops before any call and prints the "
+        "estimate; `none`: no cap, on purpose")
     stage_budget_usd: dict[Literal["profiles", "augment", "groups"], float] = Field(
-        default_factory=dict, description="stage -> USD it may spend in one run (beside the run's budget_usd)")
+        default_factory=dict, description="stage -> USD that stage may cost in a run (beside the run's budget_usd)")
     prices: dict[str, list[float]] = Field(
         default_factory=dict, description="model -> USD per 1M tokens: [input, output] or "
                                           "[input, output, cache read, cache write]")
@@ -165,10 +173,29 @@ class LLMConfig(Section):
     cache_min_tokens: dict[str, int] = Field(
         default_factory=dict, description="model -> shortest prefix (tokens) the provider caches")
 
-    def for_stage(self, stage: str) -> "LLMConfig":
-        """This config with the budget one stage may spend: the smaller of budget_usd and stage_budget_usd[stage]."""
-        caps = [b for b in (self.budget_usd, self.stage_budget_usd.get(stage)) if b is not None]  # type: ignore[call-overload]
-        return self.model_copy(update={"budget_usd": min(caps) if caps else None})
+    @property
+    def run_budget_usd(self) -> float | None:
+        """The run's cap in USD; None without one (unset, or `none`: no cap on purpose)."""
+        return None if self.budget_usd in (None, "none") else float(self.budget_usd)
+
+    @field_validator("budget_usd", mode="before")
+    @classmethod
+    def _none_in_any_case(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.strip().lower() == "none":
+                return "none"
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("a budget is USD, e.g. 20, or `none` for no cap") from None
+        return value
+
+    @field_validator("budget_usd")
+    @classmethod
+    def _not_negative(cls, value: Any) -> Any:
+        if isinstance(value, float) and value < 0:
+            raise ValueError("a budget is USD >= 0, or `none` for no cap")
+        return value
 
     @model_validator(mode="after")
     def _prices_have_two_or_four_values(self) -> "LLMConfig":

@@ -27,3 +27,7 @@ class LLMError(LagclError):
 
 class BudgetExceededError(LLMError):
     """The configured spending limit was reached; finished work is kept and the run can resume."""
+
+
+class BudgetRequiredError(ConfigError):
+    """A paid engine was chosen without `llm.budget_usd`: nothing is sent until a budget (or `none`) is set."""

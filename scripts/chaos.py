@@ -276,8 +276,9 @@ def compare_stages(ref_cache: Path, got_cache: Path, stages: dict[str, str], dat
             ok, how = same_content(a / name, b / name)
             (entry["equal_content"] if ok else entry["different"]).append(f"{name} ({how})")
         meta_a, meta_b = _strip_timing(ma.get("meta", {})), _strip_timing(mb.get("meta", {}))
-        # what this particular run did (answered now / resumed / resumed_from) differs by design after kills
-        volatile = ("answered_this_run", "resumed", "sent_this_run", "resumed_from_epoch", "usage",
+        # what this particular run did (answered now / resumed / resumed_from) differs by design after kills, and so
+        # does what the stage cost over its attempts (llm_paid_usd: requests cut off by a kill are paid again)
+        volatile = ("answered_this_run", "resumed", "sent_this_run", "resumed_from_epoch", "usage", "llm_paid_usd",
                     "partition_requests_this_run", "similarity_sent_this_run", "reasked_ids_this_run",
                     "unknown_ids_this_run", "duplicate_ids_this_run", "partition_failures_this_run", "resumed_from")
 

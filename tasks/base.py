@@ -23,6 +23,7 @@ from lagcl.data.digest import DigestIndex, InputFile, raw_inputs
 from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError
 from lagcl.semantic import SemanticEngine, make_engine
+from tasks.budget import LLM_STAGES, paid_by, stage_budget
 from tasks.meta import meta_of
 # rank_enabled is imported from here by the stage modules and the LLM cost estimate
 from tasks.stages import STAGES, check_switches, rank_enabled  # noqa: F401
@@ -163,16 +164,20 @@ def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": ""})}).section_hash(*sections)
 
 
+def stage_engine(plan: Plan, stage: str) -> SemanticEngine:
+    """The run's semantic engine for LLM stage `stage`, with what it may spend (tasks/budget.py: the run's
+    budget less what its stages have cost, every attempt counted; a paid engine without a budget stops here)."""
+    return make_engine(plan.cfg, plan.store.root, stage_budget(plan, stage))
+
+
 @contextmanager
-def semantic_engine(plan: Plan, stage: str | None = None) -> Iterator[SemanticEngine]:
-    """The run's semantic engine. With `pipeline.runner=dask` its profile and score requests fan out over
-    the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one part per worker thread; the stage
-    process stays the only writer of its folder. `stage` applies llm.stage_budget_usd[stage]."""
+def semantic_engine(plan: Plan, stage: str) -> Iterator[SemanticEngine]:
+    """The run's semantic engine for LLM stage `stage` (`stage_engine`). With `pipeline.runner=dask` its
+    profile and score requests fan out over the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one
+    part per worker thread; the stage process stays the only writer of its folder."""
     cfg = plan.cfg
-    if stage is not None:
-        cfg = cfg.model_copy(update={"llm": cfg.llm.for_stage(stage)})
     if cfg.pipeline.runner != "dask":
-        yield make_engine(cfg, plan.store.root)
+        yield stage_engine(plan, stage)
         return
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
@@ -186,7 +191,7 @@ def semantic_engine(plan: Plan, stage: str | None = None) -> Iterator[SemanticEn
     client = ctx.task_runner.client
     parts = sum(client.nthreads().values())
     log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", client.scheduler.address, parts)
-    yield DistributedEngine(cfg, plan.store.root, client.get_executor(), parts)
+    yield DistributedEngine(cfg, plan.store.root, client.get_executor(), parts, budget=stage_budget(plan, stage))
 
 
 # --- the stage template: what every stage does around its own work -------------------------------------------
@@ -228,6 +233,8 @@ def run_stage(plan: Plan, name: str, body: Body, summary: Callable[[dict], None]
         out = out if isinstance(out, Finish) else Finish(out)
         if spec.timing and out.timed:
             out.meta[spec.timing] = round(time.perf_counter() - t0, 3)
+        if name in LLM_STAGES and out.timed and (paid := paid_by(plan, name)) is not None:
+            out.meta["llm_paid_usd"] = round(paid, 6)  # every attempt: the run budget counts it (tasks/budget.py)
         sd.finish(out.meta, files=out.files)
     if summary is not None and out.summary:
         summary(out.meta)

@@ -377,3 +377,31 @@ def planned_counts(interactions: pl.DataFrame, n_users: int, n_items: int, cfg: 
             counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
             counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
     return counts
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the LLM stages of a planned run will ask, from prepare's finished tables: requests per operation,
+    the scoring load, the request sizes `estimate` takes, and the dataset's users."""
+
+    counts: dict[str, int]
+    load: ScoringLoad
+    sizes: dict[str, int]
+    n_users: int
+
+    def estimate(self, cfg: Config, out: Callable[[str], None] | None = print) -> Estimate:
+        """The planned run's estimate (`estimate`), its table printed through `out` (None: silent)."""
+        return estimate(self.counts, cfg.engine, cfg.llm, cfg.data.domain, load=self.load, out=out, **self.sizes)
+
+
+def workload(plan) -> Workload:
+    """The planned run's LLM workload (`plan`: a tasks.base.Plan whose prepare stage has finished)."""
+    from tasks.meta import PrepareMeta
+
+    cfg = plan.cfg
+    interactions = plan.input("prepare", "interactions")
+    n_users, n_items = (PrepareMeta.of(plan.meta("prepare")).stats[k] for k in ("users", "items"))
+    sizes = dict(items_per_call=cfg.augment.items_per_call, group_batch=cfg.groups.batch_size,
+                 target_group_size=cfg.groups.target_group_size, history=cfg.profiles.history)
+    return Workload(planned_counts(interactions, n_users, n_items, cfg), scoring_load(interactions, n_items, cfg),
+                    sizes, n_users)

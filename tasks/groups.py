@@ -21,8 +21,8 @@ from lagcl.errors import ArtifactError, DataError
 from lagcl.group_files import import_groups, title_year_map
 from lagcl.groups import PreviousGroups, build_groups, genre_purity
 from lagcl.profiles import raw_labels, read_profiles
-from lagcl.semantic import SemanticEngine, make_engine
-from tasks.base import Plan, StageRef, log, run_stage
+from lagcl.semantic import SemanticEngine
+from tasks.base import Plan, StageRef, log, run_stage, stage_engine
 
 STAGE = "groups"
 MEMBERS = "group_members"
@@ -102,7 +102,7 @@ def _build(plan: Plan, sd) -> dict:
     stats = {kind: kg.stats for kind, kg in out.items()}
     if len(out) == 2:  # nothing of the engine's: no profiles read, nothing asked
         return write_groups(plan, sd, out, stats, items, engine=None, previous=None)
-    engine = make_engine(cfg, plan.store.root, STAGE)
+    engine = stage_engine(plan, STAGE)
     labels = {"user": raw_labels(plan.input("prepare", "users"), "user"), "item": raw_labels(items, "item")}
     started = sd.read_shards(STARTED_FROM)
     pinned = started["folder"][0] if started.height else None

@@ -13,6 +13,7 @@ from test_llm_engine import good_model
 from lagcl.artifacts import read_manifest
 from lagcl.config import load_config
 from lagcl.errors import BudgetExceededError, ConfigError
+from lagcl.llm import Budget, ResponseCache
 from lagcl.semantic.base import Profile, ProfileRequest, ScoreRequest
 from lagcl.semantic.distributed import DistributedEngine
 from lagcl.semantic.embedding import EmbeddingEngine
@@ -93,20 +94,24 @@ def test_a_budget_is_shared_between_the_parts_so_the_run_never_pays_more(client,
             f"engine.base_url={server.base_url}/v1", "engine.model=test-model", "engine.retry_base_s=0.01",
             "engine.requests_per_minute=null", "engine.max_concurrency=1",
             "llm.prices.test-model=[100.0,100.0]", "llm.budget_usd=1.0"])
-        dist = DistributedEngine(cfg, tmp_path, client.get_executor(), parts=2)
+        budget = Budget(run_usd=1.0, stage="profiles", run_paid_usd=0.25, ledger="ml-100k/profiles/test")
+        dist = DistributedEngine(cfg, tmp_path, client.get_executor(), parts=2, budget=budget)
         reqs = [ProfileRequest("user", u, liked=(f"Movie {u}",)) for u in range(40)]
-        with pytest.raises(BudgetExceededError):
+        with pytest.raises(BudgetExceededError, match=r"the run has cost \$0\.[0-9]+ of llm.budget_usd=\$1\.0000"):
             dist.profile(reqs)
         paid = dist.usage()
         assert 0 < paid.requests < 40
-        assert paid.cost_usd <= 1.0
+        assert paid.cost_usd <= 0.75  # what the run had paid before this stage counts
         assert len(server.model_calls()) == paid.requests  # everything that reached the server is accounted
+        # each worker added what it paid to the stage's spend ledger in the shared response cache
+        assert ResponseCache(tmp_path / "llm").spent(["ml-100k/profiles/test"]) == {
+            "ml-100k/profiles/test": pytest.approx(paid.cost_usd)}
 
 
 def test_a_stage_outside_the_flow_refuses_runner_dask_with_what_to_do_instead(tmp_path):
     cfg = load_config(overrides=[f"cache_dir={tmp_path}", "pipeline.runner=dask"])
     with pytest.raises(ConfigError, match="make pipeline"):
-        with semantic_engine(make_plan(cfg)):
+        with semantic_engine(make_plan(cfg), "profiles"):
             pass
 
 

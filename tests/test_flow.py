@@ -84,6 +84,8 @@ def test_dry_run_prints_the_llm_cost_per_stage_and_makes_no_call(repo_root, tmp_
     rows = {line.split()[1]: line.split() for line in out.splitlines() if line.split()[:1] in (["profiles"], ["augment"])}
     assert rows["profile_user"][2] == "938" and rows["profile_item"][2] == "1,008"
     assert int(rows["score_pos"][2].replace(",", "")) > 0
+    # gpt-4o-mini is priced and no budget is set: the dry run says a real run would stop, and what to set
+    assert "llm.budget_usd is not set: a real run stops before its first request; set llm.budget_usd=" in out
     assert not (tmp_path / "cache" / "llm").exists()
 
 

@@ -310,7 +310,7 @@ def test_an_incremental_engine_run_never_starts_from_imported_groups(tmp_path):
     plan = make_plan(stage_config(tmp_path, "groups.incremental=true"))
     here = plan.store.stage_path("groups", plan.fingerprints["groups"])
     assert len(list(plan.store.iter_stage_dirs("groups"))) == 1
-    assert previous_result(plan, here, make_engine(plan.cfg, plan.store.root, "groups")) is None
+    assert previous_result(plan, here, make_engine(plan.cfg, plan.store.root)) is None
 
 
 def test_the_cost_estimate_counts_no_group_requests_for_a_kind_read_from_a_file():

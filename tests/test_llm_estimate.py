@@ -123,21 +123,3 @@ def test_projections_scale_the_workload_to_the_papers_table_1_sizes():
     assert counts["partition_user"] == 61 and counts["similarity_item"] == 198 * 5
     text = projections_table(cfg, 0.5)
     assert all(name in text for name in PAPER_DATASETS) and "3,020" in text
-
-
-def test_a_stage_budget_caps_that_stage_below_the_run_budget():
-    llm = LLMConfig(budget_usd=50.0, stage_budget_usd={"augment": 20.0, "groups": 80.0})
-    assert llm.for_stage("augment").budget_usd == 20.0
-    assert llm.for_stage("groups").budget_usd == 50.0
-    assert llm.for_stage("profiles").budget_usd == 50.0
-    assert LLMConfig(stage_budget_usd={"augment": 5.0}).for_stage("augment").budget_usd == 5.0
-    assert LLMConfig().for_stage("augment").budget_usd is None
-
-
-def test_each_stages_engine_gets_its_own_budget(tmp_path, monkeypatch):
-    from lagcl.semantic import make_engine
-
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    cfg = load_config(engine="openai", overrides=["llm.budget_usd=50", "llm.stage_budget_usd.augment=20"])
-    assert make_engine(cfg, tmp_path, "augment").client.accounting.budget_usd == 20.0
-    assert make_engine(cfg, tmp_path, "profiles").client.accounting.budget_usd == 50.0

@@ -151,7 +151,7 @@ def test_llm_stages_finish_against_a_server_with_errors_garbage_latency_and_429_
             f"cache_dir={tmp_path / 'cache'}", f"data.path={data}", "data.kcore=1", "data.name=tiny",
             f"engine.base_url={server.base_url}/v1", "engine.model=chaos-model", "engine.requests_per_minute=null",
             "engine.max_concurrency=16", "engine.timeout_s=30", "engine.retry_base_s=0.05", "engine.retry_max_s=0.5",
-            "llm.prices.chaos-model=[1.0,2.0]", "augment.items_per_call=5",
+            "llm.prices.chaos-model=[1.0,2.0]", "llm.budget_usd=none", "augment.items_per_call=5",
             *[f"pipeline.stages.{s}=false" for s in ("groups", "control", "gcl", "rerank", "evaluate")]])
         plan = make_plan(cfg)
         prepare_stage.run(plan)

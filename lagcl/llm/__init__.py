@@ -8,13 +8,13 @@ from pathlib import Path
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.errors import LLMError
-from lagcl.llm.accounting import Accounting, find_price
+from lagcl.llm.accounting import Accounting, Budget, find_price
 from lagcl.llm.backends.base import Backend, read_api_key
 from lagcl.llm.cache import ResponseCache
 from lagcl.llm.client import LLMClient, RetryPolicy, run_sync
 from lagcl.llm.types import Completion, LLMRequest, LLMResponse
 
-__all__ = ["Accounting", "Completion", "LLMClient", "LLMRequest", "LLMResponse", "ResponseCache",
+__all__ = ["Accounting", "Budget", "Completion", "LLMClient", "LLMRequest", "LLMResponse", "ResponseCache",
            "make_backend", "make_client", "run_sync"]
 
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
@@ -48,13 +48,16 @@ def make_backend(engine: EngineConfig, prompt_cache: bool = True) -> Backend:
 
 
 def make_client(engine: EngineConfig, llm: LLMConfig, cache_dir: str | Path,
-                backend: Backend | None = None) -> LLMClient:
+                backend: Backend | None = None, budget: Budget | None = None) -> LLMClient:
+    """The client for `engine`. `budget`: what it may spend (a stage's, from the planner: tasks/budget.py);
+    without one, llm.budget_usd caps what this client pays."""
     backend = backend or make_backend(engine, llm.prompt_cache)
     price = (0.0, 0.0) if backend.local else find_price(llm.prices, engine.model)
     return LLMClient(
-        backend, ResponseCache(cache_dir), Accounting(price, llm.budget_usd, engine.model),
+        backend, ResponseCache(cache_dir),
+        Accounting(price, budget if budget is not None else llm.run_budget_usd, engine.model),
         max_concurrency=engine.max_concurrency, requests_per_minute=engine.requests_per_minute,
         tokens_per_minute=engine.tokens_per_minute, timeout_s=engine.timeout_s,
         retry=RetryPolicy(engine.max_retries, engine.retry_base_s, engine.retry_max_s),
         batch_api=engine.batch_api, batch_size=engine.batch_size, batch_poll_s=engine.batch_poll_s,
-        dry_run=llm.dry_run)
+        dry_run=llm.dry_run, connect_wait_s=engine.connect_wait_s)

@@ -4,10 +4,15 @@ Cost of one answer = uncached input tokens * in_price + cache-read tokens * cach
 tokens * cache_write_price + output_tokens * out_price, prices in USD per million tokens from `llm.prices`
 (conf/engine/<name>.yaml: [input, output] or [input, output, cache read, cache write]; with two values
 cache tokens are priced as ordinary input), halved for the Batch APIs (Anthropic Message Batches, OpenAI Batch).
-Cache hits cost nothing in this run. The budget (`llm.budget_usd`) applies to what *this run* pays:
-before a request is sent, its worst-case cost (prompt chars/4 + max_tokens) is reserved, and a request
-that could take spend past the budget is not sent; the client then raises BudgetExceededError after
-every answer so far is in the cache, so a rerun with a larger budget continues where this one stopped.
+Cache hits cost nothing when they are read.
+
+The budget (`Budget`): `llm.budget_usd` caps what the run's LLM stages cost together and
+`llm.stage_budget_usd[stage]` what one stage costs, each counted over every attempt (docs/design.md 16): the
+planner (tasks/budget.py) hands a stage's client what was paid before it started, read from the response
+cache's spend ledger, and the client counts what it pays on top. Before a request is sent, its worst-case
+cost (prompt chars/4 + max_tokens) is reserved, and a request that could take spend past a cap is not sent;
+the client then raises BudgetExceededError after every answer so far is in the cache, so a rerun with a
+larger budget continues where this one stopped (and counts what this one paid).
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import math
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Mapping, Sequence, TypeVar
 
 from lagcl.errors import LLMError
 from lagcl.llm.types import Completion, LLMRequest
+
+if TYPE_CHECKING:
+    from lagcl.config import EngineConfig, LLMConfig
 
 BATCH_DISCOUNT = 0.5  # Anthropic Message Batches API and OpenAI Batch API: half price
 T = TypeVar("T")
@@ -72,6 +80,74 @@ def price_usd(price: Price, input_tokens: float, output_tokens: float, batch: bo
     return usd * (BATCH_DISCOUNT if batch else 1.0)
 
 
+def paid_price(engine: "EngineConfig", llm: "LLMConfig") -> Price | None:
+    """The model's price when the engine bills per token (anthropic / openai with a non-zero price for
+    `engine.model` in llm.prices), else None: the offline and local engines, and a server priced [0, 0]."""
+    if engine.name not in ("anthropic", "openai"):
+        return None
+    price = find_price(llm.prices, engine.model)
+    return price if price is not None and any(price) else None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one client may spend: `run_usd` (llm.budget_usd) over the whole run and `stage_usd`
+    (llm.stage_budget_usd[stage]) over its stage, each less what was paid before this client started
+    (`run_paid_usd`: every stage of the run, this one's earlier attempts included; `stage_paid_usd`: this
+    stage's earlier attempts). `paid_by_stage` is for the message; `ledger` is the stage's key in the response
+    cache's spend ledger, where every answer's cost is added as it is stored (None: not recorded)."""
+
+    run_usd: float | None = None
+    stage: str | None = None
+    stage_usd: float | None = None
+    run_paid_usd: float = 0.0
+    stage_paid_usd: float = 0.0
+    paid_by_stage: tuple[tuple[str, float], ...] = ()
+    ledger: str | None = None
+
+    @property
+    def allowance_usd(self) -> float | None:
+        """What this client may still pay: the tighter of the two caps, None without either."""
+        left = [cap - paid for cap, paid in ((self.run_usd, self.run_paid_usd),
+                                              (self.stage_usd, self.stage_paid_usd)) if cap is not None]
+        return max(0.0, min(left)) if left else None
+
+    def binding(self) -> str:
+        """Which cap the allowance comes from: "run" or "stage"."""
+        if self.stage_usd is None:
+            return "run"
+        if self.run_usd is None:
+            return "stage"
+        return "stage" if self.stage_usd - self.stage_paid_usd < self.run_usd - self.run_paid_usd else "run"
+
+    def reached(self, spent_now: float) -> str:
+        """The budget-reached message, `spent_now` being what this client paid: spent / budget, by stage, and
+        what to do."""
+        stages = dict(self.paid_by_stage)
+        if self.stage is not None:
+            stages[self.stage] = stages.get(self.stage, 0.0) + spent_now
+        by_stage = ", ".join(f"{s} ${usd:.4f}" for s, usd in stages.items())
+        if self.binding() == "stage":
+            paid = self.stage_paid_usd + spent_now
+            head = (f"LLM stage budget reached: stage {self.stage} has cost ${paid:.4f} of "
+                    f"llm.stage_budget_usd.{self.stage}=${self.stage_usd:.4f}")
+            setting = f"llm.stage_budget_usd.{self.stage}"
+        else:
+            paid = self.run_paid_usd + spent_now
+            head = (f"LLM budget reached{f' in stage {self.stage}' if self.stage else ''}: the run has cost "
+                    f"${paid:.4f} of llm.budget_usd=${self.run_usd:.4f}")
+            setting = "llm.budget_usd"
+        return (f"{head}{f' (every attempt counted: {by_stage})' if by_stage else ''}; the next request could pass "
+                f"it, so no more are sent. Raise {setting} and rerun (e.g. {setting}={_suggest(paid)}): answered "
+                f"requests are served from the cache and not paid again, and what was paid so far counts towards "
+                f"the new budget")
+
+
+def _suggest(paid: float) -> str:
+    """A round budget above `paid` for the message (double, at least $1 more)."""
+    return f"{max(paid * 2, paid + 1):.0f}"
+
+
 @dataclass
 class OpStats:
     requests: int = 0      # answered by the backend in this run (paid)
@@ -96,7 +172,12 @@ class OpStats:
 
 
 class Accounting:
-    def __init__(self, price: Sequence[float] | None, budget_usd: float | None, model: str) -> None:
+    """This client's counts and spend. `budget`: a Budget, or a bare USD cap on what this client pays (None:
+    no cap). `budget_usd` is the cap on `spent_usd` the client checks (the budget's allowance)."""
+
+    def __init__(self, price: Sequence[float] | None, budget: Budget | float | None, model: str) -> None:
+        self.budget = budget if isinstance(budget, Budget) else Budget(run_usd=budget)
+        budget_usd = self.budget.allowance_usd
         if budget_usd is not None and price is None:
             raise LLMError(f"llm.budget_usd is set but llm.prices has no entry for model '{model}': add one, "
                            f"e.g. llm.prices.{model}=[3.0,15.0] (USD per 1M input, output tokens)")

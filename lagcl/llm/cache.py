@@ -12,6 +12,10 @@ so a restarted run polls a batch it already paid for instead of submitting it ag
 And it keeps the scores (eq. 2-3) of single (user profile, item profile) pairs read from validated replies, keyed by
 a digest of what the model saw for the pair (`LLMEngine.score`, `llm.reuse_pair_scores`): a score request that
 changed in one item then re-asks that item only.
+
+And a spend ledger: what each stage folder's answers cost, over every attempt (`put(..., ledger=)` adds an answer's
+cost in the same transaction that stores it, so a crash never loses a paid answer from the count; replies deleted
+later as unusable stay counted: they were paid). The run budget reads it (tasks/budget.py, docs/design.md 16).
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ CREATE TABLE IF NOT EXISTS batch_requests (
     PRIMARY KEY (key, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batch_requests_batch ON batch_requests (batch_id);
+CREATE TABLE IF NOT EXISTS spend (
+    ledger TEXT PRIMARY KEY,       -- a stage folder: <dataset>/<stage>/<fingerprint>
+    usd REAL NOT NULL,             -- what its answers cost, every attempt
+    answers INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pair_scores (
     key TEXT PRIMARY KEY,          -- digest of model, prompt, polarity, the user part and the item part
     score REAL NOT NULL,
@@ -90,12 +100,36 @@ class ResponseCache:
                     out[key] = (Completion(text, tin, tout, finish), cost)
         return out
 
-    def put(self, key: str, backend: str, model: str, completion: Completion, cost_usd: float) -> None:
+    def put(self, key: str, backend: str, model: str, completion: Completion, cost_usd: float,
+            ledger: str | None = None) -> None:
+        """Store an answer; with `ledger`, add its cost to that ledger entry in the same transaction."""
+        now = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, backend, model, completion.text, completion.input_tokens, completion.output_tokens,
-                 cost_usd, completion.finish_reason, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, backend, model, completion.text, completion.input_tokens, completion.output_tokens,
+                     cost_usd, completion.finish_reason, now))
+                if ledger is not None and cost_usd:
+                    self._db.execute(
+                        "INSERT INTO spend VALUES (?, ?, 1, ?) ON CONFLICT (ledger) DO UPDATE SET "
+                        "usd = usd + excluded.usd, answers = answers + 1, updated_at = excluded.updated_at",
+                        (ledger, cost_usd, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def spent(self, ledgers: Iterable[str]) -> dict[str, float]:
+        """What the answers recorded under each ledger entry cost (entries never written are left out)."""
+        ledgers = list(dict.fromkeys(ledgers))
+        if not ledgers:
+            return {}
+        with self._lock:
+            rows = self._db.execute(f"SELECT ledger, usd FROM spend WHERE ledger IN ({','.join('?' * len(ledgers))})",
+                                    ledgers).fetchall()
+        return {ledger: float(usd) for ledger, usd in rows}
 
     def delete(self, keys: Iterable[str]) -> None:
         """Forget answers (replies that proved unusable), so the next run asks for them again."""

@@ -5,6 +5,12 @@ batch_status / batch_results).
 
 `await client.generate(requests)` answers a batch in request order (`generate_sync` for callers
 without an event loop). Identical requests in one batch are sent once.
+
+Retries: 429, 5xx, timeouts and dropped connections are retried with backoff (engine.max_retries). A server
+that cannot be reached at all (connection refused, a host name that does not resolve) before it has answered
+this client once is not: such requests are retried for engine.connect_wait_s seconds (all of them together,
+short waits), then the client raises one LLMError naming the URL and engine.base_url (docs/design.md 17).
+After a first answer, a connection error counts as transient like a 5xx.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Coroutine, Sequence, TypeVar
 
 from lagcl.errors import BudgetExceededError, LLMError
 from lagcl.llm.accounting import Accounting, estimate_tokens
-from lagcl.llm.backends.base import Backend, PermanentError, TransientError
+from lagcl.llm.backends.base import Backend, PermanentError, TransientError, UnreachableError
 from lagcl.llm.cache import ResponseCache
 from lagcl.llm.limits import RateLimiter
 from lagcl.llm.types import Completion, LLMRequest, LLMResponse, cache_key
@@ -28,6 +34,9 @@ from lagcl.llm.types import Completion, LLMRequest, LLMResponse, cache_key
 log = logging.getLogger("lagcl.llm")
 T = TypeVar("T")
 
+# retry reasons that mean the server itself answered (an HTTP status, a body): it can be reached
+SERVER_ANSWERED = ("429", "5xx", "other", "invalid_reply")
+UNREACHABLE_RETRY_S = 0.5  # the wait between connection attempts while the server has not been reached
 _BATCH_CHUNK = 10_000  # requests per Message Batch (the API allows 100k / 256 MB)
 BATCH_OPERATION = "message_batches"  # the accounting row of Message Batch submits, polls and result fetches
 
@@ -67,7 +76,7 @@ class LLMClient:
                  tokens_per_minute: int | None = None, timeout_s: float = 120.0,
                  retry: RetryPolicy | None = None, batch_api: bool = False,
                  batch_operations: Sequence[str] = ("score",), batch_size: int = 64,
-                 batch_poll_s: float = 30.0, dry_run: bool = False) -> None:
+                 batch_poll_s: float = 30.0, dry_run: bool = False, connect_wait_s: float = 5.0) -> None:
         self.backend = backend
         self.cache = cache
         self.accounting = accounting
@@ -82,6 +91,9 @@ class LLMClient:
         self.batch_poll_s = batch_poll_s
         self.dry_run = dry_run
         self.server_calls = 0  # every call to the provider (attempts, batch submits and polls)
+        self.connect_wait_s = connect_wait_s
+        self.answered = False  # the server has answered this client at least once (any HTTP status)
+        self._unreachable_since: float | None = None  # first failed connection while never answered
         self._warned_missing_usage = False
 
     # public ----------------------------------------------------------------------------------
@@ -124,13 +136,31 @@ class LLMClient:
                      self.backend.name, self.backend.model, len(requests), len(requests) - len(todo), len(todo),
                      sum(a.error is not None for a in out), self.accounting.spent_usd, time.monotonic() - started)
         if any(a.error == "budget" for a in out):
-            acc = self.accounting
             done = sum(a.error is None for a in out)
             raise BudgetExceededError(
-                f"LLM budget reached: this run spent ${acc.spent_usd:.4f} of llm.budget_usd=${acc.budget_usd:.4f} "
-                f"({done} of {len(out)} requests in this batch answered; every answer is saved in {self.cache.path}). "
-                f"Raise llm.budget_usd and rerun: answered requests are served from the cache and not paid again.")
+                f"{self.accounting.budget.reached(self.accounting.spent_usd)} ({done} of {len(out)} requests of "
+                f"this batch answered, every answer saved in {self.cache.path})")
         return out
+
+    # a server that cannot be reached ------------------------------------------------------------
+    def _unreachable(self) -> float | None:
+        """Before the server's first answer: the wait before the next try, or None when engine.connect_wait_s
+        has passed since the first failed connection (the caller then raises `unreachable_error`)."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        left = self.connect_wait_s - (now - self._unreachable_since)
+        return None if left <= 0 else min(UNREACHABLE_RETRY_S, left)
+
+    def unreachable_error(self, exc: UnreachableError) -> LLMError:
+        waited = time.monotonic() - (self._unreachable_since or time.monotonic())
+        return LLMError(f"cannot reach the LLM server at {self.backend.url} ({exc.why}; tried for {waited:.1f} s, "
+                        f"engine.connect_wait_s={self.connect_wait_s:g}): start the server, or set engine.base_url "
+                        f"to the URL it listens on")
+
+    def _heard_from_server(self) -> None:
+        self.answered = True
+        self._unreachable_since = None
 
     # online: one request per provider call -------------------------------------------------------
     async def _online(self, todo: dict[str, LLMRequest]) -> dict[str, LLMResponse]:
@@ -169,6 +199,16 @@ class LLMClient:
                 try:
                     completion = await asyncio.wait_for(self.backend.complete(req), self.timeout_s)
                 except (TransientError, asyncio.TimeoutError) as exc:
+                    if isinstance(exc, UnreachableError) and not self.answered:
+                        wait = self._unreachable()
+                        if wait is None:
+                            raise self.unreachable_error(exc) from None
+                        self.accounting.record_retry(req.operation, exc.reason, wait)
+                        await asyncio.sleep(wait)
+                        attempt -= 1  # bounded by engine.connect_wait_s, not by the retry count
+                        continue
+                    if getattr(exc, "reason", "timeout") in SERVER_ANSWERED:
+                        self._heard_from_server()
                     retry_after = getattr(exc, "retry_after", None)
                     reason = str(exc) or f"no answer within engine.timeout_s={self.timeout_s}s"
                     if attempt > self.retry.max_retries:
@@ -182,26 +222,40 @@ class LLMClient:
                     await asyncio.sleep(delay)
                     continue
                 except PermanentError as exc:
+                    self._heard_from_server()
                     self.accounting.record_failure(req.operation, attempt)
                     log.warning("request rejected: %s", exc)
                     return LLMResponse(error=f"rejected: {exc}", attempts=attempt)
+                self._heard_from_server()
                 completion = self._with_usage(req, completion)
                 cost = self.accounting.record_answer(req.operation, completion, attempt)
-                self.cache.put(key, self.backend.name, self.backend.model, completion, cost)
+                self.cache.put(key, self.backend.name, self.backend.model, completion, cost,
+                               ledger=self.accounting.budget.ledger)
                 return _response(completion, cost, cached=False, attempts=attempt)
         finally:
             self.accounting.release(reserve)
 
     async def _call_with_retries(self, what: str, fn: Any, *args: Any) -> Any:
-        """Batch-API management calls (submit, poll, fetch) share the retry policy."""
+        """Batch-API management calls (submit, poll, fetch) share the retry policy, and the bounded wait for a
+        server that cannot be reached."""
         attempt = 0
         while True:
             attempt += 1
             self.server_calls += 1
             self.accounting.record_http_call(BATCH_OPERATION)
             try:
-                return await asyncio.wait_for(fn(*args), self.timeout_s)
+                result = await asyncio.wait_for(fn(*args), self.timeout_s)
             except (TransientError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, UnreachableError) and not self.answered:
+                    wait = self._unreachable()
+                    if wait is None:
+                        raise self.unreachable_error(exc) from None
+                    self.accounting.record_retry(BATCH_OPERATION, exc.reason, wait)
+                    await asyncio.sleep(wait)
+                    attempt -= 1
+                    continue
+                if getattr(exc, "reason", "timeout") in SERVER_ANSWERED:
+                    self._heard_from_server()
                 if attempt > self.retry.max_retries:
                     raise LLMError(f"{what} failed after {attempt} attempts: {exc or 'timeout'}; "
                                    f"rerun to continue (submitted batches are resumed)") from None
@@ -213,6 +267,9 @@ class LLMClient:
                 await asyncio.sleep(delay)
             except PermanentError as exc:
                 raise LLMError(f"{what} was rejected: {exc}") from None
+            else:
+                self._heard_from_server()
+                return result
 
     # Batch APIs (Anthropic Message Batches, OpenAI Batch): submit, record the id, poll, collect -----
     async def _batches(self, todo: dict[str, LLMRequest]) -> dict[str, LLMResponse]:
@@ -259,7 +316,7 @@ class LLMClient:
             if isinstance(result, Completion):
                 result = self._with_usage(req, result)
                 cost = self.accounting.record_answer(req.operation, result, 1, batch=True)
-                self.cache.put(key, backend.name, backend.model, result, cost)
+                self.cache.put(key, backend.name, backend.model, result, cost, ledger=self.accounting.budget.ledger)
                 out[key] = _response(result, cost, cached=False, attempts=1)
             else:  # errored / expired / canceled: not cached, the next run submits it again
                 self.accounting.record_failure(req.operation, 1)
@@ -297,7 +354,8 @@ class LLMClient:
             for (key, req), result in zip(chunk, results):
                 if isinstance(result, Completion):
                     cost = self.accounting.record_answer(req.operation, result, 1)
-                    self.cache.put(key, self.backend.name, self.backend.model, result, cost)
+                    self.cache.put(key, self.backend.name, self.backend.model, result, cost,
+                                   ledger=self.accounting.budget.ledger)
                     out[key] = _response(result, cost, cached=False, attempts=1)
                 else:
                     self.accounting.record_failure(req.operation, 1)

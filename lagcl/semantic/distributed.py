@@ -11,10 +11,11 @@ the response cache under `cache_dir/llm` (SQLite WAL, safe for several processes
 `cache_dir` must be a filesystem every worker mounts).
 
 Accounting: each part returns what its worker engine counted for it, and `usage()` is the sum plus the
-local engine's. Budget (`llm.budget_usd`): what is left is divided between the parts in flight, so the
-run never pays more than the budget even though workers cannot see each other's spend; a part that
-runs out raises BudgetExceededError after its answers are cached, like the local engine, and a rerun
-with a larger budget goes on from the cache.
+local engine's. Budget (the stage's `Budget`, tasks/budget.py): what is left of its allowance is divided
+between the parts in flight, so the run never pays more than the budget even though workers cannot see each
+other's spend; each worker adds its answers' cost to the stage's spend ledger in the shared response cache.
+A part that runs out raises BudgetExceededError after its answers are cached, like the local engine (this
+engine's message counts every part), and a rerun with a larger budget goes on from the cache.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lagcl.config import Config
+from lagcl.errors import BudgetExceededError
+from lagcl.llm.accounting import Budget
 from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
                                  ScoreResult, SemanticEngine, Usage)
 
@@ -69,7 +72,7 @@ def _worker_engine(cfg_json: str, cache_dir: str) -> tuple[str, SemanticEngine]:
 
 
 def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: tuple[str, list[Profile]] | None,
-             allowance_usd: float | None) -> tuple[list | None, Usage, Exception | None]:
+             allowance_usd: float | None, ledger: str | None = None) -> tuple[list | None, Usage, Exception | None]:
     """One part on a worker: (answers in request order, what the worker's engine counted for them, the error
     that stopped it): what was paid reaches the caller's accounting even when the part fails."""
     key, engine = _worker_engine(cfg_json, cache_dir)
@@ -79,6 +82,7 @@ def run_part(cfg_json: str, cache_dir: str, method: str, requests: list, prime: 
     accounting = getattr(getattr(engine, "client", None), "accounting", None)
     if accounting is not None:
         accounting.budget_usd = None if allowance_usd is None else accounting.spent_usd + allowance_usd
+        accounting.budget = Budget(run_usd=accounting.budget_usd, ledger=ledger)
     before = engine.usage()
     try:
         answers = getattr(engine, method)(requests)
@@ -91,16 +95,16 @@ class DistributedEngine(EngineDefaults):
     """A SemanticEngine whose `profile` and `score` run in `parts` pieces on `executor`'s workers."""
 
     def __init__(self, cfg: Config, cache_dir: Path | str, executor: Executor, parts: int,
-                 local: SemanticEngine | None = None) -> None:
+                 local: SemanticEngine | None = None, budget: Budget | None = None) -> None:
         from lagcl.semantic import make_engine
 
         self._cfg_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
         self._cache_dir = str(Path(cache_dir).resolve())
         self._executor = executor
         self.parts = max(1, parts)
-        self._local = local if local is not None else make_engine(cfg, Path(cache_dir))
+        self._local = local if local is not None else make_engine(cfg, Path(cache_dir), budget)
         self.name, self.model, self.approximate = self._local.name, self._local.model, self._local.approximate
-        self._budget = cfg.llm.budget_usd
+        self._budget = budget if budget is not None else Budget(run_usd=cfg.llm.run_budget_usd)
         self._remote = Usage()
         self._prime: tuple[str, list[Profile]] | None = None
 
@@ -117,11 +121,12 @@ class DistributedEngine(EngineDefaults):
         n = min(self.parts, len(requests))
         bounds = [round(k * len(requests) / n) for k in range(n + 1)]
         allowance = None
-        if self._budget is not None:
-            allowance = max(0.0, self._budget - self.usage().cost_usd) / n
+        if self._budget.allowance_usd is not None:
+            allowance = max(0.0, self._budget.allowance_usd - self.usage().cost_usd) / n
         prime = self._prime if self._prime is not None and method == "score" else None
         futures = [self._executor.submit(run_part, self._cfg_json, self._cache_dir, method,
-                                         requests[bounds[k]:bounds[k + 1]], prime, allowance) for k in range(n)]
+                                         requests[bounds[k]:bounds[k + 1]], prime, allowance, self._budget.ledger)
+                   for k in range(n)]
         answers: list = []
         error: BaseException | None = None
         for fut in futures:  # wait for every part: answers of the others are cached before any error surfaces
@@ -135,6 +140,8 @@ class DistributedEngine(EngineDefaults):
                 error = error or part_error
             else:
                 answers.extend(part)
+        if isinstance(error, BudgetExceededError):  # a part's own words count only that part's spend
+            raise BudgetExceededError(self._budget.reached(self.usage().cost_usd)) from None
         if error is not None:
             raise error
         return answers

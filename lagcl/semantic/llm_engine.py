@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from lagcl.config import EngineConfig, LLMConfig
-from lagcl.llm import LLMClient, LLMRequest, make_client
+from lagcl.llm import Budget, LLMClient, LLMRequest, make_client
 from lagcl.llm.backends.base import Backend
 from lagcl.semantic.base import (EngineDefaults, Group, Kind, PartitionResult, Profile, ProfileRequest, ScoreRequest,
                                  ScoreResult, Usage, shown_id)
@@ -56,11 +56,11 @@ class LLMEngine(EngineDefaults):
 
     def __init__(self, engine: EngineConfig, llm: LLMConfig, domain: str = "item",
                  cache_dir: str | Path = "cache/llm", backend: Backend | None = None,
-                 prompt_dir: str | Path | None = None) -> None:
+                 prompt_dir: str | Path | None = None, budget: Budget | None = None) -> None:
         self.name = engine.name
         self.model = engine.model
         self.domain = domain
-        self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend)
+        self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend, budget=budget)
         self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature,
                                style=llm.prompt_style, summary_words=llm.compact_summary_words)
         # compact style: consecutive score requests of one user and polarity share a call, up to this many items

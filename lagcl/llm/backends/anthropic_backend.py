@@ -44,6 +44,7 @@ class AnthropicBackend(Backend):
         self.model = model
         self._key = api_key
         self.base_url = base_url
+        self.url = base_url or "https://api.anthropic.com"
         self.timeout_s = timeout_s
         self.prompt_cache = prompt_cache
         self._client: Any = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Awaitable, Sequence
@@ -27,6 +28,37 @@ class TransientError(Exception):
         super().__init__(message)
         self.retry_after = retry_after
         self.reason = reason
+
+
+class UnreachableError(TransientError):
+    """No connection could be made at all: refused, or the host name does not resolve (`why` says which, as the
+    operating system put it). The client stops after engine.connect_wait_s when the server never answered."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"cannot connect: {why}", reason="connection")
+        self.why = why
+
+
+def connect_failure(exc: BaseException) -> str | None:
+    """Why no connection could be made, when the cause of an SDK connection error is httpx's ConnectError:
+    "connection refused", "the host name does not resolve: ..." or the operating system's words (no route,
+    network unreachable). None for other connection errors (a connection dropped mid-reply), which stay
+    transient."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is None or not any(c.__name__ == "ConnectError" for c in type(cause).__mro__):
+        return None
+    chain, seen = [], set()
+    link: BaseException | None = cause
+    while link is not None and id(link) not in seen and len(chain) < 10:
+        seen.add(id(link))
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(link, socket.gaierror):
+            return f"the host name does not resolve: {link.strerror or link}"
+    return str(cause) or "connection failed"
 
 
 def status_reason(status: int) -> str:
@@ -100,6 +132,9 @@ def translate_sdk_error(sdk: Any, exc: Exception, service: str, key: str | None)
     if isinstance(exc, sdk.APITimeoutError):  # a subclass of APIConnectionError: test it first
         return TransientError("timeout", reason="timeout")
     if isinstance(exc, sdk.APIConnectionError):
+        why = connect_failure(exc)
+        if why is not None:
+            return UnreachableError(redact(why, key))
         return TransientError(f"connection error: {redact(str(exc), key)}", reason="connection")
     if isinstance(exc, sdk.APIStatusError):
         text = redact(f"HTTP {exc.status_code}: {exc.message}", key)[:500]
@@ -123,6 +158,7 @@ async def sdk_call(sdk: Any, call: Awaitable[Any], service: str, key: str | None
 class Backend:
     name: str = ""
     model: str = ""
+    url: str = ""  # where a remote backend sends its requests (for messages)
     local: bool = False          # local backends generate whole batches in-process (no retries, no cost)
     supports_batches: bool = False
 

@@ -40,6 +40,7 @@ class OpenAIBackend(Backend):
         self.model = model
         self._key = api_key
         self.base_url = base_url
+        self.url = base_url or "https://api.openai.com/v1"
         self.timeout_s = timeout_s
         self.response_format = response_format
         self._client: Any = None
