@@ -99,8 +99,12 @@ class NegativeSampler:
             raise ValueError("the official reading's sampler needs item groups")
         users, pos_items = users.long(), pos_items.long()
         g = self.item_group[pos_items]
-        easy = self._uniform(users, generator, lambda idx, items: self.item_group[items] == g[idx])
         size = self.group_ptr[g + 1] - self.group_ptr[g]
+        # a group holding every item leaves no easy negative: such a row takes a plain non-positive at once
+        # (the authors' loop would never end there)
+        outside = size < self.n_items
+        easy = self._uniform(users, generator,
+                             lambda idx, items: (self.item_group[items] == g[idx]) & outside[idx])
         hard = torch.zeros_like(users)
         todo = size > 1
         for _ in range(11):  # one draw and 10 redraws

@@ -101,3 +101,10 @@ def test_the_official_batch_loss_is_bpr_easy_plus_w_h_bpr_hard_plus_cl_and_their
     assert torch.isclose(parts["rec"], rec) and torch.isclose(parts["reg"], reg)
     assert torch.isclose(parts["loss"], rec + 0.5 * reg)
     assert parts["hard"].item() == 0.5 and torch.isclose(parts["hard_loss"], 3.0 * bpr(hard) / rec)
+
+
+def test_when_one_group_holds_every_item_the_easy_negative_is_a_plain_non_positive():
+    one = NegativeSampler(1, 4, torch.tensor([0]), torch.tensor([1]), item_group=torch.zeros(4, dtype=torch.long))
+    easy, hard, from_group = one.sample_easy_hard(torch.zeros(500, dtype=torch.long), torch.ones(500, dtype=torch.long),
+                                                  torch.Generator().manual_seed(0))
+    assert set(easy.tolist()) == {0, 2, 3} and set(hard.tolist()) == {0, 2, 3} and bool(from_group.all())
