@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from prefect import flow
 from prefect.states import Failed
@@ -24,10 +25,10 @@ from flows.history import previous_run, record_run, what_changed
 from flows.interrupt import stop_cleanly_on_signals
 from flows.options import add_run_options, build_config
 from flows.publish import publish_artifacts
-from flows.runner import run_stages
+from flows.runner import prefect_home, run_stages
 from flows.summary import print_summary, product_lines
 from lagcl.data.readers import check_raw_files
-from lagcl.errors import LagclError
+from lagcl.errors import LagclError, storage_error
 from tasks.base import REPO_ROOT, make_plan
 
 
@@ -46,6 +47,11 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
                 done = run_stages(plan, from_stage)
     except LagclError as exc:
         return Failed(message=str(exc), data=exc)  # the flow run's message, without a traceback
+    except OSError as exc:
+        err = storage_error(exc, None, prefect_home())
+        if err is None:
+            raise
+        return Failed(message=str(err), data=err)
     changes = what_changed(plan, done, previous_run(plan))
     print_summary(plan, done)
     print("\n".join(changes))
@@ -73,6 +79,20 @@ def _local_server_settings() -> dict:
     return {}
 
 
+def check_prefect_home() -> None:
+    """Prefect keeps its database and the stages' task results in PREFECT_HOME: a home it cannot write makes its
+    temporary server fail to start and the run retry it for minutes; find out first, in one line."""
+    home = Path(prefect_home())
+    probe = home / f".lagcl-write-check-{os.getpid()}"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        exc.filename = exc.filename or str(home)
+        raise storage_error(exc, None, str(home)) or exc from None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -86,11 +106,18 @@ def run_from_args(args: argparse.Namespace) -> int:
             return dry_run(plan)
         from prefect.settings import temporary_settings
 
+        check_prefect_home()
         with temporary_settings(_local_server_settings()):
             lagcl_pipeline(data=args.data, engine=args.engine, model=args.model, rank=args.rank,
                            ablation=args.ablation, from_stage=args.from_stage, overrides=args.overrides)
     except LagclError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # before the flow (planning, the raw digests) or Prefect's own home
+        err = storage_error(exc, None, prefect_home())
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 

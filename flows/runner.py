@@ -15,7 +15,7 @@ from prefect.states import Failed
 
 from flows import interrupt
 from lagcl.artifacts import is_complete, read_manifest
-from lagcl.errors import LagclError
+from lagcl.errors import LagclError, storage_error
 from tasks.base import STAGES, Plan, StageRef
 
 
@@ -29,6 +29,13 @@ class _NoFailedStateEcho(logging.Filter):
 
 
 logging.getLogger("prefect.task_runs").addFilter(_NoFailedStateEcho())
+
+
+def prefect_home() -> str:
+    """Where Prefect keeps its database and task results (PREFECT_HOME): named when it cannot be written."""
+    from prefect.settings import PREFECT_HOME
+
+    return str(PREFECT_HOME.value())
 
 
 def _stage_key(context, parameters) -> str:  # Prefect cache_key_fn signature
@@ -47,6 +54,11 @@ def run_stage(stage: str, plan: Plan) -> StageRef:
         # a fault the user can fix (bad data, a locked stage): the task ends Failed with the one-line message
         # that `--dry-run` prints, and Prefect's engine logs no traceback for it (a returned state, not a raise)
         return Failed(message=str(exc), data=exc)
+    except OSError as exc:
+        err = storage_error(exc, plan.cfg.cache_dir, prefect_home())
+        if err is None:
+            raise
+        return Failed(message=str(err), data=err)  # a read-only or full cache: one line, as above
 
 
 def run_stages(plan: Plan, from_stage: str | None) -> dict[str, str]:

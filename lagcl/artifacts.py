@@ -8,6 +8,7 @@ and is never read. Long stages append numbered shards as work finishes and list 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -59,7 +60,15 @@ def write_parquet(df: pl.DataFrame, path: Path) -> None:
     """Write a Polars frame as zstd Parquet, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp, compression="zstd")
+    try:
+        df.write_parquet(tmp, compression="zstd")
+    except pl.exceptions.ComputeError as exc:
+        tmp.unlink(missing_ok=True)
+        # Polars reports a full disk as a ComputeError: raise the OSError it wraps (lagcl/errors.py storage_error)
+        for code, marker in ((errno.ENOSPC, "os error 28"), (errno.EDQUOT, "os error 122")):
+            if marker in str(exc):
+                raise OSError(code, os.strerror(code), str(path)) from None
+        raise
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import random
 import shutil
 import signal
@@ -127,22 +128,27 @@ class Runner:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def locked_inodes() -> set[int]:
-    """Inodes with a FLOCK held (any process), from /proc/locks: looking does not take the lock."""
+def held_flocks() -> set[tuple[int, int]]:
+    """(pid, inode) of every FLOCK held, from /proc/locks: looking does not take the lock."""
     out = set()
     for line in Path("/proc/locks").read_text().splitlines():
         parts = line.split()
         if len(parts) > 5 and parts[1] == "FLOCK":
-            out.add(int(parts[5].split(":")[-1]))
+            out.add((int(parts[4]), int(parts[5].split(":")[-1])))
     return out
 
 
 def running_stage(stage_dirs: dict[str, Path]) -> str | None:
-    held = locked_inodes()
+    """The stage whose lock a live run holds now. The lock must be held by the very process its `.lock` file
+    names (lagcl/artifacts.py writes it): an inode number alone can also match a lock held on another file
+    system (CI once saw a finished stage "running" that way, and the kill aimed at it landed two stages later)."""
+    held = held_flocks()
     for stage, path in stage_dirs.items():
         lock = path / ".lock"
         try:
-            if lock.stat().st_ino in held and not (path / MANIFEST).is_file():
+            holder = re.match(r"process (\d+)", lock.read_text())
+            if (holder and (int(holder.group(1)), lock.stat().st_ino) in held
+                    and not (path / MANIFEST).is_file()):
                 return stage
         except FileNotFoundError:
             continue
