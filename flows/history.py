@@ -1,8 +1,11 @@
-"""What changed since the previous finished run of the dataset (scheduled reruns, issue 14): `runs.jsonl` holds
-one line per finished flow run, its stage fingerprints and folders."""
+"""What changed since the previous finished run of the same configuration (scheduled reruns, issue 14):
+`runs.jsonl` holds one line per finished flow run of the dataset, its configuration key, stage fingerprints and
+folders. The same configuration is every setting but where the data and the cache are (`configuration_key`):
+a run of another backbone, engine or level set is not "the previous run", a rerun on new data is."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,18 +23,40 @@ def runs_path(plan: Plan) -> Path:
     return plan.store.root / plan.cfg.data.name / RUNS
 
 
+def configuration_key(plan: Plan) -> str:
+    """Every setting of the run but the data's files and the cache's place: equal for two runs of the same
+    backbone, engine, levels and settings, whatever the data they ran on."""
+    dump = plan.cfg.model_dump(mode="json")
+    dump.pop("cache_dir", None)
+    dump.pop("data", None)
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def configuration_label(plan: Plan) -> str:
+    cfg = plan.cfg
+    levels = [name for name, on in (("data", "augment" in plan.fingerprints), ("rank", cfg.rank.enabled),
+                                    ("rerank", "rerank" in plan.fingerprints)) if on]
+    return f"{cfg.gcl.backbone}, engine {cfg.engine.name}, levels {'+'.join(levels) or 'none'}"
+
+
 def previous_run(plan: Plan) -> dict | None:
+    """The newest finished run of this configuration (runs of other configurations are passed over)."""
     path = runs_path(plan)
     if not path.is_file():
         return None
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
+    key = configuration_key(plan)
+    for line in reversed([ln for ln in path.read_text().splitlines() if ln.strip()]):
+        entry = json.loads(line)
+        if entry.get("configuration") == key:
+            return entry
+    return None
 
 
 def record_run(plan: Plan, done: dict[str, str]) -> None:
     path = runs_path(plan)
     old = path.read_text() if path.is_file() else ""
     entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "configuration": configuration_key(plan), "label": configuration_label(plan),
              "fingerprints": {s: plan.fingerprints[s] for s in done}, "folders": done,
              "stage_finished_at": {s: (read_manifest(Path(p)) or {}).get("finished_at") for s, p in done.items()}}
     atomic_write_bytes(path, (old + json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -51,13 +76,14 @@ def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> lis
     users/items added, stages recomputed vs reused (Cached), LLM requests sent vs answered from the cache, and
     the headline metric deltas."""
     if previous is None:
-        return [f"what changed: first finished run of {plan.cfg.data.name} in {plan.store.root}"]
+        return [f"what changed: first finished run of {plan.cfg.data.name} with this configuration "
+                f"({configuration_label(plan)}) in {plan.store.root}"]
     before, stamps = previous.get("fingerprints", {}), previous.get("stage_finished_at", {})
     # reused: the same folder, not written again since (a Cached task whose folder had to be rebuilt is not)
     reused = [s for s in done if before.get(s) == plan.fingerprints[s]
               and (read_manifest(Path(done[s])) or {}).get("finished_at") == stamps.get(s)]
     recomputed = [s for s in done if s not in reused]
-    lines = [f"what changed since the run of {previous.get('finished_at')}: recomputed "
+    lines = [f"what changed since the previous run of this configuration ({previous.get('finished_at')}): recomputed "
              f"{', '.join(recomputed) or 'nothing'}; reused (Cached) {', '.join(reused) or 'nothing'}"]
     old_prep = Path(previous.get("folders", {}).get("prepare", ""))
     if "prepare" in recomputed and is_complete(old_prep, verify=False):

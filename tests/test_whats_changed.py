@@ -20,7 +20,7 @@ def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tm
     first = make_plan(config(tmp_path, raw))
     assert previous_run(first) is None
     done = {"prepare": prepare_stage.run(first).path}
-    assert what_changed(first, done, None) == [f"what changed: first finished run of my-csv in {tmp_path / 'cache'}"]
+    assert what_changed(first, done, None)[0].startswith("what changed: first finished run of my-csv with this configuration")
     record_run(first, done)
 
     # the same data again: everything reused
@@ -44,3 +44,18 @@ def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tm
     assert changed[1] == ("  data: 6 interactions added, 1 removed (a changed rating counts as both); users +1 new, "
                           "0 gone; items +0 new, 0 gone")
     assert changed[2] == "  LLM: 40 requests sent, 7 answered from the response cache (reused stages sent none)"
+
+
+def test_what_changed_compares_with_the_previous_run_of_the_same_configuration_only(tmp_path):
+    raw = tmp_path / "raw"
+    write_ratings(raw)
+    first = make_plan(config(tmp_path, raw))
+    record_run(first, {"prepare": prepare_stage.run(first).path})
+    other = make_plan(config(tmp_path, raw).model_copy(update={"seed": 7}))  # another configuration
+    assert previous_run(other) is None
+    first_line = what_changed(other, {"prepare": prepare_stage.run(other).path}, None)[0]
+    assert first_line.startswith("what changed: first finished run of my-csv with this configuration (")
+    record_run(other, {"prepare": prepare_stage.run(other).path})
+    again = make_plan(config(tmp_path, raw))
+    prev = previous_run(again)
+    assert prev["fingerprints"]["prepare"] == first.fingerprints["prepare"]  # not the seed-7 run recorded last
