@@ -61,7 +61,10 @@ def product_lines(plan: Plan, done: dict[str, str]) -> list[str]:
         return [f"output of the last stage ({last}): {_shown(Path(done[last]))}; try: make status"] if last else []
     rec = meta_of(ev).get("recommendations") or {}
     first = pl.read_parquet(table, columns=["user_raw"], n_rows=1)
-    lines = [f"recommendations: {_shown(table)} (top {rec.get('n', '?')} for each of {rec.get('users', 0):,} users)"]
+    left_out = {"rated": "rated items left out", "positives": "liked items left out"}.get(rec.get("exclude"))
+    protocol = f", {left_out}: the '{rec['protocol']}' protocol" if left_out else ""
+    lines = [f"recommendations: {_shown(table)} (top {rec.get('n', '?')} for each of {rec.get('users', 0):,} users"
+             f"{protocol})"]
     if first.height:
         lines[0] += f"; try: {recommend_command(plan, str(first['user_raw'][0]), min(10, int(rec.get('n') or 10)))}"
     return lines

@@ -514,7 +514,12 @@ class RecommendConfig(Section):
     """The `recommendations` table the evaluate stage leaves (the pipeline's product)."""
 
     n: int = Field(50, ge=1, description="recommendations per user (fewer where the CF list, gcl.topk_out long, "
-                   "holds fewer once the user's validation positives are removed)")
+                   "holds fewer once the excluded items are removed)")
+    exclude: Literal["rated", "positives"] = Field(
+        "rated", description="items never recommended to a user: rated = every item the user interacted with in "
+        "training and validation, liked or disliked (the 'dislikes masked' test protocol); positives = the "
+        "training and validation positives only (the 'all' protocol of the test metrics: a known dislike can "
+        "come back)")
 
 
 class PipelineConfig(Section):

@@ -3,9 +3,13 @@
 `recommendations` builds them from the same lists the evaluate stage scores (lagcl.rerank.fusion): for the
 users the reranker scored, when the run kept it, the fused ranking (eq. 19-21: C_u reordered by
 s_final, then the rest of the CF ranking); for every other user, and when the reranker was left out, the CF
-model's ranking. Known items are never recommended: training positives are masked in cf_topk already, and
-validation positives are removed here, exactly as the test metrics do, so the first 20 rows of each user
-reproduce the reported test Recall@20 / NDCG@20.
+model's ranking. Known items are never recommended (`recommend.exclude`): training positives are masked in
+cf_topk already, and here `rated` (the default) removes every other item the user interacted with in training
+and validation, liked or disliked, `positives` only the validation positives. Each setting masks exactly what
+one test protocol of the metrics masks (`PROTOCOL`; lagcl/train.py PROTOCOLS and split_sets): `rated` the
+"dislikes masked" protocol (training and validation positives and the training dislikes; every dislike
+carries split "train"), `positives` the "all" protocol. So the first 20 rows of each user reproduce the
+test Recall@20 / NDCG@20 of that protocol (the evaluate manifest's `recommendations` entry records it).
 
 Columns: `user`, `rank` (1 = best), `item`, `score` (s_final of eq. 19 where the fusion placed the item, the
 CF score otherwise), `user_raw` / `item_raw` (the dataset's own ids), `cf_rank` / `cf_score` (where the CF
@@ -18,13 +22,31 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from lagcl.artifacts import read_manifest, read_table
 from lagcl.errors import LagclError
-from lagcl.rerank.fusion import CandidateMatrix, fuse, ranked_lists, user_items
+from lagcl.evaluate import UserItems
+from lagcl.rerank.fusion import CandidateMatrix, fuse, ranked_lists
 
 SCHEMA = {"user": pl.Int32, "rank": pl.Int32, "item": pl.Int32, "score": pl.Float64, "user_raw": pl.String,
           "item_raw": pl.String, "cf_rank": pl.Int32, "cf_score": pl.Float64, "source": pl.String}
+
+# recommend.exclude -> the test protocol (lagcl/train.py PROTOCOLS) that masks the same items
+PROTOCOL = {"rated": "dislikes masked", "positives": "all"}
+
+
+def excluded_items(interactions: pl.DataFrame, exclude: str, n_users: int, n_items: int) -> UserItems:
+    """The items the table never recommends to each user: every training and validation interaction of either
+    sign for `rated`, their positives only for `positives`. At test time this is what the matching protocol
+    masks: training and validation positives, plus for "dislikes masked" the training dislikes."""
+    if exclude not in PROTOCOL:
+        raise ValueError(f"recommend.exclude {exclude!r}: rated or positives")
+    known = interactions.filter(pl.col("split").is_in(["train", "valid"]))
+    if exclude == "positives":
+        known = known.filter(pl.col("sign") > 0)
+    return UserItems.from_pairs(torch.from_numpy(known["user"].to_numpy().astype("int64")),
+                                torch.from_numpy(known["item"].to_numpy().astype("int64")), n_users, n_items)
 
 
 def _lists(mat: CandidateMatrix, alpha: float, tau: float, n: int, exclude) -> pl.DataFrame:
@@ -47,9 +69,9 @@ def _lists(mat: CandidateMatrix, alpha: float, tau: float, n: int, exclude) -> p
 
 def recommendations(cf_topk: pl.DataFrame, interactions: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame,
                     n: int, rerank_scores: pl.DataFrame | None = None, k: int = 0, alpha: float = 1.0,
-                    tau: float = 1.0, fused_users: list[int] | None = None) -> pl.DataFrame:
+                    tau: float = 1.0, fused_users: list[int] | None = None, exclude: str = "rated") -> pl.DataFrame:
     """Top-`n` per user of `users` (the prepare table: user, raw_id) from `cf_topk(user, item, score, rank)`
-    (fewer where the CF list holds fewer items once the user's validation positives are removed).
+    (fewer where the CF list holds fewer items once the `exclude` items, `excluded_items`, are removed).
     With `k` > 0 the users of `fused_users` get the fusion of eq. 19-21 with `rerank_scores`, at (alpha, tau)."""
     n_users, n_items = users.height, items.height
     all_users = users["user"].to_list()
@@ -58,14 +80,14 @@ def recommendations(cf_topk: pl.DataFrame, interactions: pl.DataFrame, users: pl
     if missing:
         raise LagclError(f"{len(missing)} user(s) have no CF ranking (e.g. user {missing[0]}); the gcl stage's "
                          "cf_topk must cover every user: rerun it with FROM=gcl")
-    exclude = user_items(interactions, "valid", n_users, n_items)
+    known = excluded_items(interactions, exclude, n_users, n_items)
     fused = sorted(set(fused_users or [])) if k else []
     parts = []
     if fused:
-        parts.append(_lists(CandidateMatrix.build(cf_topk, rerank_scores, k, fused), alpha, tau, n, exclude))
+        parts.append(_lists(CandidateMatrix.build(cf_topk, rerank_scores, k, fused), alpha, tau, n, known))
     rest = sorted(set(all_users) - set(fused))
     if rest:
-        parts.append(_lists(CandidateMatrix.build(cf_topk, None, 0, rest), 1.0, tau, n, exclude))
+        parts.append(_lists(CandidateMatrix.build(cf_topk, None, 0, rest), 1.0, tau, n, known))
     out = pl.concat(parts, how="vertical")
     cf = cf_topk.select(pl.col("user").cast(pl.Int64), pl.col("item").cast(pl.Int64),
                         pl.col("rank").cast(pl.Int32).alias("cf_rank"), pl.col("score").cast(pl.Float64)
@@ -130,8 +152,12 @@ def explain_user(folders: dict[str, Path], user_raw: str, n: int | None = None) 
     reasons = {} if item_profiles is None else dict(zip(item_profiles["item"].to_list(),
                                                         item_profiles["reasoning"].to_list()))
     cf_name = gcl_meta.get("variant") or "control"
+    # a table written before recommend.exclude existed left out the positives only
+    left_out = ("every item rated in training or validation left out" if
+                (ev_meta.get("recommendations") or {}).get("exclude", "positives") == "rated" else
+                "liked items left out, known dislikes may appear")
     lines.append(f"top {rec.height} ({ev_meta.get('headline_variant')}; CF model: {gcl_meta.get('backbone')} "
-                 f"'{cf_name}'):")
+                 f"'{cf_name}'; {left_out}):")
     for r in rec.iter_rows(named=True):
         if r["source"] == "rerank":
             where = f"reranker (eq. 21): CF rank {r['cf_rank']} -> {r['rank']}"

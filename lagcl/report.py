@@ -82,6 +82,13 @@ def report_markdown(cfg, meta: dict, metrics: pl.DataFrame, grid: pl.DataFrame |
     lines += ["", f"Headline ({meta['headline_variant']}): test Recall@20 {meta['test_recall@20']:.4f}, "
               f"NDCG@20 {meta['test_ndcg@20']:.4f} (CF alone {meta['cf_test_recall@20']:.4f} / "
               f"{meta['cf_test_ndcg@20']:.4f})."]
+    rec = meta.get("recommendations") or {}
+    if "protocol" in rec:
+        left_out = ("every item the user rated in training or validation, liked or disliked"
+                    if rec["exclude"] == "rated" else "the user's training and validation positives only")
+        lines += ["", f"The `recommendations` table (top {rec['n']}, recommend.exclude = {rec['exclude']}) leaves out "
+                  f"{left_out}: the `{rec['protocol']}` protocol, under which its first 20 rows give test Recall@20 "
+                  f"{rec['test_recall@20']:.4f}, NDCG@20 {rec['test_ndcg@20']:.4f}."]
     if grid is not None:
         lines += ["", f"Grid search on validation (held-out users): alpha = {meta['alpha']:g}, tau = {meta['tau']:g} "
                   f"(configured: alpha = {meta['config_alpha']:g}, tau = {meta['config_tau']:g})."]

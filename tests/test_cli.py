@@ -127,7 +127,8 @@ def test_a_finished_run_ends_naming_its_recommendations_and_a_recommend_command_
     done = {s: str(plan.ref(s).path) for s in ("prepare", "profiles", "gcl")} | {"evaluate": str(ev)}
     [line] = product_lines(plan, done)
     head, command = line.split("; try: ")
-    assert head == f"recommendations: {ev / 'recommendations.parquet'} (top 20 for each of {N_USERS} users)"
+    assert head == (f"recommendations: {ev / 'recommendations.parquet'} (top 20 for each of {N_USERS} users, "
+                    "rated items left out: the 'dislikes masked' protocol)")
     # the fixture's run turned stages off with --set: the command says its settings are needed too
     assert command == ("make recommend USER=U0 N=10 OVERRIDES=cache_dir=" + str(tmp_path / "cache") + " (with this "
                        "run's other settings in RERANKER= / OVERRIDES=)")

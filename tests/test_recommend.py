@@ -1,5 +1,6 @@
-"""The `recommendations` table: top-N per user from the ranking the run chose, known items excluded, original
-ids beside the internal ones, and its top-20 reproduces the test Recall@20 / NDCG@20 the run reports."""
+"""The `recommendations` table: top-N per user from the ranking the run chose, every item the user rated left out
+(recommend.exclude), original ids beside the internal ones, and its top-20 reproduces the test Recall@20 / NDCG@20
+of the protocol that masks the same items."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import torch
 
 from lagcl.artifacts import read_manifest, read_table
 from lagcl.config import load_config
-from lagcl.evaluate import UserItems, metrics_from_ranked
-from lagcl.recommend import recommendations
+from lagcl.evaluate import UserItems, evaluate, metrics_from_ranked, rank_topk
+from lagcl.recommend import PROTOCOL, excluded_items, recommendations
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, user_items
+from lagcl.train import PROTOCOLS, build_train_data, split_sets
 from flows import cli
 from tasks import evaluate as evaluate_stage
 from tasks.base import make_plan
@@ -41,7 +43,12 @@ def fake_rerank_scores(cf: pl.DataFrame, k: int, seed: int = 3) -> pl.DataFrame:
         pl.Series("score", np.random.default_rng(seed).normal(size=top.height)))
 
 
-def test_every_user_gets_n_items_without_known_ones_and_with_original_ids():
+def rated(inter: pl.DataFrame) -> set[tuple[int, int]]:
+    """(user, item) of every training and validation interaction, liked or disliked."""
+    return set(inter.filter(pl.col("split").is_in(["train", "valid"])).select("user", "item").rows())
+
+
+def test_every_user_gets_n_items_without_rated_ones_and_with_original_ids():
     inter, users, items = dataset()
     cf = popularity_topk(inter, 25)
     rec = recommendations(cf, inter, users.with_columns(raw_id=pl.format("U{}", "raw_id")),
@@ -51,10 +58,8 @@ def test_every_user_gets_n_items_without_known_ones_and_with_original_ids():
     assert rec.group_by("user").len()["len"].to_list() == [10] * N_USERS
     assert rec["user_raw"].to_list() == [f"U{u}" for u in rec["user"]]
     assert rec["item_raw"].to_list() == [f"I{i}" for i in rec["item"]]
-    known = set(inter.filter(pl.col("split").is_in(["train", "valid"]) & (pl.col("sign") > 0))
-                .select("user", "item").rows())
-    assert not known & set(rec.select("user", "item").rows())
-    # without a reranker the list is the CF ranking with validation positives removed
+    assert not rated(inter) & set(rec.select("user", "item").rows())
+    # without a reranker the list is the CF ranking with the rated items removed
     assert (rec["source"] == "cf").all() and (rec["score"] == rec["cf_score"]).all()
     u0 = rec.filter(pl.col("user") == 0)
     assert u0["cf_rank"].is_sorted() and u0["rank"].to_list() == list(range(1, 11))
@@ -68,8 +73,9 @@ def test_fused_users_follow_eq_21_and_reproduce_the_fusion_metrics_exactly():
     rec = recommendations(cf, inter, users, items, n=20, rerank_scores=scores, k=5, alpha=0.3, tau=0.5,
                           fused_users=fused_users)
     mat = CandidateMatrix.build(cf, scores, 5, fused_users)
+    # every item the user rated left out: the 'dislikes masked' protocol, as the table's default
     expected = fusion_metrics(mat, 0.3, 0.5, user_items(inter, "test", N_USERS, N_ITEMS),
-                              user_items(inter, "valid", N_USERS, N_ITEMS), [20])
+                              excluded_items(inter, "rated", N_USERS, N_ITEMS), [20])
     got = reported_metrics(rec, inter, fused_users)
     assert got[("recall", 20)] == expected[("recall", 20)] and got[("ndcg", 20)] == expected[("ndcg", 20)]
     fused = rec.filter(pl.col("user").is_in(fused_users))
@@ -80,13 +86,78 @@ def test_fused_users_follow_eq_21_and_reproduce_the_fusion_metrics_exactly():
     assert (rec.filter(~pl.col("user").is_in(fused_users))["source"] == "cf").all()
 
 
-def test_n_beyond_the_cf_list_gives_what_the_list_holds_without_the_validation_positives():
+def test_n_beyond_the_cf_list_gives_what_the_list_holds_without_the_excluded_items():
     inter, users, items = dataset()
-    rec = recommendations(popularity_topk(inter, 12), inter, users, items, n=50)
-    valid = inter.filter((pl.col("split") == "valid") & (pl.col("sign") > 0))
-    cf = popularity_topk(inter, 12).join(valid.select("user", "item"), on=["user", "item"], how="anti")
-    assert dict(rec.group_by("user").len().iter_rows()) == dict(cf.group_by("user").len().iter_rows())
-    assert rec.group_by("user").agg(pl.col("rank").max() == pl.len())["rank"].all()
+    for exclude, known in (("rated", pl.col("split").is_in(["train", "valid"])),
+                           ("positives", (pl.col("split") == "valid") & (pl.col("sign") > 0))):
+        rec = recommendations(popularity_topk(inter, 12), inter, users, items, n=50, exclude=exclude)
+        cf = popularity_topk(inter, 12).join(inter.filter(known).select("user", "item"), on=["user", "item"],
+                                             how="anti")
+        assert dict(rec.group_by("user").len().iter_rows()) == dict(cf.group_by("user").len().iter_rows())
+        assert rec.group_by("user").agg(pl.col("rank").max() == pl.len())["rank"].all()
+
+
+def one_user_with_a_dislike_the_model_ranks_first():
+    """User 0 liked items 0-2 in training, liked item 3 in validation, disliked item 4 in training; item 5 is
+    the test positive. The CF list (training positives masked) puts the dislike first, then 3, 5, 6, 7."""
+    inter = pl.DataFrame({"user": [0] * 6, "item": [0, 1, 2, 3, 4, 5], "rating": [5.0, 4, 5, 4, 1, 5],
+                          "timestamp": list(range(6)), "sign": [1, 1, 1, 1, -1, 1],
+                          "split": ["train", "train", "train", "valid", "train", "test"]},
+                         schema_overrides={"user": pl.Int32, "item": pl.Int32, "sign": pl.Int8})
+    users = pl.DataFrame({"user": [0], "raw_id": ["196"]}, schema_overrides={"user": pl.Int32})
+    items = pl.DataFrame({"item": list(range(8)), "raw_id": [f"i{i}" for i in range(8)]},
+                         schema_overrides={"item": pl.Int32})
+    cf = pl.DataFrame({"user": [0] * 5, "item": [4, 3, 5, 6, 7], "score": [9.0, 8, 7, 6, 5], "rank": [1, 2, 3, 4, 5]},
+                      schema_overrides={"user": pl.Int32, "item": pl.Int32, "rank": pl.Int32})
+    return inter, users, items, cf
+
+
+def test_a_training_dislike_the_model_ranks_first_is_not_recommended_by_default():
+    inter, users, items, cf = one_user_with_a_dislike_the_model_ranks_first()
+    rec = recommendations(cf, inter, users, items, n=3)
+    assert load_config().recommend.exclude == "rated"
+    assert rec["item"].to_list() == [5, 6, 7] and rec["rank"].to_list() == [1, 2, 3]
+    assert rec["cf_rank"].to_list() == [3, 4, 5]
+
+
+def test_with_exclude_positives_the_dislike_comes_back_and_only_liked_items_are_left_out():
+    inter, users, items, cf = one_user_with_a_dislike_the_model_ranks_first()
+    rec = recommendations(cf, inter, users, items, n=3, exclude="positives")
+    assert rec["item"].to_list() == [4, 5, 6]
+    assert rec.row(0, named=True)["item_raw"] == "i4" and rec.row(0, named=True)["cf_rank"] == 1
+
+
+def test_each_setting_names_the_test_protocol_that_masks_the_same_items():
+    inter, _, _, _ = one_user_with_a_dislike_the_model_ranks_first()
+    data = build_train_data(inter, 1, 8)
+    for exclude, protocol in PROTOCOL.items():
+        _, masked = split_sets(data, "test", PROTOCOLS[protocol])
+        assert excluded_items(inter, exclude, 1, 8).dense(torch.tensor([0])).tolist() == \
+            masked.dense(torch.tensor([0])).tolist()
+    assert excluded_items(inter, "rated", 1, 8).indices.tolist() == [0, 1, 2, 3, 4]
+    assert excluded_items(inter, "positives", 1, 8).indices.tolist() == [0, 1, 2, 3]
+
+
+def test_the_tables_top_20_gives_the_test_metrics_of_the_protocol_its_setting_names():
+    inter, users, items = dataset()
+    data = build_train_data(inter, N_USERS, N_ITEMS)
+    scores = torch.from_numpy(np.random.default_rng(5).normal(size=(N_USERS, N_ITEMS))).float()
+    neg = inter.filter(pl.col("sign") < 0)
+    scores[torch.tensor(neg["user"].to_list()), torch.tensor(neg["item"].to_list())] += 2.0  # a model that likes what the users disliked
+    every = torch.arange(N_USERS)
+    top, top_scores = rank_topk(lambda u: scores[u], every, N_ITEMS - 6, data.train_pos)  # 6 training positives each
+    cf = pl.DataFrame({"user": every.repeat_interleave(top.shape[1]).numpy(), "item": top.flatten().numpy(),
+                       "score": top_scores.flatten().double().numpy(),
+                       "rank": torch.arange(1, top.shape[1] + 1).repeat(N_USERS).numpy()},
+                      schema_overrides={"user": pl.Int32, "item": pl.Int32, "rank": pl.Int32})
+    got = {}
+    for exclude, protocol in PROTOCOL.items():
+        rec = recommendations(cf, inter, users, items, n=20, exclude=exclude)
+        _, masked = split_sets(data, "test", PROTOCOLS[protocol])
+        expected = evaluate(lambda u: scores[u], data.test, masked, (20,))
+        got[exclude] = reported_metrics(rec, inter, list(range(N_USERS)))
+        assert got[exclude] == pytest.approx(expected, abs=1e-12)
+    assert got["rated"][("recall", 20)] > got["positives"][("recall", 20)]  # the dislikes took test slots
 
 
 def finished_run(tmp_path, *extra: str):
@@ -112,14 +183,40 @@ def finished_run(tmp_path, *extra: str):
     return plan, inter, Path(evaluate_stage.run(plan).path)
 
 
-def test_the_evaluate_stage_leaves_recommendations_whose_top_20_gives_the_reported_metrics(tmp_path):
+def test_the_evaluate_stage_leaves_recommendations_whose_top_20_gives_the_metrics_of_its_protocol(tmp_path):
     plan, inter, ev = finished_run(tmp_path)
     meta = read_manifest(ev)["meta"]
     rec = read_table(ev, "recommendations")
-    assert meta["recommendations"] == {"n": 20, "users": N_USERS, "rows": 20 * N_USERS, "ranking": "cf"}
+    assert not rated(inter) & set(rec.select("user", "item").rows())
+    table = meta["recommendations"]
+    assert {k: table[k] for k in ("n", "users", "rows", "ranking", "exclude", "protocol")} == {
+        "n": 20, "users": N_USERS, "rows": rec.height, "ranking": "cf", "exclude": "rated",
+        "protocol": "dislikes masked"}
     assert meta["fingerprints"] == plan.fingerprints
     got = reported_metrics(rec, inter, list(range(N_USERS)))
-    assert got[("recall", 20)] == meta["test_recall@20"] and got[("ndcg", 20)] == meta["test_ndcg@20"]
+    assert got[("recall", 20)] == table["test_recall@20"] and got[("ndcg", 20)] == table["test_ndcg@20"]
+    assert table["test_recall@20"] > meta["test_recall@20"]  # the 'all' headline ranks the dislikes too
+    assert "recommend.exclude = rated) leaves out every item the user rated" in (ev / "report.md").read_text()
+
+
+def test_with_exclude_positives_the_table_gives_the_headline_metrics_of_the_all_protocol(tmp_path):
+    plan, inter, ev = finished_run(tmp_path, "recommend.exclude=positives")
+    meta = read_manifest(ev)["meta"]
+    rec = read_table(ev, "recommendations")
+    assert (meta["recommendations"]["exclude"], meta["recommendations"]["protocol"]) == ("positives", "all")
+    assert rec.height == 20 * N_USERS
+    got = reported_metrics(rec, inter, list(range(N_USERS)))
+    assert got[("recall", 20)] == meta["test_recall@20"] == meta["recommendations"]["test_recall@20"]
+    assert got[("ndcg", 20)] == meta["test_ndcg@20"] == meta["recommendations"]["test_ndcg@20"]
+    disliked = set(inter.filter(pl.col("sign") < 0).select("user", "item").rows())
+    assert disliked & set(rec.select("user", "item").rows())
+
+
+def test_changing_recommend_exclude_recomputes_the_evaluate_stage_only():
+    rated_plan = make_plan(load_config(overrides=["recommend.exclude=rated"]))
+    positives_plan = make_plan(load_config(overrides=["recommend.exclude=positives"]))
+    changed = {s for s, fp in rated_plan.fingerprints.items() if positives_plan.fingerprints[s] != fp}
+    assert changed == {"evaluate"}
 
 
 def test_lagcl_recommend_prints_the_profile_and_the_top_n_with_titles_and_levels(tmp_path, capsys):
@@ -131,6 +228,7 @@ def test_lagcl_recommend_prints_the_profile_and_the_top_n_with_titles_and_levels
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("user U3 (internal 3): age 30, gender F, occupation writer")
     assert "  profile: likes quiet dramas" in out and "  profile reasoning: rated every drama 5" in out
+    assert "top 3 (cf; CF model: popularity 'control'; every item rated in training or validation left out):" in out
     first = rec.row(0, named=True)
     line = next(x for x in out if x.startswith("    1. "))
     assert line == (f"    1. movie {first['item']} [{first['item_raw']}] score {first['score']:.4f}; placed by CF "

@@ -140,15 +140,18 @@ def test_rerank_then_evaluate_reports_cf_and_fused_side_by_side(plan):
     assert "| cf | 1.00 |" in report and "metrics.png" in report
     assert (ev / "metrics.png").stat().st_size > 1000 and (ev / "grid.png").is_file()
     assert json.loads((rr / "reranker" / "model" / "done.json").read_text())["pairs"] == train.height
-    # the run's product: recommendations from the ranking it chose, whose top-20 gives exactly the headline
+    # the run's product: recommendations from the ranking it chose, every rated item left out, whose top-20
+    # gives exactly the headline under the protocol that masks the same items ('dislikes masked')
     rec = read_table(ev, "recommendations")
+    table = em["recommendations"]
+    assert (table["exclude"], table["protocol"]) == ("rated", "dislikes masked")
     assert sorted(rec["user"].unique().to_list()) == list(range(N_USERS))
     assert set(rec["source"].unique()) == ({"cf", "rerank"} if em["rerank_level"] else {"cf"})
     lists = [(rec.filter(pl.col("user") == u).sort("rank")["item"].to_list() + [N_ITEMS] * 20)[:20]
              for u in range(N_USERS)]
     got = metrics_from_ranked(torch.tensor(lists), torch.arange(N_USERS),
                               UserItems(test.indptr, test.indices, N_ITEMS + 1), (20,))
-    assert got == {("recall", 20): em["test_recall@20"], ("ndcg", 20): em["test_ndcg@20"]}
+    assert got == {("recall", 20): table["test_recall@20"], ("ndcg", 20): table["test_ndcg@20"]}
 
     # other fusion settings are another rerank fingerprint, but the reranker and its scores are reused
     plan.cfg.rerank.alpha = 0.2

@@ -17,7 +17,7 @@ from lagcl.augment import cold_warm
 from lagcl.config import Config, GateConfig
 from lagcl.evaluate import UserItems
 from lagcl.gate import Step, above_noise, beats, gain
-from lagcl.recommend import recommendations
+from lagcl.recommend import PROTOCOL, excluded_items, recommendations
 from lagcl.report import grid_plot, metrics_plot, protocols_markdown, report_markdown
 from lagcl.rerank.fusion import CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search, user_items
 from lagcl.stats import format_p, mark, paired_users
@@ -72,7 +72,8 @@ def evaluate(sd: StageDir, cfg: Config, x: EvaluateInputs, fingerprints: dict[st
     head, step = rerank_step(cfg, x, scope, variants, per_user, metrics)
     # the run's product: top-N per user from the ranking chosen above (fused where the reranker was kept)
     rec = recommendations(x.cf_topk, x.interactions, x.users, x.items, cfg.recommend.n, x.scores,
-                          scope.k if head != "cf" else 0, variants[head][0], variants[head][1], scope.users)
+                          scope.k if head != "cf" else 0, variants[head][0], variants[head][1], scope.users,
+                          cfg.recommend.exclude)
     sd.write_table("recommendations", rec)
     meta = evaluate_meta(cfg, x, scope, variants, metrics, head, step, rec, fingerprints)
     write_report(sd, cfg, x, meta, metrics, grid)
@@ -195,8 +196,21 @@ def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varian
             "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
             "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20"),
             "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
-                                "ranking": head},
+                                "ranking": head, **table_protocol(cfg, x, scope, variants, head)},
             "fingerprints": dict(fingerprints)}  # the run's stage folders, for `lagcl recommend`
+
+
+def table_protocol(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants, head: str) -> dict:
+    """Which items the `recommendations` table leaves out (recommend.exclude), the test protocol that masks the
+    same ones, and the headline ranking's test Recall/NDCG@20 of the evaluated users under it: what the
+    table's first 20 rows per user reproduce (under `positives` the headline's own test_recall@20 / ndcg@20)."""
+    exclude = cfg.recommend.exclude
+    known = excluded_items(x.interactions, exclude, x.users.height, x.items.height)
+    alpha, tau = variants[head]
+    m = fusion_metrics(CandidateMatrix.build(x.cf_topk, x.scores, scope.k if head != "cf" else 0, scope.users),
+                       alpha, tau, scope.truth["test"], known, [20])
+    return {"exclude": exclude, "protocol": PROTOCOL[exclude], "test_recall@20": m[("recall", 20)],
+            "test_ndcg@20": m[("ndcg", 20)]}
 
 
 def rerank_meta(x: EvaluateInputs) -> dict:
