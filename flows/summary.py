@@ -34,10 +34,8 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
     if "evaluate" in done:
         e = EvaluateMeta.of(meta_of(done["evaluate"]))
         h = e.headline
-        print(f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 "
-              f"{e.cf_test_recall:.4f} NDCG@20 {e.cf_test_ndcg:.4f}; {h.variant} (alpha "
-              f"{e.alpha}, tau {e.tau}) Recall@20 {h.test_recall:.4f} NDCG@20 {h.test_ndcg:.4f}; "
-              f"report: {Path(done['evaluate']) / 'report.md'}")
+        for line in evaluate_lines(e, Path(done["evaluate"])):
+            print(line)
     chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
     if chain_from:
         m = meta_of(done[chain_from])
@@ -49,6 +47,20 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def evaluate_lines(e: EvaluateMeta, folder: Path) -> list[str]:
+    """The evaluate stage's headline: CF beside the ranking chosen, with where its alpha/tau come from (the
+    fallback CF alone when the reranker was left out) and the metrics reranking cannot move."""
+    h = e.headline
+    how = f"fallback: {e.fallback}" if e.fallback else f"alpha {e.alpha:g}, tau {e.tau:g}"
+    lines = [f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 {e.cf_test_recall:.4f} "
+             f"NDCG@20 {e.cf_test_ndcg:.4f}; headline {h.variant} ({how}) Recall@20 {h.test_recall:.4f} NDCG@20 "
+             f"{h.test_ndcg:.4f}; report: {folder / 'report.md'}"]
+    if e.cannot_move:
+        lines.append(f"  {', '.join(m.replace('recall', 'Recall') for m in e.cannot_move)} cannot move: only the top "
+                     f"{e.candidates} CF candidates are reranked (rerank.candidates)")
+    return lines
 
 
 def product_lines(plan: Plan, done: dict[str, str]) -> list[str]:
