@@ -179,7 +179,8 @@ def chain_plot(levels: list[dict], path: Path, dataset: str, meta: dict | None =
         ax.set_xlim(-0.5, len(points) - 0.1)
         ax.set_ylim(lo_all - pad, hi_all + pad)
         ax.set_title(f"{dataset} test {title} along the chain", fontsize=10)
-    axes[0].legend(fontsize=8, loc="lower left")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="lower left")
     notes = ["bars: 95% interval of the step's paired test difference against the control (bootstrap over users), "
              "drawn around its value; filled: kept on validation; hollow: turned down; dashed: the control"]
     if cannot_move_text(meta):
