@@ -38,15 +38,19 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
             print(line)
     chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
     if chain_from:
-        m = meta_of(done[chain_from])
-        print("what each level bought (vs the control; kept only when it beats the step before it on validation):")
-        print("\n".join(format_chain(m.get("levels", []), final_row(m))))
+        print("\n".join(chain_lines(meta_of(done[chain_from]))))
     for line in llm_lines(done):
         print(line)
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def chain_lines(meta: dict) -> list[str]:
+    """The chain as a run's summary prints it (README quotes it: scripts/readme_blocks.py)."""
+    return ["what each level bought (vs the control; kept only when it beats the step before it on validation):",
+            *format_chain(meta.get("levels", []), final_row(meta))]
 
 
 def evaluate_lines(e: EvaluateMeta, folder: Path) -> list[str]:
@@ -56,7 +60,7 @@ def evaluate_lines(e: EvaluateMeta, folder: Path) -> list[str]:
     how = f"fallback: {e.fallback}" if e.fallback else f"alpha {e.alpha:g}, tau {e.tau:g}"
     lines = [f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 {e.cf_test_recall:.4f} "
              f"NDCG@20 {e.cf_test_ndcg:.4f}; headline {h.variant} ({how}) Recall@20 {h.test_recall:.4f} NDCG@20 "
-             f"{h.test_ndcg:.4f}; report: {folder / 'report.md'}"]
+             f"{h.test_ndcg:.4f}; report: {_shown(folder / 'report.md')}"]
     if e.cannot_move:
         lines.append(f"  {', '.join(m.replace('recall', 'Recall') for m in e.cannot_move)} cannot move: only the top "
                      f"{e.candidates} CF candidates are reranked (rerank.candidates)")
