@@ -206,9 +206,11 @@ def comparison_rows(store) -> list[dict[str, object]]:
             continue
         control = h.control_test_recall
         tried = list(e.get("levels") or [])
+        gcl = e.get("folders", {}).get("gcl")
+        groups = str(meta_of(gcl).get("groups") or "").split(" ")[0] if gcl and "rank" in tried else ""
         rows.append({
             "backbone": e.get("backbone") or h.backbone, "engine": e.get("engine") or "?",
-            "levels": "+".join(tried) or "none", "tried": tried, "settings": " ".join(e.get("settings") or []),
+            "levels": "+".join(tried) or "none", "tried": tried, "groups": groups, "settings": " ".join(e.get("settings") or []),
             "control": control, **{lv: step_cell(h.levels, lv, tried, control) for lv in LEVELS},
             "recall@20": h.test_recall, "ndcg@20": h.test_ndcg,
             "vs_control": (h.test_recall - control) / control if control else None,
@@ -231,14 +233,14 @@ def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
             "final = the levels kept; p of the paired test over users, * < 0.05, ** < 0.01):")
     if not rows:
         return head + "\n  none recorded yet (runs.jsonl is written when a `make pipeline` run finishes)"
-    lines = [head, f"  {'backbone':<16} {'engine':<12} {'levels tried':<17} {'control':>7} {'+ data':<18} "
+    lines = [head, f"  {'backbone':<16} {'engine':<12} {'levels tried':<17} {'groups':<8} {'control':>7} {'+ data':<18} "
              f"{'+ rank':<18} {'+ rerank':<18} {'Recall@20':>9} {'NDCG@20':>8} {'vs ctrl':>9} {'p':>7} {'runs':>4}  "
              "folder under cache/<dataset>  settings"]
     for r in rows:
         p = r.get("p")
         vs = (f"{r['vs_control']:+.1%}" + (mark(p) if p is not None else "")) if r["vs_control"] is not None else "-"
         ctrl = f"{r['control']:.4f}" if r.get("control") is not None else "-"
-        lines.append(f"  {r['backbone']!s:<16} {r['engine']!s:<12} {r['levels']:<17} {ctrl:>7} {r['data']:<18} "
+        lines.append(f"  {r['backbone']!s:<16} {r['engine']!s:<12} {r['levels']:<17} {r.get('groups', ''):<8} {ctrl:>7} {r['data']:<18} "
                      f"{r['rank']:<18} {r['rerank']:<18} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>9} "
                      f"{format_p(p):>7} {r['runs']:>4}  {r['folder']}  {r['settings']}".rstrip())
     return "\n".join(lines)
