@@ -86,7 +86,8 @@ def chain_block(run: Run) -> str:
     verdict = f"keeps {' and '.join(kept)}" if kept else "keeps no level"
     summary = evaluate_lines(EvaluateMeta.of(ev), Path(run.folders["evaluate"]))
     return "\n".join([f"The default `make pipeline` (LightGCN, offline engine, ML-100K) {verdict}, and says why "
-                      "(regenerated from a run by `make readme`):", "", "```", *summary, *chain_lines(ev), "```"])
+                      "(regenerated from a run by `make readme`):", "", "```",
+                      *(line.rstrip() for line in (*summary, *chain_lines(ev))), "```"])
 
 
 def precision_block(run: Run) -> str:
