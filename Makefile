@@ -35,7 +35,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: ui-deps setup pipeline status compare recommend server deploy test test-slow bench bench-gcl bench-gcl-ttb bench-pipeline \
+.PHONY: ui-deps setup pipeline status compare readme recommend server deploy test test-slow bench bench-gcl bench-gcl-ttb bench-pipeline \
 	bench-official \
 	clean-venv \
 	setup-dgl test-dgl bench-graph
@@ -72,9 +72,16 @@ deploy: setup
 status: setup
 	$(PY) -m flows.cli status $(CONFIG_ARGS)
 
-# Table 2 / Table 3 view: every finished run of $(DATA) side by side (levels on, test Recall/NDCG@20)
+# Table 2 / Table 3 view: one row per configuration of $(DATA) (its latest finished run), ordered by backbone,
+# engine, levels tried and settings, each step of the chain kept / turned down / not trained
 compare: setup
 	$(PY) -m flows.cli compare --data $(DATA) $(foreach o,$(OVERRIDES),--set $(o))
+
+# README's blocks that quote a run (<!-- BEGIN:name --> ... <!-- END:name -->), rewritten from the latest finished
+# `make pipeline` run of the default configuration and from conf/schedules.yaml (scripts/readme_blocks.py);
+# README_CHECK=1 only checks them (exit 1 when one would change)
+readme: setup
+	$(PY) -m scripts.readme_blocks $(if $(README_CHECK),--check) $(foreach o,$(OVERRIDES),--set $(o))
 
 # The paper's Table 2 (each of MODELS: base and with the levels) and Table 3 (MODEL: control, without each
 # level, all) over SEEDS training seeds, with intervals and paired tests (docs/statistics.md); Markdown, CSV

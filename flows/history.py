@@ -39,6 +39,40 @@ def configuration_label(plan: Plan) -> str:
     return f"{cfg.gcl.backbone}, engine {cfg.engine.name}, levels {'+'.join(levels) or 'none'}"
 
 
+def configuration_levels(plan: Plan) -> list[str]:
+    """The levels this configuration tries, in the chain's order (what `make compare` groups and sorts by)."""
+    return [name for name, on in (("data", "augment" in plan.fingerprints), ("rank", plan.cfg.rank.enabled),
+                                  ("rerank", "rerank" in plan.fingerprints)) if on]
+
+
+def configuration_settings(plan: Plan) -> list[str]:
+    """The settings in which this configuration differs from its engine's and backbone's files
+    (`key=value`, dotted), e.g. `rank.enabled=False` for RANK=off; the data's files and the cache's place are
+    not settings of a configuration."""
+    from lagcl.config import load_config
+    from lagcl.errors import LagclError
+
+    cfg = plan.cfg
+    try:
+        base = load_config(engine=cfg.engine.name, model=cfg.gcl.backbone).model_dump(mode="json")
+    except (LagclError, OSError):
+        return []
+
+    def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    now, then = (flat({k: v for k, v in d.items() if k not in ("data", "cache_dir")})
+                 for d in (cfg.model_dump(mode="json"), base))
+    return [f"{k}={json.dumps(now[k]) if not isinstance(now[k], str) else now[k]}" for k in sorted(now)
+            if now[k] != then.get(k)]
+
+
 def previous_run(plan: Plan) -> dict | None:
     """The newest finished run of this configuration (runs of other configurations are passed over)."""
     path = runs_path(plan)
@@ -57,6 +91,8 @@ def record_run(plan: Plan, done: dict[str, str]) -> None:
     old = path.read_text() if path.is_file() else ""
     entry = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "configuration": configuration_key(plan), "label": configuration_label(plan),
+             "backbone": plan.cfg.gcl.backbone, "engine": plan.cfg.engine.name, "levels": configuration_levels(plan),
+             "settings": configuration_settings(plan),
              "fingerprints": {s: plan.fingerprints[s] for s in done}, "folders": done,
              "stage_finished_at": {s: (read_manifest(Path(p)) or {}).get("finished_at") for s, p in done.items()}}
     atomic_write_bytes(path, (old + json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -106,3 +142,35 @@ def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> lis
         lines.append("  metrics (test): " + ", ".join(
             f"{k} {a[k]:.4f} ({a[k] - b[k]:+.4f})" for k in ("test_recall@20", "test_ndcg@20") if k in a and k in b))
     return lines
+
+
+def latest_runs(store) -> list[dict]:
+    """One entry of `runs.jsonl` per configuration: the latest finished run whose stage folders are still
+    complete, with `runs` (how many finished runs of that configuration the file holds). Entries written before
+    runs recorded their backbone, engine and levels get them from their label."""
+    path = store.root / store.dataset / RUNS
+    if not path.is_file():
+        return []
+    entries = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    latest: dict[str, dict] = {}
+    counts: dict[str, int] = {}
+    for e in entries:
+        key = e.get("configuration")
+        counts[key] = counts.get(key, 0) + 1
+        folders = e.get("folders") or {}
+        last = next((folders[s] for s in ("evaluate", "gcl", "control") if s in folders), None)
+        if last is not None and is_complete(Path(last), verify=False):
+            latest[key] = {**_from_label(e), **e, "last_folder": last}
+    return [{**e, "runs": counts[k]} for k, e in latest.items()]
+
+
+def _from_label(entry: dict) -> dict:
+    """backbone, engine and levels from a label `lightgcn, engine embedding, levels data+rank+rerank`."""
+    parts = [p.strip() for p in str(entry.get("label", "")).split(",")]
+    out = {"backbone": parts[0] if parts else None, "engine": None, "levels": [], "settings": []}
+    for p in parts[1:]:
+        if p.startswith("engine "):
+            out["engine"] = p[len("engine "):]
+        elif p.startswith("levels "):
+            out["levels"] = [x for x in p[len("levels "):].split("+") if x != "none"]
+    return out

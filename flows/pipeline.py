@@ -53,10 +53,10 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
             raise
         return Failed(message=str(err), data=err)
     changes = what_changed(plan, done, previous_run(plan))
+    record_run(plan, done)  # before the summary, whose comparison of configurations shows this run
     print_summary(plan, done)
     print("\n".join(changes))
     publish_artifacts(plan, done, changes)
-    record_run(plan, done)
     print("\n".join(product_lines(plan, done)))  # last: where the product is and the command that shows it
     return done
 

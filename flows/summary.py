@@ -34,21 +34,37 @@ def print_summary(plan: Plan, done: dict[str, str]) -> None:
     if "evaluate" in done:
         e = EvaluateMeta.of(meta_of(done["evaluate"]))
         h = e.headline
-        print(f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 "
-              f"{e.cf_test_recall:.4f} NDCG@20 {e.cf_test_ndcg:.4f}; {h.variant} (alpha "
-              f"{e.alpha}, tau {e.tau}) Recall@20 {h.test_recall:.4f} NDCG@20 {h.test_ndcg:.4f}; "
-              f"report: {Path(done['evaluate']) / 'report.md'}")
+        for line in evaluate_lines(e, Path(done["evaluate"])):
+            print(line)
     chain_from = "evaluate" if "evaluate" in done else ("gcl" if "gcl" in done else None)
     if chain_from:
-        m = meta_of(done[chain_from])
-        print("what each level bought (vs the control; kept only when it beats the step before it on validation):")
-        print("\n".join(format_chain(m.get("levels", []), final_row(m))))
+        print("\n".join(chain_lines(meta_of(done[chain_from]))))
     for line in llm_lines(done):
         print(line)
     for stage, path in done.items():
         print(f"  {stage:<9} {path}")
     if "gcl" in done:
         print(format_comparison(comparison_rows(plan.store), plan.cfg.data.name))
+
+
+def chain_lines(meta: dict) -> list[str]:
+    """The chain as a run's summary prints it (README quotes it: scripts/readme_blocks.py)."""
+    return ["what each level bought (vs the control; kept only when it beats the step before it on validation):",
+            *format_chain(meta.get("levels", []), final_row(meta))]
+
+
+def evaluate_lines(e: EvaluateMeta, folder: Path) -> list[str]:
+    """The evaluate stage's headline: CF beside the ranking chosen, with where its alpha/tau come from (the
+    fallback CF alone when the reranker was left out) and the metrics reranking cannot move."""
+    h = e.headline
+    how = f"fallback: {e.fallback}" if e.fallback else f"alpha {e.alpha:g}, tau {e.tau:g}"
+    lines = [f"evaluate ({e.users:,} users, |C_u| = {e.candidates}): CF test Recall@20 {e.cf_test_recall:.4f} "
+             f"NDCG@20 {e.cf_test_ndcg:.4f}; headline {h.variant} ({how}) Recall@20 {h.test_recall:.4f} NDCG@20 "
+             f"{h.test_ndcg:.4f}; report: {_shown(folder / 'report.md')}"]
+    if e.cannot_move:
+        lines.append(f"  {', '.join(m.replace('recall', 'Recall') for m in e.cannot_move)} cannot move: only the top "
+                     f"{e.candidates} CF candidates are reranked (rerank.candidates)")
+    return lines
 
 
 def product_lines(plan: Plan, done: dict[str, str]) -> list[str]:
@@ -151,29 +167,57 @@ def final_row(meta: dict) -> dict:
     return row
 
 
+LEVELS = ("data", "rank", "rerank")  # the chain's order after the control
+
+
+def levels_order(levels: list[str]) -> tuple:
+    """Configurations by the levels they try: fewer first, then in the chain's order (none, data, rank, rerank,
+    data+rank, data+rerank, rank+rerank, data+rank+rerank)."""
+    return (len(levels), [LEVELS.index(x) for x in levels if x in LEVELS])
+
+
+def step_cell(levels: list[dict], level: str, tried: list[str], control: float | None) -> str:
+    """One chain step of a run as `make compare` shows it: `kept` or `turned down` with its test Recall@20 change
+    against the control, `not trained` (e.g. the data level's precision check), or `-` where the configuration
+    does not try the level."""
+    rows = [r for r in levels if r.get("level") == level]
+    if level not in tried or not rows:
+        return "-"
+    r = rows[-1]  # the step the gate judged (earlier rows of a level are the strengths it lost to)
+    if not r.get("trained") or r.get("test_recall@20") is None:
+        return "not trained"
+    change = f" {(r['test_recall@20'] - control) / control:+.1%}" if control else ""
+    return ("kept" if r.get("kept") else "turned down") + change + mark(r.get("test_recall@20_p"))
+
+
 def comparison_rows(store) -> list[dict[str, object]]:
-    """Table 2 / Table 3 view: every finished control (no level), gcl run (levels kept on validation) and
-    evaluate run (CF + reranker when kept) of a dataset in the artifact store, with which levels it kept and
-    its test change against its own control."""
+    """Table 2 / Table 3 view: one row per configuration of the dataset (its latest finished run in
+    `runs.jsonl`, flows/history.py; repeated runs of a configuration are one row, `runs` counts them), sorted by
+    backbone, engine, the levels it tries (`levels_order`) and its other settings. Each row shows every step of
+    its chain, kept, turned down or not trained, and the run's final test numbers against its control."""
+    from flows.history import latest_runs
+
     rows = []
-    for stage in ("control", "gcl", "evaluate"):
-        for folder in store.iter_stage_dirs(stage):
-            h = Headline.of(stage, meta_of(folder))
-            if h is None:
-                continue
-            on = lambda v: "?" if v is None else ("on" if v else "off")  # noqa: E731
-            control = h.control_test_recall
-            rows.append({
-                "stage": stage, "backbone": h.backbone, "data": on(h.data_level), "rank": on(h.rank_level),
-                "rerank": on(h.rerank_level) if stage == "evaluate" else "off",
-                "groups": str(h.groups or "").split(" ")[0] if stage == "gcl" else "",
-                "recall@20": h.test_recall, "ndcg@20": h.test_ndcg,
-                "vs_control": (h.test_recall - control) / control if control else None,
-                "p": last_kept_p(h.levels) if stage != "control" else None,
-                "folder": folder.name,
-            })
-    return sorted(rows, key=lambda r: (str(r["backbone"]), r["stage"] != "control", r["data"], r["rank"],
-                                       r["rerank"], r["folder"]))
+    for e in latest_runs(store):
+        meta = meta_of(e["last_folder"])
+        stage = Path(e["last_folder"]).parent.name
+        h = Headline.of(stage, meta)
+        if h is None:
+            continue
+        control = h.control_test_recall
+        tried = list(e.get("levels") or [])
+        gcl = e.get("folders", {}).get("gcl")
+        groups = str(meta_of(gcl).get("groups") or "").split(" ")[0] if gcl and "rank" in tried else ""
+        rows.append({
+            "backbone": e.get("backbone") or h.backbone, "engine": e.get("engine") or "?",
+            "levels": "+".join(tried) or "none", "tried": tried, "groups": groups, "settings": " ".join(e.get("settings") or []),
+            "control": control, **{lv: step_cell(h.levels, lv, tried, control) for lv in LEVELS},
+            "recall@20": h.test_recall, "ndcg@20": h.test_ndcg,
+            "vs_control": (h.test_recall - control) / control if control else None,
+            "p": last_kept_p(h.levels) if stage != "control" else None,
+            "runs": e.get("runs", 1), "finished_at": e.get("finished_at"), "folder": f"{stage}/{Path(e['last_folder']).name}",
+        })
+    return sorted(rows, key=lambda r: (str(r["backbone"]), str(r["engine"]), levels_order(r["tried"]), r["settings"]))
 
 
 def last_kept_p(levels: list[dict]) -> float | None:
@@ -184,14 +228,19 @@ def last_kept_p(levels: list[dict]) -> float | None:
 
 
 def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:
-    lines = [f"finished runs of {dataset} in the store (test, all-rank; levels = those kept on validation; "
-             "R@20 change against the backbone's control, p of the paired test over users, * < 0.05, ** < 0.01):",
-             f"  {'backbone':<9} {'stage':<8} {'data':<5} {'rank':<5} {'groups':<10} {'rerank':<6} {'Recall@20':>9} "
-             f"{'NDCG@20':>8} {'vs ctrl':>10} {'p':>7}  folder under cache/<dataset>/<stage>"]
+    head = (f"finished configurations of {dataset} (one row each: its latest finished run; test, all-rank; each "
+            "step kept or turned down on validation, with its test R@20 change against the backbone's control; "
+            "final = the levels kept; p of the paired test over users, * < 0.05, ** < 0.01):")
+    if not rows:
+        return head + "\n  none recorded yet (runs.jsonl is written when a `make pipeline` run finishes)"
+    lines = [head, f"  {'backbone':<16} {'engine':<12} {'levels tried':<17} {'groups':<8} {'control':>7} {'+ data':<18} "
+             f"{'+ rank':<18} {'+ rerank':<18} {'Recall@20':>9} {'NDCG@20':>8} {'vs ctrl':>9} {'p':>7} {'runs':>4}  "
+             "folder under cache/<dataset>  settings"]
     for r in rows:
         p = r.get("p")
         vs = (f"{r['vs_control']:+.1%}" + (mark(p) if p is not None else "")) if r["vs_control"] is not None else "-"
-        lines.append(f"  {r['backbone']!s:<9} {r['stage']:<8} {r['data']:<5} {r['rank']:<5} {r['groups']:<10} "
-                     f"{r['rerank']:<6} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>10} {format_p(p):>7}  "
-                     f"{r['folder']}")
+        ctrl = f"{r['control']:.4f}" if r.get("control") is not None else "-"
+        lines.append(f"  {r['backbone']!s:<16} {r['engine']!s:<12} {r['levels']:<17} {r.get('groups', ''):<8} {ctrl:>7} {r['data']:<18} "
+                     f"{r['rank']:<18} {r['rerank']:<18} {r['recall@20']:>9.4f} {r['ndcg@20']:>8.4f} {vs:>9} "
+                     f"{format_p(p):>7} {r['runs']:>4}  {r['folder']}  {r['settings']}".rstrip())
     return "\n".join(lines)

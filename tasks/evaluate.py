@@ -27,6 +27,11 @@ def _build(plan: Plan, sd) -> dict:
 def _summary(meta: dict) -> None:
     for line in format_chain(meta["levels"]):
         log.info("evaluate chain:%s", line)
-    log.info("evaluate: %s test Recall@20 %.4f NDCG@20 %.4f (CF %.4f / %.4f) over %d users, alpha %.2f tau %.2f",
+    fusion = meta.get("fusion") or {}
+    log.info("evaluate: %s test Recall@20 %.4f NDCG@20 %.4f (CF %.4f / %.4f) over %d users, %s",
              meta["headline_variant"], meta["test_recall@20"], meta["test_ndcg@20"], meta["cf_test_recall@20"],
-             meta["cf_test_ndcg@20"], meta["users"], meta["alpha"], meta["tau"])
+             meta["cf_test_ndcg@20"], meta["users"], f"fallback {fusion['fallback']}" if fusion.get("fallback")
+             else f"alpha {meta['alpha']:.2f} tau {meta['tau']:g}")
+    if meta.get("cannot_move"):
+        log.info("evaluate: %s cannot move: only the top %d CF candidates are reranked",
+                 ", ".join(meta["cannot_move"]), meta["candidates"])

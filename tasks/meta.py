@@ -90,8 +90,11 @@ class EvaluateMeta:
     cf_test_ndcg: float
     alpha: float
     tau: float
+    fallback: str | None = None  # why the headline is CF alone (the reranker left out), None when it is the fusion
+    cannot_move: tuple[str, ...] = ()  # the metrics reranking |C_u| candidates cannot change ("recall@20", ...)
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> "EvaluateMeta":
         return cls(Headline.of("evaluate", meta), meta["users"], meta["candidates"], meta["cf_test_recall@20"],
-                   meta["cf_test_ndcg@20"], meta["alpha"], meta["tau"])
+                   meta["cf_test_ndcg@20"], meta["alpha"], meta["tau"], (meta.get("fusion") or {}).get("fallback"),
+                   tuple(meta.get("cannot_move") or ()))

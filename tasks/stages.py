@@ -144,7 +144,8 @@ class StageSpec:
 # control 2 / gcl 3: per-user tables and the gate's noise rule, lagcl/stats.py; evaluate 3: the
 # `recommendations` table; augment 3: candidate samples keyed by raw ids, stable when items are added; groups 3:
 # the `group_members` table, each member's profile digest, what groups.incremental compares against; evaluate 4:
-# the `recommendations` table leaves out the items of recommend.exclude, by default every rated one)
+# the `recommendations` table leaves out the items of recommend.exclude, by default every rated one; evaluate 5:
+# chain.png, the meta's `fusion` (the headline's alpha/tau or its fallback) and `cannot_move`)
 STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("prepare", "tasks.prepare:run", ("data",), "1", extras=(raw_digest,),
               writes=("interactions", "users", "items"), meta=PrepareMeta),
@@ -184,7 +185,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
                      "augment": ("augmented",), "gcl": ("cf_topk",)},
               writes=("rerank_users", "rerank_train", "rerank_scores"), extras=(train_seed,),
               timing="stage_seconds"),
-    StageSpec("evaluate", "tasks.evaluate:run", ("evaluate", "rerank", "gate", "recommend"), "4",
+    StageSpec("evaluate", "tasks.evaluate:run", ("evaluate", "rerank", "gate", "recommend"), "5",
               requires={"gcl": "needs the gcl stage's cf_topk"}, optional=("control", "rerank"),
               reads={"prepare": ("interactions", "users", "items"), "control": ("per_user",),
                      "gcl": ("cf_topk", "metrics"), "rerank": ("rerank_scores", "rerank_users")},

@@ -137,8 +137,13 @@ def test_rerank_then_evaluate_reports_cf_and_fused_side_by_side(plan):
         assert "with p < 0.05" in step["reason"]
     assert read_table(ev, "grid").height == 3
     report = (ev / "report.md").read_text()
-    assert "| cf | 1.00 |" in report and "metrics.png" in report
+    # the reranker was left out: the headline is the CF fallback, and the report says so beside the grid's choice
+    assert "| **cf** (headline, fallback) | 1.00 | - |" in report and "metrics.png" in report
+    assert em["fusion"]["fallback"].startswith("CF alone") and em["fusion"]["chosen_by"].startswith("grid search")
+    assert f"alpha = {em['fusion']['alpha']:g}, tau = {em['fusion']['tau']:g}, chosen by the grid search" in report
+    assert em["cannot_move"] == [f"recall@{n}" for n in (10, 20, 50) if n >= K]
     assert (ev / "metrics.png").stat().st_size > 1000 and (ev / "grid.png").is_file()
+    assert (ev / "chain.png").stat().st_size > 1000 and "![chain.png](chain.png)" in report
     assert json.loads((rr / "reranker" / "model" / "done.json").read_text())["pairs"] == train.height
     # the run's product: recommendations from the ranking it chose, every rated item left out, whose top-20
     # gives exactly the headline under the protocol that masks the same items ('dislikes masked')

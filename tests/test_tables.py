@@ -60,10 +60,12 @@ def test_table_rows_give_the_control_no_test_and_a_variant_its_difference_over_s
 def test_compare_prints_the_p_value_and_the_mark_beside_each_gain():
     from flows.summary import format_comparison
 
-    rows = [{"stage": "control", "backbone": "lightgcn", "data": "off", "rank": "off", "rerank": "off", "groups": "",
-             "recall@20": 0.30, "ndcg@20": 0.25, "vs_control": 0.0, "p": None, "folder": "a"},
-            {"stage": "gcl", "backbone": "lightgcn", "data": "on", "rank": "off", "rerank": "off", "groups": "g",
-             "recall@20": 0.33, "ndcg@20": 0.27, "vs_control": 0.1, "p": 0.004, "folder": "b"}]
+    common = {"backbone": "lightgcn", "engine": "embedding", "settings": "", "control": 0.30, "rerank": "-",
+              "runs": 1, "folder": "gcl/a"}
+    rows = [{**common, "levels": "none", "tried": [], "data": "-", "rank": "-", "recall@20": 0.30, "ndcg@20": 0.25,
+             "vs_control": 0.0, "p": None},
+            {**common, "levels": "data", "tried": ["data"], "data": "kept +10.0%**", "rank": "-", "recall@20": 0.33,
+             "ndcg@20": 0.27, "vs_control": 0.1, "p": 0.004}]
     lines = format_comparison(rows, "toy").splitlines()
     assert "+10.0%**" in lines[3] and "0.004" in lines[3]
-    assert "+0.0%" in lines[2] and lines[2].split()[-2] == "-"
+    assert "+0.0%" in lines[2] and lines[2].split()[-3] == "-"

@@ -165,3 +165,14 @@ def user_items(interactions: pl.DataFrame, split: str, n_users: int, n_items: in
     pos = interactions.filter((pl.col("split") == split) & (pl.col("sign") > 0))
     return UserItems.from_pairs(torch.from_numpy(pos["user"].to_numpy().astype("int64")),
                                 torch.from_numpy(pos["item"].to_numpy().astype("int64")), n_users, n_items)
+
+
+def metrics_fusion_cannot_move(k: int, ks: Iterable[int]) -> list[tuple[str, int]]:
+    """The metrics that no fusion of the first `k` CF items can change: Recall@N for every N >= k (k > 0).
+
+    Eq. 21 permutes C_u, the first k columns of the CF ranking, and leaves every later item where CF put it;
+    removing excluded items (validation positives when testing) removes the same items from both lists. So the
+    first N items of any fused list, N >= k, are the same *set* as CF's first N, and Recall@N (which counts the
+    truth items in that set) equals CF's for every user. NDCG@N still moves (the order inside C_u changes), as
+    does Recall@N for N < k. With k = 0 (no reranker scores) nothing is fused and the list is CF's."""
+    return [("recall", n) for n in sorted(set(ks)) if k > 0 and n >= k]

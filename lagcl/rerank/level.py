@@ -18,8 +18,9 @@ from lagcl.config import Config, GateConfig
 from lagcl.evaluate import UserItems
 from lagcl.gate import Step, above_noise, beats, gain
 from lagcl.recommend import PROTOCOL, excluded_items, recommendations
-from lagcl.report import grid_plot, metrics_plot, protocols_markdown, report_markdown
-from lagcl.rerank.fusion import CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search, user_items
+from lagcl.report import chain_plot, grid_plot, metrics_plot, protocols_markdown, report_markdown
+from lagcl.rerank.fusion import (CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search,
+                                 metrics_fusion_cannot_move, user_items)
 from lagcl.stats import format_p, mark, paired_users
 
 
@@ -185,7 +186,9 @@ def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varian
 
     rc, gcl_meta = cfg.rerank, x.gcl_meta
     return {"headline_variant": head, "candidates": scope.k, "alpha": variants[head][0], "tau": variants[head][1],
-            "config_alpha": rc.alpha, "config_tau": rc.tau, "users": len(scope.users),
+            "config_alpha": rc.alpha, "config_tau": rc.tau, "fusion": fusion_choice(variants, head, step),
+            "cannot_move": [f"{m}@{kk}" for m, kk in metrics_fusion_cannot_move(scope.k, scope.ks)],
+            "users": len(scope.users),
             "holdout_users": len(scope.holdout),
             "test_recall@20": val(head, "test", "recall"), "test_ndcg@20": val(head, "test", "ndcg"),
             "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
@@ -198,6 +201,22 @@ def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varian
             "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
                                 "ranking": head, **table_protocol(cfg, x, scope, variants, head)},
             "fingerprints": dict(fingerprints)}  # the run's stage folders, for `lagcl recommend`
+
+
+def fusion_choice(variants: Variants, head: str, step: Step) -> dict:
+    """Where the headline's (alpha, tau) come from: the fusion the rerank step judged (`variant`, its alpha and
+    tau, `chosen_by` the grid search or the configuration) and whether the headline is it or the fallback, CF
+    alone (alpha = 1: eq. 19 gives the reranker no weight, so tau changes nothing), with the reason."""
+    fused = step.variant if step.trained else None
+    out = {"variant": fused, "alpha": variants[fused][0] if fused else None,
+           "tau": variants[fused][1] if fused else None,
+           "chosen_by": ("grid search on the held-out users' validation NDCG@20" if fused == "cf+rerank (tuned)"
+                         else "configuration (rerank.alpha, rerank.tau)" if fused else None),
+           "kept": head != "cf", "fallback": None}
+    if head == "cf":
+        why = ("the reranker was left out by the validation gate" if fused else step.reason)
+        out["fallback"] = (f"CF alone (alpha = 1, tau has no effect): {why}")
+    return out
 
 
 def table_protocol(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants, head: str) -> dict:
@@ -219,9 +238,10 @@ def rerank_meta(x: EvaluateInputs) -> dict:
 
 def write_report(sd: StageDir, cfg: Config, x: EvaluateInputs, meta: dict, metrics: pl.DataFrame,
                  grid: pl.DataFrame | None) -> None:
-    plots = [metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name)]
+    plots = [chain_plot(meta["levels"], sd.file_path("chain.png"), cfg.data.name, meta),
+             metrics_plot(metrics, sd.file_path("metrics.png"), cfg.data.name, meta)]
     if grid is not None:
-        plots.append(grid_plot(grid, sd.file_path("grid.png")))
+        plots.append(grid_plot(grid, sd.file_path("grid.png"), meta))
     report = report_markdown(cfg, meta, metrics, grid, x.gcl_meta, rerank_meta(x), [p.name for p in plots])
     if x.gcl_metrics is not None:
         report += protocols_markdown(x.gcl_metrics, x.gcl_meta.get("variant"))
