@@ -163,6 +163,12 @@ class LLMConfig(Section):
         "paper", description="scoring prompts: the paper's (full item profiles, a reason per score) or compact "
                              "(one-line item cards, scores only, compact_items_per_call candidates per call)")
     compact_items_per_call: int = Field(64, ge=1, description="compact style: candidates per scoring call")
+    schema_max_chars: int | None = Field(
+        None, ge=16, json_schema_extra=HASHED_WHEN_SET,
+        description="bound every string of the reply schemas sent for constrained decoding at this many characters "
+                    "(JSON-schema maxLength, which llama.cpp's and vLLM's grammars enforce): a small model that "
+                    "repeats itself inside a string is made to close it instead of running into max_tokens; only "
+                    "the schema sent changes, replies are validated as before. null: no bound")
     compact_summary_words: int = Field(20, ge=1, description="compact style: words of the item profile per card")
     reuse_pair_scores: bool = Field(
         True, description="augment (eq. 2-3): reuse the validated score of every (user profile, item profile, "

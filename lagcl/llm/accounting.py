@@ -159,6 +159,7 @@ class OpStats:
     cache_read_tokens: int = 0   # prompt tokens served from the provider's prompt cache (cheaper)
     cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic: dearer than plain input)
     failed: int = 0        # no answer after retries (not cached; a rerun sends them again)
+    no_reply: dict[str, int] = field(default_factory=dict)  # `failed` by reason (backends.base.NO_REPLY_REASONS)
     http_calls: int = 0    # calls that reached the provider (every attempt; batch submits, polls, fetches)
     # retries by reason: 429, 5xx, timeout, connection, invalid_reply (a 200 whose body cannot be read),
     # other (408/409), repair (a reply that could not be used, asked again once with its problems)
@@ -253,10 +254,11 @@ class Accounting:
         with self._lock:
             self._op(operation).cached += n
 
-    def record_failure(self, operation: str, attempts: int) -> None:
+    def record_failure(self, operation: str, attempts: int, reason: str) -> None:
         with self._lock:
             s = self._op(operation)
             s.failed += 1
+            s.no_reply[reason] = s.no_reply.get(reason, 0) + 1
             s.attempts += attempts
 
     def totals(self) -> OpStats:

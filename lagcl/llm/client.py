@@ -212,7 +212,7 @@ class LLMClient:
                     retry_after = getattr(exc, "retry_after", None)
                     reason = str(exc) or f"no answer within engine.timeout_s={self.timeout_s}s"
                     if attempt > self.retry.max_retries:
-                        self.accounting.record_failure(req.operation, attempt)
+                        self.accounting.record_failure(req.operation, attempt, "gave_up")
                         log.warning("request failed after %d attempts: %s", attempt, reason)
                         return LLMResponse(error=f"gave up after {attempt} attempts: {reason}", attempts=attempt)
                     delay = self.retry.delay(attempt - 1, retry_after)
@@ -223,7 +223,7 @@ class LLMClient:
                     continue
                 except PermanentError as exc:
                     self._heard_from_server()
-                    self.accounting.record_failure(req.operation, attempt)
+                    self.accounting.record_failure(req.operation, attempt, exc.reason)
                     log.warning("request rejected: %s", exc)
                     return LLMResponse(error=f"rejected: {exc}", attempts=attempt)
                 self._heard_from_server()
@@ -319,7 +319,7 @@ class LLMClient:
                 self.cache.put(key, backend.name, backend.model, result, cost, ledger=self.accounting.budget.ledger)
                 out[key] = _response(result, cost, cached=False, attempts=1)
             else:  # errored / expired / canceled: not cached, the next run submits it again
-                self.accounting.record_failure(req.operation, 1)
+                self.accounting.record_failure(req.operation, 1, "errored")
                 out[key] = LLMResponse(error=f"batch request failed: {result}", attempts=1)
         self.cache.finish_batch(batch_id)
         return out
@@ -358,7 +358,7 @@ class LLMClient:
                                    ledger=self.accounting.budget.ledger)
                     out[key] = _response(result, cost, cached=False, attempts=1)
                 else:
-                    self.accounting.record_failure(req.operation, 1)
+                    self.accounting.record_failure(req.operation, 1, "generation_error")
                     out[key] = LLMResponse(error=f"generation failed: {result}", attempts=1)
         return out
 

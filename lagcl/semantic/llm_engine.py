@@ -43,6 +43,8 @@ class LLMUsage(Usage):
     retries: dict[str, int] = field(default_factory=dict)
     retry_wait_s: float = 0.0
     invalid_replies: dict[str, int] = field(default_factory=dict)
+    no_reply: dict[str, int] = field(default_factory=dict)  # requests without any reply, by reason (`failed` is
+    # the semantic results recorded as failed after repair, these among them)
     estimated_input_tokens: int = 0
     estimated_output_tokens: int = 0
     cache_read_tokens: int = 0   # of input_tokens: read from the provider's prompt cache
@@ -62,7 +64,8 @@ class LLMEngine(EngineDefaults):
         self.domain = domain
         self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend, budget=budget)
         self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature,
-                               style=llm.prompt_style, summary_words=llm.compact_summary_words)
+                               style=llm.prompt_style, summary_words=llm.compact_summary_words,
+                               schema_max_chars=llm.schema_max_chars)
         # compact style: consecutive score requests of one user and polarity share a call, up to this many items
         self.items_per_call = llm.compact_items_per_call if llm.prompt_style == "compact" else 0
         self.repair = llm.repair
@@ -259,6 +262,7 @@ class LLMEngine(EngineDefaults):
                         output_tokens=t.output_tokens, cost_usd=t.cost_usd, failed=self.failed,
                         http_calls=t.http_calls, retries=dict(sorted(t.retries.items())),
                         retry_wait_s=round(t.retry_wait_s, 3), invalid_replies=dict(sorted(t.invalid_replies.items())),
+                        no_reply=dict(sorted(t.no_reply.items())),
                         estimated_input_tokens=t.estimated_input_tokens,
                         estimated_output_tokens=t.estimated_output_tokens,
                         cache_read_tokens=t.cache_read_tokens, cache_write_tokens=t.cache_write_tokens,

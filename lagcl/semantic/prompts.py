@@ -89,11 +89,13 @@ class Prompts:
     """Renders conf/prompts/<name>.j2 (blocks `system` and `user`) into LLM requests."""
 
     def __init__(self, domain: str = "item", prompt_dir: str | Path | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.0, style: PromptStyle = "paper", summary_words: int = 20) -> None:
+                 temperature: float = 0.0, style: PromptStyle = "paper", summary_words: int = 20,
+                 schema_max_chars: int | None = None) -> None:
         if style not in ("paper", "compact"):
             raise ValueError(f"llm.prompt_style must be 'paper' or 'compact', got {style!r}")
         self.style = style
         self.summary_words = summary_words
+        self.schema_max_chars = schema_max_chars
         self.d = domain_words(domain)
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -113,6 +115,8 @@ class Prompts:
     def _request(self, name: str, operation: str, schema: dict[str, Any], max_tokens: int | None = None,
                  **ctx: Any) -> LLMRequest:
         system, user = self.render(name, **ctx)
+        if self.schema_max_chars is not None:
+            schema = bounded_strings(schema, self.schema_max_chars)
         return LLMRequest.single(system, user, max_tokens=max_tokens or self.max_tokens,
                                  temperature=self.temperature, json_schema=schema, operation=operation)
 
@@ -303,6 +307,18 @@ def _schema_json(operation: str, *keys: str) -> str:
     model = {"profile": profile_reply, "score": score_reply, "compact_score": compact_score_reply,
              "partition": lambda: PartitionReply, "similarity": lambda: SimilarityReply}[operation](*keys)
     return json.dumps(reply_schema(model))
+
+
+def bounded_strings(schema: Any, max_chars: int) -> Any:
+    """`schema` with `maxLength: max_chars` on every string (llm.schema_max_chars): a copy, the input untouched."""
+    if isinstance(schema, list):
+        return [bounded_strings(v, max_chars) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_strings(v, max_chars) for k, v in schema.items()}
+    if out.get("type") == "string":
+        out["maxLength"] = max_chars
+    return out
 
 
 def profile_schema(id_key: str) -> dict[str, Any]:

@@ -70,8 +70,21 @@ def status_reason(status: int) -> str:
     return "timeout" if status == 408 else "other"
 
 
+# why a request got no reply at all (accounting `no_reply`): a 4xx other than 429 ("rejected"), a prompt longer
+# than the model's context ("context_exceeded"), retries used up ("gave_up"), a local generation error
+# ("generation_error"), a batch request the provider answered with an error ("errored")
+NO_REPLY_REASONS = ("rejected", "context_exceeded", "gave_up", "generation_error", "errored")
+
+
 class PermanentError(Exception):
-    """This request cannot succeed as sent (400, 404, 413, content refused): recorded as failed."""
+    """This request cannot succeed as sent (400, 404, 413, content refused): recorded as failed. `body`: the
+    server's error object where it sent one (backends read server-specific causes from it); `reason`: one of
+    NO_REPLY_REASONS."""
+
+    def __init__(self, message: str, body: Any = None, reason: str = "rejected") -> None:
+        super().__init__(message)
+        self.body = body
+        self.reason = reason
 
 
 def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
@@ -141,7 +154,7 @@ def translate_sdk_error(sdk: Any, exc: Exception, service: str, key: str | None)
         # 529 = overloaded; 408/409 = request timeout / conflict, both documented as retryable
         if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
             return TransientError(text, parse_retry_after(exc.response.headers), status_reason(exc.status_code))
-        return PermanentError(text)
+        return PermanentError(text, body=getattr(exc, "body", None))
     return exc
 
 

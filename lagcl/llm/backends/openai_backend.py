@@ -16,7 +16,7 @@ import json
 from typing import Any, Sequence
 
 from lagcl.errors import LLMError
-from lagcl.llm.backends.base import Backend, TransientError, sdk_call
+from lagcl.llm.backends.base import Backend, PermanentError, TransientError, sdk_call
 from lagcl.llm.types import Completion, LLMRequest
 
 RESPONSE_FORMATS = ("json_object", "json_schema", "none")
@@ -76,7 +76,34 @@ class OpenAIBackend(Backend):
     async def _call(self, coro: Any) -> Any:
         import openai
 
-        return await sdk_call(openai, coro, f"the server at {self.base_url or 'api.openai.com'}", self._key)
+        try:
+            return await sdk_call(openai, coro, f"the server at {self.url}", self._key)
+        except PermanentError as exc:
+            raise self.rejection(exc) from None
+
+    def rejection(self, exc: PermanentError) -> Exception:
+        """A 4xx the server explained: a prompt longer than the model's context fails that request with its own
+        reason and the settings that fix it; a reply format the server cannot apply would fail every request
+        alike, so it stops the stage (LLMError) naming engine.extra.response_format. Any other: as it came."""
+        body = exc.body if isinstance(exc.body, dict) else {}
+        kind = f"{body.get('type', '')} {body.get('code', '')}".lower()
+        text = str(body.get("message") or exc)
+        low = text.lower()
+        # llama.cpp: type exceed_context_size_error; OpenAI: code context_length_exceeded; vLLM: "maximum context length"
+        if "exceed_context_size" in kind or "context_length_exceeded" in kind or "context size" in low \
+                or "context length" in low:
+            return PermanentError(
+                f"the prompt does not fit the model's context ({text[:200]}): serve it with a longer context "
+                f"(llama-server --ctx-size, shared by its --parallel slots: make llm-server LLM_CTX=...; vLLM "
+                f"--max-model-len) or send shorter prompts (groups.batch_size, augment.items_per_call)",
+                body=exc.body, reason="context_exceeded")
+        if self.response_format != "none" and ("response_format" in low or "json schema" in low
+                                                or "json_schema" in low or "grammar" in low):
+            return LLMError(
+                f"the server at {self.url} cannot apply engine.extra.response_format={self.response_format} "
+                f"({text[:300]}); set engine.extra.response_format=json_object (JSON without a schema) or none "
+                f"(no constraint: replies are parsed and repaired as they come)")
+        return exc
 
     async def complete(self, request: LLMRequest) -> Completion:
         reply = await self._call(self._client.chat.completions.create(**self.build(request)))
