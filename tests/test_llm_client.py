@@ -376,3 +376,50 @@ def test_several_processes_can_write_the_same_cache_at_once(tmp_path):
     assert cache.get_many(["key-449"])["key-449"][0].text == "text 449"
     mode = sqlite3.connect(cache.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+# llama.cpp's server answers a prompt longer than its context with this 400 (tools/server/server-common.cpp)
+LLAMA_CONTEXT_ERROR = ('{"error": {"code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": 5000, '
+                       '"n_ctx": 4096, "message": "request (5000 tokens) exceeds the available context size '
+                       '(4096 tokens), try increasing it"}}')
+
+
+def test_a_prompt_longer_than_the_servers_context_fails_that_request_naming_the_settings_that_fix_it(
+        server, tmp_path):
+    server.script = [Status(400, body=LLAMA_CONTEXT_ERROR)]
+    client = make_client(engine(server), LLMConfig(), tmp_path)
+
+    [too_long] = client.generate_sync(requests(1))
+    [fits] = client.generate_sync(requests(2)[1:])
+
+    assert not too_long.ok and fits.ok
+    assert "does not fit the model's context" in too_long.error and "LLM_CTX" in too_long.error
+    assert "augment.items_per_call" in too_long.error and "5000 tokens" in too_long.error
+    totals = client.accounting.totals()
+    assert totals.failed == 1 and totals.no_reply == {"context_exceeded": 1}
+    assert len(server.model_calls()) == 2  # not retried: the same prompt cannot fit on a second try
+
+
+def test_a_reply_schema_the_server_cannot_compile_stops_the_stage_naming_the_response_format_setting(
+        server, tmp_path):
+    server.script = [Status(400, body='{"error": {"code": 400, "type": "invalid_request_error", '
+                                      '"message": "JSON schema conversion failed: unsupported keyword"}}')]
+    client = make_client(engine(server, extra={"response_format": "json_schema"}), LLMConfig(), tmp_path)
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+
+    with pytest.raises(LLMError) as err:
+        client.generate_sync([LLMRequest.single("JSON.", "q", max_tokens=50, json_schema=schema)])
+
+    assert "engine.extra.response_format=json_schema" in str(err.value)
+    assert "engine.extra.response_format=json_object" in str(err.value)
+
+
+def test_requests_without_a_reply_are_counted_by_reason(server, tmp_path):
+    server.script = [Status(400), Status(500), Status(500), Status(500), Status(500)]
+    client = make_client(engine(server, max_retries=3), LLMConfig(), tmp_path)
+
+    [rejected] = client.generate_sync(requests(1))
+    [gave_up] = client.generate_sync(requests(2)[1:])
+
+    assert not rejected.ok and not gave_up.ok
+    assert client.accounting.totals().no_reply == {"rejected": 1, "gave_up": 1}

@@ -290,3 +290,32 @@ def test_the_reply_schemas_come_from_the_reply_models_and_require_what_the_promp
         "type": "number", "minimum": 0, "maximum": 10}
     assert partition_schema()["properties"]["groups"]["items"]["required"] == ["group_name", "members"]
     assert similarity_schema()["properties"]["similarity_score"] == {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def test_schema_max_chars_bounds_every_string_of_the_schema_sent_and_leaves_the_reply_model_alone():
+    from lagcl.semantic.prompts import bounded_strings, partition_schema
+
+    schema = partition_schema()
+    bounded = bounded_strings(schema, 120)
+
+    group = bounded["properties"]["groups"]["items"]["properties"]
+    assert group["group_name"] == {**schema["properties"]["groups"]["items"]["properties"]["group_name"],
+                                   "maxLength": 120}
+    assert group["members"]["items"]["maxLength"] == 120
+    assert "maxLength" not in json.dumps(schema)  # the input is not modified
+    assert json.dumps(bounded).count('"maxLength": 120') == json.dumps(schema).count('"type": "string"')
+
+
+def test_with_schema_max_chars_the_schema_sent_bounds_its_strings(server, tmp_path):
+    base = server.base_url + "/v1"
+    cfg = load_config(engine="openai", overrides=[f"engine.base_url={base}", "engine.model=test-model",
+                                                  "engine.extra.response_format=json_schema",
+                                                  "engine.requests_per_minute=null"])
+    engine = LLMEngine(cfg.engine, LLMConfig(schema_max_chars=200), domain="movie", cache_dir=tmp_path / "llm")
+
+    engine.profile([ProfileRequest("user", 1, liked=("Toy Story (1995)",))])
+
+    [call] = server.model_calls()
+    sent = call.body["response_format"]["json_schema"]["schema"]
+    assert sent["properties"]["summarization"]["maxLength"] == 200
+    assert sent["properties"]["reasoning"]["maxLength"] == 200
