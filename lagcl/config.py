@@ -169,6 +169,11 @@ class LLMConfig(Section):
                     "(JSON-schema maxLength, which llama.cpp's and vLLM's grammars enforce): a small model that "
                     "repeats itself inside a string is made to close it instead of running into max_tokens; only "
                     "the schema sent changes, replies are validated as before. null: no bound")
+    schema_pin_ids: bool = Field(
+        False, json_schema_extra=HASHED_WHEN_SET,
+        description="write each request's own ids into the reply schema sent for constrained decoding: one rating "
+                    "per id asked, group members among the ids asked (JSON-schema enum, minItems/maxItems), so a "
+                    "server's grammar cannot let the model invent or drop an id; replies are validated as before")
     compact_summary_words: int = Field(20, ge=1, description="compact style: words of the item profile per card")
     reuse_pair_scores: bool = Field(
         True, description="augment (eq. 2-3): reuse the validated score of every (user profile, item profile, "

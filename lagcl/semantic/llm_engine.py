@@ -65,7 +65,7 @@ class LLMEngine(EngineDefaults):
         self.client: LLMClient = make_client(engine, llm, cache_dir, backend=backend, budget=budget)
         self.prompts = Prompts(domain, prompt_dir, max_tokens=engine.max_tokens, temperature=engine.temperature,
                                style=llm.prompt_style, summary_words=llm.compact_summary_words,
-                               schema_max_chars=llm.schema_max_chars)
+                               schema_max_chars=llm.schema_max_chars, schema_pin_ids=llm.schema_pin_ids)
         # compact style: consecutive score requests of one user and polarity share a call, up to this many items
         self.items_per_call = llm.compact_items_per_call if llm.prompt_style == "compact" else 0
         self.repair = llm.repair

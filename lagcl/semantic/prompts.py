@@ -90,12 +90,13 @@ class Prompts:
 
     def __init__(self, domain: str = "item", prompt_dir: str | Path | None = None, max_tokens: int = 1024,
                  temperature: float = 0.0, style: PromptStyle = "paper", summary_words: int = 20,
-                 schema_max_chars: int | None = None) -> None:
+                 schema_max_chars: int | None = None, schema_pin_ids: bool = False) -> None:
         if style not in ("paper", "compact"):
             raise ValueError(f"llm.prompt_style must be 'paper' or 'compact', got {style!r}")
         self.style = style
         self.summary_words = summary_words
         self.schema_max_chars = schema_max_chars
+        self.schema_pin_ids = schema_pin_ids
         self.d = domain_words(domain)
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -113,8 +114,10 @@ class Prompts:
         return system, user
 
     def _request(self, name: str, operation: str, schema: dict[str, Any], max_tokens: int | None = None,
-                 **ctx: Any) -> LLMRequest:
+                 ids: Sequence[str] | None = None, **ctx: Any) -> LLMRequest:
         system, user = self.render(name, **ctx)
+        if self.schema_pin_ids and ids is not None:
+            schema = pinned_ids(schema, list(ids))
         if self.schema_max_chars is not None:
             schema = bounded_strings(schema, self.schema_max_chars)
         return LLMRequest.single(system, user, max_tokens=max_tokens or self.max_tokens,
@@ -141,7 +144,8 @@ class Prompts:
             # output budget: about 8 tokens per `"id": score` entry, with room to spare
             max_tokens = max(self.max_tokens, 16 * len(req.items) + 50)
             request = self._request("score_compact", f"score_{req.polarity}", compact_score_schema(req.polarity),
-                                    max_tokens=max_tokens, polarity=req.polarity,
+                                    max_tokens=max_tokens, ids=[labels[i] for i, _ in req.items],
+                                    polarity=req.polarity,
                                     score_key=_score_key(req.polarity), user_profile=user_profile,
                                     item_cards=[{key: labels[i], "card": item_card(text, self.summary_words)}
                                                 for i, text in req.items])
@@ -151,7 +155,7 @@ class Prompts:
             max_tokens = max(self.max_tokens, 80 * len(req.items) + 50)
             request = self._request(f"score_{req.polarity}", f"score_{req.polarity}",
                                     score_schema(key, req.polarity), max_tokens=max_tokens,
-                                    user_profile=user_profile,
+                                    ids=[labels[i] for i, _ in req.items], user_profile=user_profile,
                                     item_profiles=[{key: labels[i], "profile": text} for i, text in req.items])
             profile_json = _json(user_profile)
         user = request.messages[0][1]
@@ -165,7 +169,8 @@ class Prompts:
         rows = [{e.id_key: shown_id(p.id, p.label), "summarization": p.summarization, "reasoning": p.reasoning} for p in profiles]
         max_tokens = max(self.max_tokens, 12 * len(profiles) + 120 * (len(profiles) // max(1, target_group_size) + 1))
         return self._request("group_partition", f"partition_{kind}", partition_schema(), max_tokens=max_tokens,
-                             e=e, n=len(rows), target_group_size=target_group_size, profiles=rows)
+                             ids=[r[e.id_key] for r in rows], e=e, n=len(rows),
+                             target_group_size=target_group_size, profiles=rows)
 
     # eq. 6 -----------------------------------------------------------------------------------
     def similarity(self, a: Group, b: Group) -> LLMRequest:
@@ -318,6 +323,30 @@ def bounded_strings(schema: Any, max_chars: int) -> Any:
     out = {k: bounded_strings(v, max_chars) for k, v in schema.items()}
     if out.get("type") == "string":
         out["maxLength"] = max_chars
+    return out
+
+
+def pinned_ids(schema: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """`schema` with the request's own ids written in (llm.schema_pin_ids): a rating list holds exactly one entry
+    per id asked (`enum`, `minItems` = `maxItems`), the compact reply's object has exactly those keys, a group's
+    members are ids asked. Constrained decoding then cannot invent an id or run a list on; a repeated id is
+    still possible and still rejected by the parser. A copy, the input untouched."""
+    out = json.loads(json.dumps(schema))
+    props = out["properties"]
+    if "ratings" in props:
+        ratings = props["ratings"]
+        rating = ratings["items"]
+        id_key = rating["required"][0]
+        rating["properties"][id_key] = {**rating["properties"][id_key], "enum": ids}
+        ratings.update(minItems=len(ids), maxItems=len(ids))
+    elif "groups" in props:
+        members = props["groups"]["items"]["properties"]["members"]
+        members["items"] = {**members["items"], "enum": ids}
+        members["minItems"] = 1
+    else:  # the compact reply: {"<score_key>s": {id: score}}
+        [(key, scores)] = props.items()
+        value = scores.pop("additionalProperties")
+        props[key] = {**scores, "required": ids, "properties": {i: value for i in ids}, "additionalProperties": False}
     return out
 
 
