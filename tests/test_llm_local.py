@@ -63,9 +63,36 @@ def test_without_a_chat_template_the_conversation_is_plain_text():
     assert plain_prompt(req) == "Be brief.\n\nUser: Question?\nAssistant: {bad\nUser: Fix it.\nAssistant:"
 
 
+def test_constrained_decoding_makes_even_a_random_model_reply_json_that_follows_each_requests_schema(tiny_model):
+    import json
+
+    backend = TransformersBackend(str(tiny_model))  # engine.extra.response_format: json_schema by default
+    profile = {"type": "object", "required": ["user_id", "summarization"],
+               "properties": {"user_id": {"type": "string", "enum": ["7", "8"]},
+                              "summarization": {"type": "string", "maxLength": 12}}}
+    score = {"type": "object", "required": ["ratings"], "properties": {"ratings": {
+        "type": "array", "minItems": 2, "maxItems": 2, "items": {
+            "type": "object", "required": ["movie_id", "reasoning"],
+            "properties": {"movie_id": {"type": "string", "enum": ["12", "13"]},
+                           "reasoning": {"type": "string", "maxLength": 5}}}}}}
+    requests = [LLMRequest.single("sys", "profile", max_tokens=200, json_schema=profile),
+                LLMRequest.single("sys", "score", max_tokens=200, json_schema=score)]
+
+    first, second = backend.complete_batch(requests)  # one batch, each row under its own schema
+
+    reply = json.loads(first.text)
+    assert list(reply) == ["user_id", "summarization"] and reply["user_id"] in ("7", "8")
+    assert len(reply["summarization"]) <= 12 and first.finish_reason == "stop"
+    ratings = json.loads(second.text)["ratings"]
+    assert len(ratings) == 2 and {r["movie_id"] for r in ratings} <= {"12", "13"}
+    assert all(len(r["reasoning"]) <= 5 for r in ratings) and second.finish_reason == "stop"
+
+
 def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_a_rerun_asks_the_model_again(tiny_model,
                                                                                                    tmp_path):
-    cfg = EngineConfig(name="transformers", model=str(tiny_model), max_tokens=8, batch_size=4)
+    # unconstrained (engine.extra.response_format=none): what a model that cannot write the JSON leaves
+    cfg = EngineConfig(name="transformers", model=str(tiny_model), max_tokens=8, batch_size=4,
+                       extra={"response_format": "none"})
     engine = LLMEngine(cfg, LLMConfig(), domain="movie", cache_dir=tmp_path)
 
     out = engine.profile([ProfileRequest("user", 1, liked=("Heat",)), ProfileRequest("item", 2, title="Up")])
@@ -80,6 +107,11 @@ def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_a_rerun_as
     again = LLMEngine(cfg, LLMConfig(), domain="movie", cache_dir=tmp_path)
     assert again.profile([ProfileRequest("user", 1, liked=("Heat",)), ProfileRequest("item", 2, title="Up")]) == out
     assert again.client.server_calls == 2 and again.usage().cached == 0 and again.usage().requests == 4
+
+
+def test_an_unknown_response_format_is_a_clear_error(tiny_model):
+    with pytest.raises(LLMError, match="json_schema, json_object, none"):
+        TransformersBackend(str(tiny_model), extra={"response_format": "grammar"})
 
 
 def test_a_model_path_that_does_not_exist_is_a_clear_error(tmp_path):

