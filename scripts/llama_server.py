@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"llama-server: {server.gguf.name} on {server.base_url} (log {server.log_path}); point the pipeline at it:\n"
           f"  make pipeline ENGINE=openai OVERRIDES=\"engine.base_url={server.base_url} engine.model={server.gguf.stem} "
-          f"engine.api_key_required=false engine.extra.response_format=json_schema\"\nCtrl-C stops it.", flush=True)
+          f"engine.api_key_required=false engine.extra.response_format=json_schema llm.schema_max_chars=240\"\n"
+          f"Ctrl-C stops it.", flush=True)
     try:
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(1)

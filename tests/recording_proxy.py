@@ -20,6 +20,7 @@ class Exchange:
     body: dict[str, Any]
     status: int
     reply: dict[str, Any]
+    delivered: bool = True  # False: the client had gone (it timed out) before the reply reached it
 
     @property
     def usage(self) -> dict[str, Any]:
@@ -52,13 +53,18 @@ class RecordingProxy:
                     parsed = json.loads(data)
                 except ValueError:
                     parsed = {}
+                exchange = Exchange(self.path, json.loads(raw or b"{}"), status, parsed)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    exchange.delivered = False
                 with proxy._lock:
-                    proxy.log.append(Exchange(self.path, json.loads(raw or b"{}"), status, parsed))
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    proxy.log.append(exchange)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -72,8 +72,9 @@ def test_constrained_decoding_makes_even_a_random_model_reply_json_that_follows_
                               "summarization": {"type": "string", "maxLength": 12}}}
     score = {"type": "object", "required": ["ratings"], "properties": {"ratings": {
         "type": "array", "minItems": 2, "maxItems": 2, "items": {
-            "type": "object", "required": ["movie_id", "reasoning"],
+            "type": "object", "required": ["movie_id", "like_score", "reasoning"],
             "properties": {"movie_id": {"type": "string", "enum": ["12", "13"]},
+                           "like_score": {"type": "number", "minimum": 0, "maximum": 10},
                            "reasoning": {"type": "string", "maxLength": 5}}}}}}
     requests = [LLMRequest.single("sys", "profile", max_tokens=200, json_schema=profile),
                 LLMRequest.single("sys", "score", max_tokens=200, json_schema=score)]
@@ -86,6 +87,8 @@ def test_constrained_decoding_makes_even_a_random_model_reply_json_that_follows_
     ratings = json.loads(second.text)["ratings"]
     assert len(ratings) == 2 and {r["movie_id"] for r in ratings} <= {"12", "13"}
     assert all(len(r["reasoning"]) <= 5 for r in ratings) and second.finish_reason == "stop"
+    # a number is written as a few digits within its bounds (the parsers read a number in a string)
+    assert all(0 <= float(r["like_score"]) <= 10 and len(r["like_score"]) <= 5 for r in ratings)
 
 
 def test_the_llm_engine_on_a_local_model_records_unusable_replies_and_a_rerun_asks_the_model_again(tiny_model,

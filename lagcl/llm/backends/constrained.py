@@ -55,6 +55,23 @@ def vocabulary(tokenizer: Any, eos_token_ids: Sequence[int]) -> Any:
     return TokenEnforcerTokenizerData(regular, decode, list(eos_token_ids), True, len(tokenizer))
 
 
+def enforceable(schema: Any) -> Any:
+    """`schema` as the enforcer can hold a model to it. Its number parser bounds neither digits nor range, and a
+    small model writes 5.5555... until max_tokens: a number is asked for as a string of a few digits instead,
+    within [0, 1] or [0, 10] where the schema says so (the reply parsers read a number written in a string)."""
+    if isinstance(schema, list):
+        return [enforceable(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: enforceable(v) for k, v in schema.items()}
+    if out.get("type") in ("number", "integer"):
+        bounds = (out.get("minimum"), out.get("maximum"))
+        frac = "" if out["type"] == "integer" else "([.][0-9]{1,2})?"
+        pattern = {(0, 10): f"(10|[0-9]){frac}", (0, 1): f"(1|0){frac}"}.get(bounds, f"-?[0-9]{{1,6}}{frac}")
+        return {"type": "string", "pattern": pattern}
+    return out
+
+
 class SchemaConstraint:
     """A logits processor for `model.generate`: row b of the batch follows `schemas[b]` (None: any JSON).
     Each row has its own enforcer, which recognises its prompt on the first step and tracks what was generated
@@ -65,7 +82,7 @@ class SchemaConstraint:
 
         # keys in the schema's order (as llama.cpp's grammar has them) and at most 2 whitespace characters in a
         # row: a small model otherwise spends its tokens on indentation and blank lines between the values
-        self.enforcers = [TokenEnforcer(vocab, JsonSchemaParser(schema)) for schema in schemas]
+        self.enforcers = [TokenEnforcer(vocab, JsonSchemaParser(enforceable(schema))) for schema in schemas]
         for enforcer in self.enforcers:  # after the enforcer, which sets a config of its own (the alphabet only)
             enforcer.root_parser.config = CharacterLevelParserConfig(
                 alphabet=vocab.tokenizer_alphabet, max_consecutive_whitespaces=2, force_json_field_order=True)
