@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from lagcl.errors import ArtifactError, StageLockedError
+from lagcl.errors import ArtifactError, ContractError, StageLockedError
 
 MANIFEST = "manifest.json"
 _SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<idx>\d{6})\.parquet$")
@@ -115,6 +115,7 @@ class StageDir:
     stage: str
     fingerprint: str
     config: dict[str, Any] | None = None  # recorded in the manifest: how this folder was made
+    writes: tuple[str, ...] = ()  # the tables `finish` requires (the stage's declared outputs)
     _lock_fh: Any = field(default=None, repr=False)
     _started: float = field(default_factory=time.time, repr=False)
 
@@ -198,12 +199,19 @@ class StageDir:
         return self.path / name
 
     # --- manifest, written last ---------------------------------------------------------------
-    def finish(self, meta: dict[str, Any] | None = None, files: list[str] | None = None) -> dict[str, Any]:
-        """Checksum the outputs and write the manifest atomically; the stage is complete after this."""
+    def finish(self, meta: dict[str, Any] | None = None, files: list[str] | None = None,
+               read: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """Checksum the outputs and write the manifest atomically; the stage is complete after this. A table of
+        `writes` that is not among the outputs is refused before anything is written (the folder stays
+        incomplete). `read`: the upstream tables the stage read, recorded as its lineage."""
         names = files if files is not None else sorted(
             str(p.relative_to(self.path)) for p in self.path.rglob("*")
             if p.is_file() and p.name not in (MANIFEST, ".lock") and not p.name.startswith(".")
         )
+        missing = [t for t in self.writes if not _table_parts(dict.fromkeys(names), t)]
+        if missing:
+            raise ContractError(f"the {self.stage} stage finished without its declared table(s) {missing} "
+                                f"(tasks/stages.py writes); outputs: {sorted(names)}")
         rows = {}
         for name in names:
             p = self.path / name
@@ -220,6 +228,8 @@ class StageDir:
         }
         if self.config is not None:
             manifest["config"] = self.config
+        if read:
+            manifest["read"] = read
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
 

@@ -483,6 +483,10 @@ def _reranker_file(name: str) -> dict[str, Any]:
     return section
 
 
+# the fusion settings' keys, once in the rerank section: a configuration still writing them there is told where
+FUSION_KEYS = {"alpha", "tau", "grid_search", "alpha_grid", "tau_grid"}
+
+
 class RerankConfig(Section):
     """The rerank level (eq. 13-21). `model` names conf/model/<model>.yaml, whose `rerank:` section gives the
     defaults of this whole section (its `spec` above all); explicit values here win over the file."""
@@ -493,11 +497,6 @@ class RerankConfig(Section):
     history: int = Field(10, ge=0, description="liked and disliked history items in the prompt (each)")
     epochs: int = Field(1, ge=1)
     deepspeed: str | None = Field(None, description="conf/deepspeed/<name>.json or a JSON path (ZeRO config)")
-    alpha: float = Field(0.5, ge=0, le=1, description="eq. 19 weight of the CF score")
-    tau: float = Field(1.0, gt=0, description="eq. 20 softmax temperature (both scores, docs/design.md decision 11)")
-    grid_search: bool = True
-    alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
-    tau_grid: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])
     holdout_users: float = Field(0.2, ge=0, lt=1, description="users kept out of training: the grid search "
                                                               "tunes alpha/tau on their validation labels")
     neg_per_pos: int | None = Field(4, ge=1, description="negatives sampled per positive in training (None: all)")
@@ -509,12 +508,28 @@ class RerankConfig(Section):
     def _from_model_file(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        moved = sorted(FUSION_KEYS & set(data))
+        if moved:
+            raise ValueError(f"rerank.{moved[0]} is now fusion.{moved[0]}: the fusion settings (eq. 19-21) have their "
+                             f"own `fusion:` section; write {', '.join(f'fusion.{k}' for k in moved)}")
         name = data.get("model", "reranker-cpu")
         if not isinstance(name, str):
             return data
         if "spec" in data and isinstance(data["spec"], RerankerSpec):
             return data
         return _deep_merge(_reranker_file(name), data)
+
+
+class FusionConfig(Section):
+    """How the evaluate stage fuses the CF and reranker scores (eq. 19-21). Only the evaluate stage reads it, so
+    only its fingerprint hashes it: other fusion settings never retrain the reranker."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="eq. 19 weight of the CF score")
+    tau: float = Field(1.0, gt=0, description="eq. 20 softmax temperature (both scores, docs/design.md decision 11)")
+    grid_search: bool = Field(True, description="tune alpha/tau on the held-out users' validation labels "
+                                                "(rerank.holdout_users)")
+    alpha_grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    tau_grid: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])
 
 
 class EvaluateConfig(Section):
@@ -566,6 +581,7 @@ class Config(Section):
     data_level: DataLevelConfig = Field(default_factory=DataLevelConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     rerank: RerankConfig = Field(default_factory=lambda: RerankConfig())
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)

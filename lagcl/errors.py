@@ -17,6 +17,11 @@ class ArtifactError(LagclError):
     """A stored artifact is missing, incomplete or corrupt."""
 
 
+class ContractError(Exception):
+    """Stage code broke its registry entry (reads a table it does not declare, leaves out one it declares): a bug
+    in the stage, not the user's to fix."""
+
+
 class StageLockedError(LagclError):
     """Another process is writing the same stage folder."""
 

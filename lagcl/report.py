@@ -211,7 +211,7 @@ def fusion_lines(meta: dict) -> list[str]:
     return lines
 
 
-ROLE = {"cf": "CF alone (alpha 1: tau has no effect)", "cf+rerank": "configured (rerank.alpha, rerank.tau)",
+ROLE = {"cf": "CF alone (alpha 1: tau has no effect)", "cf+rerank": "configured (fusion.alpha, fusion.tau)",
         "cf+rerank (tuned)": "grid search, held-out validation", "rerank only": "reranker alone (alpha 0)"}
 
 

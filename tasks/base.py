@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,7 +21,7 @@ from lagcl.artifacts import ArtifactStore, StageDir, fingerprint, has_table, is_
 from lagcl.config import Config
 from lagcl.data.digest import DigestIndex, InputFile, raw_inputs
 from lagcl.data.readers import raw_root
-from lagcl.errors import ConfigError
+from lagcl.errors import ConfigError, ContractError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.budget import LLM_STAGES, paid_by, stage_budget
 from tasks.meta import meta_of
@@ -67,6 +67,13 @@ class Plan:
     fingerprints: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, InputFile] = field(default_factory=dict)  # role -> raw file digested into prepare's
     group_inputs: dict[str, InputFile] = field(default_factory=dict)  # groups.source=files: role -> file
+    # inside a stage body (`run_stage` hands it `for_stage(name)`): the stage, and what it has read of each upstream
+    stage: str | None = None
+    read: dict[str, list[str]] = field(default_factory=dict)
+
+    def for_stage(self, stage: str) -> "Plan":
+        """This plan as stage `stage`'s body sees it: its `input` calls are held to the stage's declared `reads`."""
+        return replace(self, stage=stage, read={})
 
     @property
     def store(self) -> ArtifactStore:
@@ -80,6 +87,7 @@ class Plan:
     def stage_dir(self, stage: str) -> StageDir:
         """The stage's folder; its manifest records the config sections the fingerprint was made of."""
         sd = self.store.stage(stage, self.fingerprints[stage])
+        sd.writes = STAGES[stage].writes
         sd.config = {"seed": self.cfg.seed, **{s: getattr(self.cfg, s).model_dump(mode="json")
                                                for s in STAGES[stage].hashed_sections(self.cfg)}}
         return sd
@@ -90,7 +98,15 @@ class Plan:
     def input(self, stage: str, table: str, optional: bool = False) -> pl.DataFrame | None:
         """Table `table` of the finished stage `stage` of this run: the one way a stage reads an upstream.
         `optional`: None while that stage is off, unfinished or without such a table (an optional input);
-        otherwise a missing table is an ArtifactError naming the folder."""
+        otherwise a missing table is an ArtifactError naming the folder. Inside a stage body a table the stage's
+        registry entry does not list in `reads` is refused (tasks/stages.py: the registry is the contract)."""
+        if self.stage is not None:
+            declared = STAGES[self.stage].reads.get(stage, ())
+            if table not in declared:
+                raise ContractError(f"the {self.stage} stage reads {stage}.{table}, which its registry entry does not "
+                                    f"declare (tasks/stages.py reads[{stage!r}] = {declared}): add it there")
+            if table not in self.read.setdefault(stage, []):
+                self.read[stage].append(table)
         if stage not in self.fingerprints:
             if optional:
                 return None
@@ -229,13 +245,14 @@ def run_stage(plan: Plan, name: str, body: Body, summary: Callable[[dict], None]
         if finished(sd):
             return ref
         t0 = time.perf_counter()
-        out = body(plan, sd)
+        bound = plan.for_stage(name)
+        out = body(bound, sd)
         out = out if isinstance(out, Finish) else Finish(out)
         if spec.timing and out.timed:
             out.meta[spec.timing] = round(time.perf_counter() - t0, 3)
         if name in LLM_STAGES and out.timed and (paid := paid_by(plan, name)) is not None:
             out.meta["llm_paid_usd"] = round(paid, 6)  # every attempt: the run budget counts it (tasks/budget.py)
-        sd.finish(out.meta, files=out.files)
+        sd.finish(out.meta, files=out.files, read=bound.read)
     if summary is not None and out.summary:
         summary(out.meta)
     return ref

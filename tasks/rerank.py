@@ -1,10 +1,11 @@
 """Stage 5: reranker training data (eq. 13-15), training (eq. 16), scores of every (u, v in C_u) (eq. 18)
-(lagcl/rerank/score.py). A folder that differs only in fusion settings reuses a finished reranker."""
+(lagcl/rerank/score.py). The fusion settings are not hashed here (the `fusion` section is the evaluate stage's):
+other ones reuse this folder as it is."""
 
 from __future__ import annotations
 
 from lagcl.rerank import score
-from tasks.base import STAGES, Finish, Plan, StageRef, log, run_stage
+from tasks.base import Finish, Plan, StageRef, log, run_stage
 
 STAGE = "rerank"
 
@@ -13,22 +14,12 @@ def run(plan: Plan) -> StageRef:
     return run_stage(plan, STAGE, _build, _summary)
 
 
-def train_key(plan: Plan) -> str:
-    """What the reranker and its scores depend on (score.train_key), with this stage's code version and
-    upstream fingerprints."""
-    return score.train_key(plan.cfg, STAGES[STAGE].version,
-                           {k: v.fingerprint for k, v in plan.upstream(STAGE).items()})
-
-
 def _build(plan: Plan, sd) -> Finish:
-    key = train_key(plan)
-    out = score.reuse(plan.store.iter_stage_dirs(STAGE), sd, key)
-    if out is None:
-        out = score.train_and_score(sd, plan.cfg, key, score.RerankInputs(
-            *(plan.input("prepare", t) for t in ("interactions", "users", "items")), plan.input("gcl", "cf_topk"),
-            plan.input("augment", "augmented", optional=True),
-            plan.input("profiles", "user_profiles", optional=True),
-            plan.input("profiles", "item_profiles", optional=True)))
+    out = score.train_and_score(sd, plan.cfg, score.RerankInputs(
+        *(plan.input("prepare", t) for t in ("interactions", "users", "items")), plan.input("gcl", "cf_topk"),
+        plan.input("augment", "augmented", optional=True),
+        plan.input("profiles", "user_profiles", optional=True),
+        plan.input("profiles", "item_profiles", optional=True)))
     return Finish(out.meta, out.files, summary=out.scored, timed=out.timed)
 
 

@@ -103,7 +103,8 @@ class StageSpec:
     requires: dict[str, str] = field(default_factory=dict)  # hard upstream -> what this stage takes from it
     optional: tuple[str, ...] = ()  # upstreams read when they are on and finished
     reads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # upstream -> its tables this stage reads
-    writes: tuple[str, ...] = ()  # this stage's tables
+    writes: tuple[str, ...] = ()  # this stage's tables: `StageDir.finish` refuses to finish without any of them
+    may_write: tuple[str, ...] = ()  # tables only some runs write (no cold user: no `scores`; no grid: no `grid`)
     extras: tuple[Extra, ...] = ()
     # a section hashed only while the predicate holds: a setting the stage does not use must not retrain it
     only_if: dict[str, Callable[[Config], bool]] = field(default_factory=dict)
@@ -155,7 +156,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("scores", "augmented"), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run"),
+              writes=("augmented",), may_write=("scores",), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run"),
     StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "3",
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},
@@ -183,13 +184,13 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               requires={"gcl": "reranks the gcl stage's cf_topk"}, optional=("profiles", "augment"),
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles"),
                      "augment": ("augmented",), "gcl": ("cf_topk",)},
-              writes=("rerank_users", "rerank_train", "rerank_scores"), extras=(train_seed,),
+              writes=("rerank_users", "rerank_scores"), may_write=("rerank_train",), extras=(train_seed,),
               timing="stage_seconds"),
-    StageSpec("evaluate", "tasks.evaluate:run", ("evaluate", "rerank", "gate", "recommend"), "5",
+    StageSpec("evaluate", "tasks.evaluate:run", ("evaluate", "rerank", "fusion", "gate", "recommend"), "5",
               requires={"gcl": "needs the gcl stage's cf_topk"}, optional=("control", "rerank"),
               reads={"prepare": ("interactions", "users", "items"), "control": ("per_user",),
                      "gcl": ("cf_topk", "metrics"), "rerank": ("rerank_scores", "rerank_users")},
-              writes=("metrics", "grid", "recommendations"), extras=(cold_split, train_seed), meta=EvaluateMeta,
+              writes=("metrics", "recommendations"), may_write=("grid",), extras=(cold_split, train_seed), meta=EvaluateMeta,
               timing="stage_seconds"),
 )}
 

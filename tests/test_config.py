@@ -86,3 +86,10 @@ def test_a_setting_added_with_the_old_behaviour_as_default_leaves_the_fingerprin
     before = hashlib.sha256(json.dumps({"gcl": without}, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.section_hash("gcl") == before
     assert load_config(overrides=["gcl.valid_metric=ndcg@20"]).section_hash("gcl") != before
+
+
+def test_a_fusion_setting_written_in_the_rerank_section_is_stopped_with_its_new_name():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["rerank.alpha=0.3"])
+    assert "fusion.alpha" in str(err.value)
+    assert load_config(overrides=["fusion.alpha=0.3"]).fusion.alpha == 0.3

@@ -71,7 +71,7 @@ def plan(tmp_path):
         f"cache_dir={tmp_path / 'cache'}", "rerank.model=reranker-cpu-cross", f"rerank.spec.path={tmp_path / 'tiny'}",
         "rerank.spec.max_length=64",
         "rerank.spec.batch_size=8", "rerank.spec.lr=0.005", f"rerank.candidates={K}", "rerank.holdout_users=0.25",
-        "rerank.neg_per_pos=2", "rerank.alpha_grid=[0.0,0.5,1.0]", "rerank.tau_grid=[1.0]",
+        "rerank.neg_per_pos=2", "fusion.alpha_grid=[0.0,0.5,1.0]", "fusion.tau_grid=[1.0]",
         "pipeline.stages.profiles=false", "pipeline.stages.augment=false", "pipeline.stages.groups=false"])
     return with_upstream(cfg)
 
@@ -158,12 +158,14 @@ def test_rerank_then_evaluate_reports_cf_and_fused_side_by_side(plan):
                               UserItems(test.indptr, test.indices, N_ITEMS + 1), (20,))
     assert got == {("recall", 20): table["test_recall@20"], ("ndcg", 20): table["test_ndcg@20"]}
 
-    # other fusion settings are another rerank fingerprint, but the reranker and its scores are reused
-    plan.cfg.rerank.alpha = 0.2
+    # other fusion settings are the evaluate stage's alone: the same rerank folder, its reranker and scores as they
+    # are (nothing retrained), another evaluate folder
+    plan.cfg.fusion.alpha = 0.2
     again = make_plan(plan.cfg)
-    assert again.fingerprints["rerank"] != plan.fingerprints["rerank"]
+    assert again.fingerprints["rerank"] == plan.fingerprints["rerank"]
+    assert again.fingerprints["evaluate"] != plan.fingerprints["evaluate"]
     rr2 = Path(rerank_stage.run(again).path)
-    assert read_manifest(rr2)["meta"]["reused_from"] == str(rr)
+    assert rr2 == rr and read_manifest(rr2) == read_manifest(rr)
     assert read_table(rr2, "rerank_scores").equals(scores)
 
 
@@ -172,7 +174,7 @@ def test_the_late_interaction_reranker_encodes_each_text_once_and_scores_every_c
     encoded, not users x |C_u| prompts; the evaluate stage fuses its scores like any reranker's."""
     cfg = load_config(overrides=[
         f"cache_dir={tmp_path / 'cache'}", f"rerank.candidates={K}", "rerank.holdout_users=0.25",
-        "rerank.neg_per_pos=2", "rerank.alpha_grid=[0.0,0.5,1.0]", "rerank.tau_grid=[1.0]", "rerank.spec.device=cpu",
+        "rerank.neg_per_pos=2", "fusion.alpha_grid=[0.0,0.5,1.0]", "fusion.tau_grid=[1.0]", "rerank.spec.device=cpu",
         "rerank.spec.head_epochs=3", "pipeline.stages.profiles=false", "pipeline.stages.augment=false",
         "pipeline.stages.groups=false"])
     assert cfg.rerank.model == "reranker-cpu" and cfg.rerank.spec.style == "late"
@@ -237,7 +239,7 @@ def test_a_reranker_made_by_an_older_version_of_the_stage_code_is_never_reused(m
 
     from tasks import base
 
-    plan = make_plan(load_config(overrides=[f"cache_dir={tmp_path}"]))
-    key = rerank_stage.train_key(plan)
+    cfg = load_config(overrides=[f"cache_dir={tmp_path}"])
+    fp = make_plan(cfg).fingerprints["rerank"]
     monkeypatch.setitem(base.STAGES, "rerank", replace(base.STAGES["rerank"], version="older"))
-    assert rerank_stage.train_key(plan) != key
+    assert make_plan(cfg).fingerprints["rerank"] != fp

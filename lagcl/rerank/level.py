@@ -99,7 +99,7 @@ def evaluation_scope(cfg: Config, x: EvaluateInputs) -> Scope:
 def fusion_variants(cfg: Config, scope: Scope) -> tuple[Variants, pl.DataFrame | None]:
     """The rankings compared: CF alone, and with reranker scores the configured fusion, the one tuned by the
     (alpha, tau) grid search on the held-out users (returned with its grid) and the reranker alone."""
-    rc = cfg.rerank
+    rc = cfg.fusion
     variants = {"cf": (1.0, rc.tau)}
     grid = None
     if scope.k:
@@ -184,7 +184,7 @@ def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varian
     def val(variant: str, split: str, metric: str) -> float:
         return metric_value(metrics, variant, split, metric)
 
-    rc, gcl_meta = cfg.rerank, x.gcl_meta
+    rc, gcl_meta = cfg.fusion, x.gcl_meta
     return {"headline_variant": head, "candidates": scope.k, "alpha": variants[head][0], "tau": variants[head][1],
             "config_alpha": rc.alpha, "config_tau": rc.tau, "fusion": fusion_choice(variants, head, step),
             "cannot_move": [f"{m}@{kk}" for m, kk in metrics_fusion_cannot_move(scope.k, scope.ks)],
@@ -211,7 +211,7 @@ def fusion_choice(variants: Variants, head: str, step: Step) -> dict:
     out = {"variant": fused, "alpha": variants[fused][0] if fused else None,
            "tau": variants[fused][1] if fused else None,
            "chosen_by": ("grid search on the held-out users' validation NDCG@20" if fused == "cf+rerank (tuned)"
-                         else "configuration (rerank.alpha, rerank.tau)" if fused else None),
+                         else "configuration (fusion.alpha, fusion.tau)" if fused else None),
            "kept": head != "cf", "fallback": None}
     if head == "cf":
         why = ("the reranker was left out by the validation gate" if fused else step.reason)

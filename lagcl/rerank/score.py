@@ -1,21 +1,16 @@
 """The rerank stage's work behind one call: training data (eq. 13-15), the reranker trained (eq. 16), and the
-scores of every (u, v in C_u) (eq. 18), written into the stage folder; plus reusing a finished reranker that
-differs only in fusion settings (those are applied by the evaluate stage, not here)."""
+scores of every (u, v in C_u) (eq. 18), written into the stage folder. The fusion settings (eq. 19-21, the `fusion`
+section) are the evaluate stage's: the stage fingerprint does not hash them, so other ones reuse this folder."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable
 
 import polars as pl
 
-from lagcl.artifacts import StageDir, is_complete, read_manifest
+from lagcl.artifacts import StageDir
 from lagcl.config import Config
 from lagcl.device import resolve_device
 from lagcl.errors import DataError, LagclError
@@ -28,8 +23,6 @@ log = logging.getLogger("lagcl.rerank")
 
 SCORES = {"user": pl.Int32, "item": pl.Int32, "score": pl.Float64}
 USERS_PER_SHARD = 64
-# fusion settings: the evaluate stage applies them, the reranker and its scores do not depend on them
-FUSION_FIELDS = {"alpha", "tau", "grid_search", "alpha_grid", "tau_grid"}
 
 
 @dataclass(frozen=True)
@@ -49,40 +42,12 @@ class RerankInputs:
 @dataclass
 class Outcome:
     """The manifest meta and the files to list (None: every file of the folder); `scored`: pairs were scored
-    in this run (not reused, not |C_u| = 0); `timed`: False where the meta is another folder's or nothing ran."""
+    in this run (not |C_u| = 0); `timed`: False where nothing ran."""
 
     meta: dict
     files: list[str] | None = None
     scored: bool = True
     timed: bool = True
-
-
-def train_key(cfg: Config, version: str, upstream: dict[str, str]) -> str:
-    """Hash of everything the reranker and its scores depend on: the rerank section without the fusion
-    settings, the seed, the upstream fingerprints and the stage's code version."""
-    section = cfg.rerank.model_dump(mode="json", exclude=FUSION_FIELDS)
-    payload = {"rerank": section, "seed": cfg.seed, "version": version, "upstream": dict(sorted(upstream.items()))}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def reuse(folders: Iterable[Path], sd: StageDir, key: str) -> Outcome | None:
-    """A finished rerank folder among `folders` that differs only in fusion settings (same `train_key`): its
-    outputs copied into `sd` instead of retraining (the `rerank` section, alpha and tau included, is what the
-    stage fingerprint hashes)."""
-    for other in folders:
-        manifest = read_manifest(other)
-        if other == sd.path or not manifest or manifest.get("meta", {}).get("train_key") != key:
-            continue
-        if not is_complete(other):
-            continue
-        for name in manifest["files"]:
-            dst = sd.path / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(other / name, dst)
-        log.info("rerank: only fusion settings differ from %s: its reranker and scores reused", other)
-        return Outcome({**manifest["meta"], "reused_from": str(other)}, sorted(manifest["files"]), scored=False,
-                       timed=False)
-    return None
 
 
 def profile_texts(x: RerankInputs) -> tuple[dict, dict, str]:
@@ -96,7 +61,7 @@ def profile_texts(x: RerankInputs) -> tuple[dict, dict, str]:
     return user_text, item_text, f"profiles stage ({up['engine'][0]}/{up['model'][0]})"
 
 
-def train_and_score(sd: StageDir, cfg: Config, key: str, x: RerankInputs) -> Outcome:
+def train_and_score(sd: StageDir, cfg: Config, x: RerankInputs) -> Outcome:
     """Sample the users (some held out for the fusion grid search), train the reranker on the others' pairs and
     score every (u, v in C_u) of every sampled user into `rerank_scores`."""
     rc = cfg.rerank
@@ -108,7 +73,7 @@ def train_and_score(sd: StageDir, cfg: Config, key: str, x: RerankInputs) -> Out
     roles = split_users(eval_users, rc.holdout_users, cfg.seed)
     sd.write_table("rerank_users", pl.DataFrame({"user": list(roles), "role": list(roles.values())},
                                                 schema={"user": pl.Int32, "role": pl.String}))
-    meta: dict = {"train_key": key, "model": rc.model, "path": rc.spec.path, "format": rc.spec.format,
+    meta: dict = {"model": rc.model, "path": rc.spec.path, "format": rc.spec.format,
                   "candidates": rc.candidates, "users": len(roles),
                   "holdout_users": sum(r == "holdout" for r in roles.values()),
                   "profiles": profile_source, "augmented_negatives": x.augmented is not None}
