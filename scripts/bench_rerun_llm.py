@@ -1,6 +1,6 @@
 """LLM requests of a rerun after new data vs a full run (issue 14), against the local protocol server.
 
-The LLM stages (profiles, augment, groups) of ML-100K with the openai engine, talking to tests/llm_server.py
+The LLM stages (profiles, augment, groups) of ML-100K with the openai engine, talking to lagcl/llm/protocol_server.py
 (`pipeline_model`: a valid, deterministic reply to every prompt), at the chaos harness's `ci` scale for the
 LLM stages. Three runs, counting the model requests that reach the server:
   1. a full run on ML-100K (fresh cache),
@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from llm_server import LLMServer, pipeline_model  # noqa: E402
+from lagcl.data.fetch import ensure_ml100k
+from lagcl.llm.protocol_server import LLMServer, pipeline_model
+from scripts.rerun_churn import append_ratings
 
-from lagcl.data.fetch import ensure_ml100k  # noqa: E402
-from scripts.rerun_churn import append_ratings  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 LLM_SCALE = ["augment.cold_threshold=6", "augment.n_candidates=128", "augment.items_per_call=16",
              "augment.shard_size=16", "profiles.shard_size=128", "groups.batch_size=100"]

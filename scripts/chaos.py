@@ -4,7 +4,7 @@ until it finishes, and check that nothing was lost or paid twice (RELIABILITY.md
     python -m scripts.chaos --kills 8 --seed 1 --scale ci       # `make chaos`
     python -m scripts.chaos --kills 24 --seed 7 --scale local   # `make chaos CHAOS_SCALE=local`
 
-It starts the local LLM protocol server of the tests (tests/llm_server.py, with `pipeline_model`: a valid,
+It starts the local LLM protocol server (lagcl/llm/protocol_server.py, with `pipeline_model`: a valid,
 deterministic answer to every prompt) and runs `python -m flows.pipeline --engine openai` against it, with a
 fake API key, in its own cache and Prefect home under --workdir:
 
@@ -42,15 +42,13 @@ from typing import Any
 
 import polars as pl
 
+from lagcl.artifacts import MANIFEST, is_complete, read_manifest
+from lagcl.config import load_config
+from lagcl.data.fetch import ensure_ml100k
+from lagcl.llm.protocol_server import LLMServer, pipeline_model
+from tasks.base import make_plan
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the one local LLM server implementation lives with the tests
-
-from llm_server import LLMServer, pipeline_model  # noqa: E402
-
-from lagcl.artifacts import MANIFEST, is_complete, read_manifest  # noqa: E402
-from lagcl.config import load_config  # noqa: E402
-from lagcl.data.fetch import ensure_ml100k  # noqa: E402
-from tasks.base import make_plan  # noqa: E402
 
 FAKE_KEY = "sk-lagcl-chaos-FAKE-5f4e3d2c1b0a"
 KEY_ENV = "LAGCL_CHAOS_API_KEY"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from llm_server import LLMServer, Reply, pipeline_model
+from lagcl.llm.protocol_server import LLMServer, Reply, pipeline_model
 
 from lagcl.config import DataConfig, LLMConfig, load_config
 from lagcl.data.prepare import prepare

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from distributed import Client, LocalCluster
-from llm_server import LLMServer
+from lagcl.llm.protocol_server import LLMServer
 from test_flow import run_pipeline
 from test_llm_engine import good_model
 

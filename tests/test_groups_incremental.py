@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from llm_server import LLMServer, _id_key, _payload, pipeline_model, prompt_text
+from lagcl.llm.protocol_server import LLMServer, _id_key, _payload, pipeline_model, prompt_text
 from test_llm_compact import tiny_dataset
 
 from lagcl.artifacts import StageDir, read_manifest

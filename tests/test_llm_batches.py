@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from llm_server import LLMServer, Reply, Status
+from lagcl.llm.protocol_server import LLMServer, Reply, Status
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.llm import LLMRequest, make_client

@@ -1,6 +1,6 @@
 """One LLM budget for the whole run (tasks/budget.py, docs/design.md 16) and a server that cannot be reached
 (lagcl/llm/client.py, docs/design.md 17), against the local server that speaks the real OpenAI and Anthropic
-wire protocols (tests/llm_server.py), driven by the real SDKs and the real stages."""
+wire protocols (lagcl/llm/protocol_server.py), driven by the real SDKs and the real stages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from llm_server import LLMServer, Reply, Status, pipeline_model
+from lagcl.llm.protocol_server import LLMServer, Reply, Status, pipeline_model
 
 from lagcl.artifacts import read_manifest
 from lagcl.config import EngineConfig, LLMConfig, load_config

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from llm_server import LLMServer, Reply, Sleep, Status
+from lagcl.llm.protocol_server import LLMServer, Reply, Sleep, Status
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.errors import BudgetExceededError, LLMError

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from llm_server import LLMServer, Reply, pipeline_model
+from lagcl.llm.protocol_server import LLMServer, Reply, pipeline_model
 
 from lagcl.artifacts import read_manifest
 from lagcl.config import LLMConfig, load_config

@@ -8,7 +8,7 @@ import math
 import re
 
 import pytest
-from llm_server import LLMServer, Reply, Status
+from lagcl.llm.protocol_server import LLMServer, Reply, Status
 
 from lagcl.config import LLMConfig, load_config
 from lagcl.errors import BudgetExceededError

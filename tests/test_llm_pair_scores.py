@@ -9,7 +9,7 @@ import logging
 import re
 
 import pytest
-from llm_server import LLMServer, prompt_text
+from lagcl.llm.protocol_server import LLMServer, prompt_text
 
 from lagcl.config import LLMConfig, load_config
 from lagcl.semantic.base import ScoreRequest

@@ -5,7 +5,7 @@ the providers report are counted apart and priced at their own rates (llm.prices
 from __future__ import annotations
 
 import pytest
-from llm_server import LLMServer, Reply
+from lagcl.llm.protocol_server import LLMServer, Reply
 
 from lagcl.config import EngineConfig, LLMConfig
 from lagcl.errors import LLMError

@@ -9,7 +9,7 @@ import re
 
 import polars as pl
 import pytest
-from llm_server import LLMServer, Reply
+from lagcl.llm.protocol_server import LLMServer, Reply
 
 from lagcl.config import LLMConfig, load_config
 from lagcl.profiles import profile_requests, raw_labels

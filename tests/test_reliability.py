@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from llm_server import Chaos, LLMServer, Status, pipeline_model
+from lagcl.llm.protocol_server import Chaos, LLMServer, Status, pipeline_model
 
 from lagcl.artifacts import read_manifest, read_table
 from lagcl.config import load_config

@@ -1,4 +1,4 @@
-"""A local, scripted LLM server for the tests: speaks the OpenAI Chat Completions and the Anthropic
+"""A local, scripted LLM server (the tests, `make chaos`, the benchmarks; a way to try an engine's wiring offline): speaks the OpenAI Chat Completions and the Anthropic
 Messages + Message Batches wire protocols on a free 127.0.0.1 port, so the real `openai` and
 `anthropic` SDKs talk to it through `base_url`. The OpenAI Batch API (a JSONL file upload, a batch on it,
 its status, its output and error files) is spoken too.
