@@ -21,7 +21,7 @@ from lagcl.artifacts import read_manifest
 from lagcl.config import load_config
 from lagcl.errors import LagclError
 from tasks.base import make_plan
-from tasks.meta import meta_of
+from lagcl.meta import meta_of
 
 
 def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:

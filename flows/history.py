@@ -14,7 +14,7 @@ import polars as pl
 
 from lagcl.artifacts import atomic_write_bytes, is_complete, read_manifest, read_table
 from tasks.base import Plan
-from tasks.meta import RequestsMeta, meta_of
+from lagcl.meta import RequestsMeta, meta_of
 
 RUNS = "runs.jsonl"  # one line per finished flow run of the dataset: its stage fingerprints and folders
 

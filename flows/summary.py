@@ -1,5 +1,5 @@
 """What a finished run prints and `lagcl compare` shows: the run's summary and every finished run of a dataset
-side by side (Table 2 / Table 3 view), read through the stages' typed manifest meta (tasks/meta.py)."""
+side by side (Table 2 / Table 3 view), read through the stages' typed manifest meta (lagcl/meta.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lagcl.errors import LagclError
 from lagcl.gate import format_chain
 from lagcl.stats import format_p, mark
 from tasks.base import REPO_ROOT, Plan, make_plan
-from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
+from lagcl.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
 
 
 def print_summary(plan: Plan, done: dict[str, str]) -> None:

@@ -29,7 +29,7 @@ from flows.summary import chain_lines, evaluate_lines
 from lagcl.errors import LagclError
 from lagcl.stats import format_p
 from tasks.base import REPO_ROOT, make_plan
-from tasks.meta import EvaluateMeta, meta_of
+from lagcl.meta import EvaluateMeta, meta_of
 
 MARKER = re.compile(r"<!-- (BEGIN|END):([a-z0-9-]+) -->")
 

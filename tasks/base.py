@@ -24,7 +24,7 @@ from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError, ContractError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.budget import LLM_STAGES, paid_by, stage_budget
-from tasks.meta import meta_of
+from lagcl.meta import meta_of
 # rank_enabled is imported from here by the stage modules and the LLM cost estimate
 from tasks.stages import STAGES, check_switches, rank_enabled  # noqa: F401
 

@@ -396,7 +396,7 @@ class Workload:
 
 def workload(plan) -> Workload:
     """The planned run's LLM workload (`plan`: a tasks.base.Plan whose prepare stage has finished)."""
-    from tasks.meta import PrepareMeta
+    from lagcl.meta import PrepareMeta
 
     cfg = plan.cfg
     interactions = plan.input("prepare", "interactions")

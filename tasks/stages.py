@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from lagcl.config import Config
-from tasks.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta
+from lagcl.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta
 
 if TYPE_CHECKING:
     from tasks.base import Plan, StageRef
