@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.artifacts import atomic_write_bytes, is_complete, read_manifest, read_table
+from lagcl.meta import TEST_NDCG, TEST_RECALL, Headline, RequestsMeta, meta_of
 from tasks.base import Plan
-from lagcl.meta import RequestsMeta, meta_of
 
 RUNS = "runs.jsonl"  # one line per finished flow run of the dataset: its stage fingerprints and folders
 
@@ -138,9 +138,10 @@ def what_changed(plan: Plan, done: dict[str, str], previous: dict | None) -> lis
                  "none)")
     old_ev = Path(previous.get("folders", {}).get("evaluate", ""))
     if "evaluate" in done and is_complete(old_ev, verify=False):
-        a, b = read_manifest(Path(done["evaluate"]))["meta"], read_manifest(old_ev)["meta"]
-        lines.append("  metrics (test): " + ", ".join(
-            f"{k} {a[k]:.4f} ({a[k] - b[k]:+.4f})" for k in ("test_recall@20", "test_ndcg@20") if k in a and k in b))
+        a, b = (Headline.of("evaluate", meta_of(f)) for f in (done["evaluate"], old_ev))
+        if a is not None and b is not None:
+            lines.append(f"  metrics (test): {TEST_RECALL} {a.test_recall:.4f} ({a.test_recall - b.test_recall:+.4f}), "
+                         f"{TEST_NDCG} {a.test_ndcg:.4f} ({a.test_ndcg - b.test_ndcg:+.4f})")
     return lines
 
 

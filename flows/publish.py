@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lagcl.artifacts import read_manifest
 from lagcl.gate import format_chain
+from lagcl.meta import Headline, RequestsMeta, meta_of
 from tasks.base import Plan
 
 
@@ -27,7 +28,7 @@ def publish_artifacts(plan: Plan, done: dict[str, str], changes: list[str] | Non
     for stage, path in done.items():
         folder = Path(path)
         manifest = read_manifest(folder) or {}
-        usage = manifest.get("meta", {}).get("usage") or {}
+        usage = RequestsMeta.of(manifest.get("meta", {})).usage
         lines.append(f"| {stage} | {manifest.get('seconds', 0):.1f} | {sum(manifest.get('rows', {}).values()):,} | "
                      f"{usage.get('cost_usd', 0.0):.2f} | `{folder}` |")
         if (folder / "metrics.parquet").is_file():
@@ -39,7 +40,8 @@ def publish_artifacts(plan: Plan, done: dict[str, str], changes: list[str] | Non
     if report is not None and report.is_file():
         lines += ["", report.read_text()]
     elif "gcl" in done:
-        levels = (read_manifest(Path(done["gcl"])) or {}).get("meta", {}).get("levels", [])
+        h = Headline.of("gcl", meta_of(done["gcl"]))
+        levels = h.levels if h is not None else []
         lines += ["", "## What each level bought", "", "```", *format_chain(levels), "```"]
     if pngs:
         lines += ["", "## Plots", *[f"- [{p.name}](file://{p})" for p in pngs]]

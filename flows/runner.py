@@ -16,6 +16,7 @@ from prefect.states import Failed
 from flows import interrupt
 from lagcl.artifacts import is_complete, read_manifest
 from lagcl.errors import LagclError, storage_error
+from lagcl.meta import RequestsMeta
 from tasks.base import STAGES, Plan, StageRef
 
 
@@ -79,10 +80,10 @@ def run_stages(plan: Plan, from_stage: str | None) -> dict[str, str]:
             # Prefect remembered a result whose folder was removed or no longer matches its checksums
             logger.warning("%s: cached output is missing or corrupt; recomputing it", stage)
             ref = run_stage.with_options(refresh_cache=True)(stage, plan)
-        elif state.is_completed() and state.name == "Cached" and manifest.get("meta", {}).get("failed"):
+        elif state.is_completed() and state.name == "Cached" and (failed := RequestsMeta.of(manifest.get("meta", {})).failed):
             # a finished stage with failed requests: a rerun asks only those again, and every stage after
             # it is recomputed on the mended output
-            logger.info("%s: retrying %d failed request(s) of the last run", stage, manifest["meta"]["failed"])
+            logger.info("%s: retrying %d failed request(s) of the last run", stage, failed)
             ref = run_stage.with_options(refresh_cache=True)(stage, plan)
             if (read_manifest(Path(ref.path)) or {}).get("finished_at") != manifest.get("finished_at"):
                 forced |= set(order[i + 1:])

@@ -29,8 +29,9 @@ import polars as pl
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from flows.options import build_config  # noqa: E402
-from lagcl.artifacts import read_manifest, read_table  # noqa: E402
+from lagcl.artifacts import read_table  # noqa: E402
 from lagcl.errors import LagclError  # noqa: E402
+from lagcl.meta import Headline, meta_of  # noqa: E402
 from lagcl.stats import combined, format_p, mark, paired_seeds, paired_users, spread  # noqa: E402
 from tasks.base import STAGES, log, make_plan  # noqa: E402
 
@@ -72,7 +73,8 @@ def run_gcl(data: str, engine: str, model: str, ablation: str | None, train_seed
 def variant_per_user(gcl_folder: Path, pick: str) -> tuple[str, pl.DataFrame]:
     """The test per-user table of the chain step `pick` of a finished gcl stage (the kept data strength, the
     rank variant, or the control)."""
-    levels = (read_manifest(gcl_folder) or {}).get("meta", {}).get("levels", [])
+    h = Headline.of("gcl", meta_of(gcl_folder))
+    levels = h.levels if h is not None else []
     steps = [r for r in levels if r["level"] == pick and r["trained"] and r["kept"]]
     if not steps:
         raise LagclError(f"{gcl_folder}: the chain has no trained '{pick}' step (levels: "
