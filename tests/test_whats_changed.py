@@ -59,3 +59,21 @@ def test_what_changed_compares_with_the_previous_run_of_the_same_configuration_o
     again = make_plan(config(tmp_path, raw))
     prev = previous_run(again)
     assert prev["fingerprints"]["prepare"] == first.fingerprints["prepare"]  # not the seed-7 run recorded last
+
+
+def test_what_changed_gives_the_headline_test_metrics_beside_their_change_since_the_previous_run(tmp_path):
+    from lagcl.artifacts import StageDir
+    from lagcl.meta import Headline
+
+    def evaluate_folder(name: str, recall: float, ndcg: float) -> str:
+        h = Headline(stage="evaluate", backbone="lightgcn", test_recall=recall, test_ndcg=ndcg, valid_recall=None,
+                     control_test_recall=0.3, control_test_ndcg=0.25, data_level=False, rank_level=False,
+                     rerank_level=False, variant="cf", groups=None, levels=[])
+        with StageDir(tmp_path / "evaluate" / name, "evaluate", name) as sd:
+            sd.finish(h.as_meta())
+        return str(sd.path)
+
+    plan = make_plan(config(tmp_path, tmp_path / "raw"))
+    previous = {"finished_at": "earlier", "folders": {"evaluate": evaluate_folder("old", 0.3, 0.25)}}
+    lines = what_changed(plan, {"evaluate": evaluate_folder("new", 0.32, 0.24)}, previous)
+    assert lines[-1] == "  metrics (test): test_recall@20 0.3200 (+0.0200), test_ndcg@20 0.2400 (-0.0100)"
