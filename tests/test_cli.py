@@ -21,8 +21,7 @@ from lagcl.errors import ConfigError
 from tasks.base import make_plan
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).parent))
-from test_recommend import N_USERS, finished_run  # noqa: E402
+from test_recommend import N_USERS, finished_run
 
 
 def exits_2(argv: list[str], capsys) -> str:

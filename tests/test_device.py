@@ -3,7 +3,6 @@ graph and the trainer, and the all-rank evaluation that ranks on whatever device
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ from lagcl.evaluate import UserItems, rank_topk
 from lagcl.models import Graph, build_model
 from lagcl.train import build_train_data, category_groups, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import tiny_tables  # noqa: E402
+from test_train import tiny_tables
 
 
 def test_device_settings_are_validated_in_the_config():

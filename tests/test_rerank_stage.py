@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,7 @@ from tasks import evaluate as evaluate_stage
 from tasks import rerank as rerank_stage
 from tasks.base import make_plan
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rerank_train import tiny_qwen2  # noqa: E402
+from test_rerank_train import tiny_qwen2
 
 N_USERS, N_ITEMS, K = 16, 30, 5
 

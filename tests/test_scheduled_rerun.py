@@ -18,8 +18,7 @@ import yaml
 from lagcl.artifacts import read_table
 from lagcl.data.fetch import ensure_ml100k
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_prefect_server import prefect_server, settled_task_runs, wait_for  # noqa: E402,F401  (the fixture)
+from test_prefect_server import prefect_server, settled_task_runs, wait_for  # noqa: F401  (the fixture)
 
 OFF = ("profiles", "augment", "groups", "rerank")
 NEW_USER = "9999"

@@ -3,15 +3,12 @@ added and removed, users and items added, stages recomputed vs reused, LLM reque
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 from flows.history import previous_run, record_run, what_changed
 from tasks import prepare as prepare_stage
 from tasks.base import make_plan
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_digest import config, write_ratings  # noqa: E402
+from test_digest import config, write_ratings
 
 
 def test_appended_ratings_show_as_added_interactions_and_a_recomputed_prepare(tmp_path):
