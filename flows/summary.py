@@ -13,7 +13,8 @@ from lagcl.errors import LagclError
 from lagcl.gate import format_chain
 from lagcl.stats import format_p, mark
 from tasks.base import REPO_ROOT, Plan, make_plan
-from lagcl.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta, meta_of
+from lagcl.meta import (TEST_NDCG, TEST_RECALL, VALID_RECALL, EvaluateMeta, Headline, PrepareMeta, RequestsMeta,
+                        meta_of, metric_key)
 
 
 def print_summary(plan: Plan, done: dict[str, str]) -> None:
@@ -159,8 +160,8 @@ def llm_lines(done: dict[str, str]) -> list[str]:
 
 def final_row(meta: dict) -> dict:
     """The run's headline numbers in the shape of a chain row."""
-    keys = ("valid_recall@20", "test_recall@20", "test_ndcg@20", "test_recall@20_cold", "test_recall@20_warm",
-            *(f"test_{m}@20_{q}" for m in ("recall", "ndcg") for q in ("diff", "lo", "hi", "p")))
+    keys = (VALID_RECALL, TEST_RECALL, TEST_NDCG, metric_key("test", segment="cold"), metric_key("test", segment="warm"),
+            *(metric_key("test", m, stat=q) for m in ("recall", "ndcg") for q in ("diff", "lo", "hi", "p")))
     kept = [r for r in meta.get("levels", []) if r.get("kept")]
     row = {k: (kept[-1].get(k) if kept else None) for k in (*keys, "valid_scope")}
     row["variant"] = " + ".join(r["level"] for r in kept) or "control"
@@ -184,10 +185,10 @@ def step_cell(levels: list[dict], level: str, tried: list[str], control: float |
     if level not in tried or not rows:
         return "-"
     r = rows[-1]  # the step the gate judged (earlier rows of a level are the strengths it lost to)
-    if not r.get("trained") or r.get("test_recall@20") is None:
+    if not r.get("trained") or r.get(TEST_RECALL) is None:
         return "not trained"
-    change = f" {(r['test_recall@20'] - control) / control:+.1%}" if control else ""
-    return ("kept" if r.get("kept") else "turned down") + change + mark(r.get("test_recall@20_p"))
+    change = f" {(r[TEST_RECALL] - control) / control:+.1%}" if control else ""
+    return ("kept" if r.get("kept") else "turned down") + change + mark(r.get(metric_key("test", stat="p")))
 
 
 def comparison_rows(store) -> list[dict[str, object]]:
@@ -224,7 +225,7 @@ def last_kept_p(levels: list[dict]) -> float | None:
     """The paired test's p of the run's last kept level against the control (None: no level kept, or a rerank
     level, whose fused ranking has no per-user test)."""
     kept = [r for r in levels if r.get("kept") and r.get("level") != "control"]
-    return kept[-1].get("test_recall@20_p") if kept else None
+    return kept[-1].get(metric_key("test", stat="p")) if kept else None
 
 
 def format_comparison(rows: list[dict[str, object]], dataset: str) -> str:

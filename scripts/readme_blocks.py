@@ -29,7 +29,7 @@ from flows.summary import chain_lines, evaluate_lines
 from lagcl.errors import LagclError
 from lagcl.stats import format_p
 from tasks.base import REPO_ROOT, make_plan
-from lagcl.meta import EvaluateMeta, meta_of
+from lagcl.meta import TEST_RECALL, VALID_RECALL, EvaluateMeta, meta_of, metric_key
 
 MARKER = re.compile(r"<!-- (BEGIN|END):([a-z0-9-]+) -->")
 
@@ -103,11 +103,11 @@ def rank_block(run: Run) -> str:
     if r is None or not r.get("trained"):
         return "the default run does not train the rank level"
     control = next(x for x in run.meta["evaluate"]["levels"] if x["level"] == "control")
-    valid = (r["valid_recall@20"] - control["valid_recall@20"]) / control["valid_recall@20"]
-    test = (r["test_recall@20"] - control["test_recall@20"]) / control["test_recall@20"]
+    valid = (r[VALID_RECALL] - control[VALID_RECALL]) / control[VALID_RECALL]
+    test = (r[TEST_RECALL] - control[TEST_RECALL]) / control[TEST_RECALL]
     return (f"the default run {'keeps' if r['kept'] else 'turns down'} the rank level (validation Recall@20 "
-            f"{valid:+.1%}, p = {format_p(r.get('valid_recall@20_p'))}; test {test:+.1%}, p = "
-            f"{format_p(r.get('test_recall@20_p'))})")
+            f"{valid:+.1%}, p = {format_p(r.get(metric_key('valid', stat='p')))}; test {test:+.1%}, p = "
+            f"{format_p(r.get(metric_key('test', stat='p')))})")
 
 
 def dataset_block(run: Run) -> str:

@@ -7,6 +7,7 @@ shares one control, and a rerun reuses it."""
 from __future__ import annotations
 
 from lagcl.levels import train_control
+from lagcl.meta import Headline
 from tasks.base import Plan, StageRef, log, run_stage
 from tasks.gcl import training_data
 
@@ -18,5 +19,6 @@ def run(plan: Plan) -> StageRef:
 
 
 def _summary(meta: dict) -> None:
-    log.info("control %s: best epoch %d, valid Recall@20 %.4f, test Recall@20 %.4f NDCG@20 %.4f", meta["backbone"],
-             meta["best_epoch"], meta["valid_recall@20"], meta["test_recall@20"], meta["test_ndcg@20"])
+    h = Headline.of(STAGE, meta)
+    log.info("control %s: best epoch %d, valid Recall@20 %.4f, test Recall@20 %.4f NDCG@20 %.4f", h.backbone,
+             meta["best_epoch"], h.valid_recall, h.test_recall, h.test_ndcg)
