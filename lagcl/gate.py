@@ -25,7 +25,9 @@ import torch
 from lagcl.config import DataLevelConfig, GateConfig, GCLConfig, RankConfig
 from lagcl.models import Backbone, Graph, build_model
 from lagcl.stats import Paired, format_p, mark, paired_users
-from lagcl.train import TrainData, TrainResult, build_train_data, metric_rows, per_user_table, train
+from lagcl.measure import metric_rows, per_user_table
+from lagcl.train import TrainResult, train
+from lagcl.train_data import TrainData, build_train_data
 
 
 @dataclass(eq=False)

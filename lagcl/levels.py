@@ -22,7 +22,7 @@ from lagcl.augment import cold_warm
 from lagcl.config import Config
 from lagcl.gate import (FitContext, Fitted, Variant, choose_levels, data_level_plan, fit_variant, headline,
                         topk_table)
-from lagcl.train import category_groups
+from lagcl.train_data import category_groups
 
 log = logging.getLogger("lagcl.levels")
 

@@ -109,7 +109,8 @@ def one(backbone: str, dataset: str, epochs: int) -> dict:
 
     from lagcl.config import load_config
     from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, train
+    from lagcl.train import train
+    from lagcl.train_data import build_train_data
 
     cfg = load_config(model=backbone, overrides=[f"gcl.epochs={epochs}", f"gcl.patience={epochs + 1}"])
     if cfg.gcl.num_threads:
@@ -137,7 +138,9 @@ def accuracy(model: str, rank: str, overrides: list[str]) -> str:
     from lagcl.data.prepare import prepare
     from lagcl.data.readers import read_raw
     from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, category_groups, train, validate
+    from lagcl.measure import validate
+    from lagcl.train import train
+    from lagcl.train_data import build_train_data, category_groups
 
     cfg = load_config(model=model, overrides=[f"rank.enabled={'true' if rank == 'on' else 'false'}", *overrides])
     if cfg.gcl.num_threads:
@@ -210,7 +213,9 @@ def time_to_best(backbones: list[str], settings: list[str], cap: int, interactio
     the settings and the per-epoch `history`. A peer without the model gives a row with `missing`."""
     from lagcl.config import load_config
     from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, train, validate
+    from lagcl.measure import validate
+    from lagcl.train import train
+    from lagcl.train_data import build_train_data
 
     data = build_train_data(interactions, n_users, n_items)
     rows = []

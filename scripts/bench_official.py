@@ -185,7 +185,8 @@ def run_theirs(official: Path, paths: dict[str, Path], mode: str, seed: int, epo
 def score_theirs(split: Split, result: dict, user_emb: np.ndarray, item_emb: np.ndarray) -> list[dict]:
     """Our valid/test Recall/NDCG@20 of every epoch's embeddings of their run (their ids mapped to ours)."""
     from lagcl.evaluate import evaluate
-    from lagcl.train import build_train_data, split_sets
+    from lagcl.measure import split_sets
+    from lagcl.train_data import build_train_data
 
     data = build_train_data(split.interactions, split.n_users, split.n_items)
     uidx = dict(zip(split.users["raw_id"].to_list(), range(split.n_users)))
