@@ -13,7 +13,8 @@ calibrated`) keeps few, surer items per user:
 - only items the control model ranks within `prune_rank` for that user;
 - the augment stage's augmented negatives (eq. 3) join the dislike pool, minus the new positives.
 
-`hit_rate` and `control_hit_rate` are the gate's pre-check: both against VALIDATION positives only.
+`hit_rate` and `control_hit_rate` are the gate's pre-check: both against VALIDATION positives only;
+`data_level_plan` gives the data-level variants the gcl stage trains, or why none is trained.
 """
 
 from __future__ import annotations
