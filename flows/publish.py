@@ -9,7 +9,7 @@ import polars as pl
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lagcl.artifacts import read_manifest
-from lagcl.gate import format_chain
+from lagcl.chain.text import format_chain
 from lagcl.meta import Headline, RequestsMeta, meta_of
 from tasks.base import Plan
 

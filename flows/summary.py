@@ -10,7 +10,7 @@ import polars as pl
 
 from flows.options import build_config
 from lagcl.errors import LagclError
-from lagcl.gate import format_chain
+from lagcl.chain.text import format_chain
 from lagcl.stats import format_p, mark
 from tasks.base import REPO_ROOT, Plan, make_plan
 from lagcl.meta import (TEST_NDCG, TEST_RECALL, VALID_RECALL, EvaluateMeta, Headline, PrepareMeta, RequestsMeta,

@@ -19,7 +19,7 @@ file that cannot be read as a whole (not UTF-8, not JSON, not a list) is an erro
 
 Groups are numbered 0.. in the order of each group's smallest member (internal id), as eq. 6's merge numbers
 them; a group left without members is dropped. An entity no file line names gets no group, as an entity outside
-the groups stage's tables always has (lagcl/levels.py `node_groups` gives each such node a group of its own).
+the groups stage's tables always has (lagcl/chain/levels.py `node_groups` gives each such node a group of its own).
 
 The id map (`groups.id_map: title_year`) reads item files keyed by another dataset that holds the same items
 under other ids (MovieLens versions): each of its ids is matched to this dataset's item with the same normalised

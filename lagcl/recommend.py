@@ -6,7 +6,7 @@ s_final, then the rest of the CF ranking); for every other user, and when the re
 model's ranking. Known items are never recommended (`recommend.exclude`): training positives are masked in
 cf_topk already, and here `rated` (the default) removes every other item the user interacted with in training
 and validation, liked or disliked, `positives` only the validation positives. Each setting masks exactly what
-one test protocol of the metrics masks (`PROTOCOL`; lagcl/train.py PROTOCOLS and split_sets): `rated` the
+one test protocol of the metrics masks (`PROTOCOL`; lagcl/measure.py PROTOCOLS and split_sets): `rated` the
 "dislikes masked" protocol (training and validation positives and the training dislikes; every dislike
 carries split "train"), `positives` the "all" protocol. So the first 20 rows of each user reproduce the
 test Recall@20 / NDCG@20 of that protocol (the evaluate manifest's `recommendations` entry records it).
@@ -32,7 +32,7 @@ from lagcl.rerank.fusion import CandidateMatrix, fuse, ranked_lists
 SCHEMA = {"user": pl.Int32, "rank": pl.Int32, "item": pl.Int32, "score": pl.Float64, "user_raw": pl.String,
           "item_raw": pl.String, "cf_rank": pl.Int32, "cf_score": pl.Float64, "source": pl.String}
 
-# recommend.exclude -> the test protocol (lagcl/train.py PROTOCOLS) that masks the same items
+# recommend.exclude -> the test protocol (lagcl/measure.py PROTOCOLS) that masks the same items
 PROTOCOL = {"rated": "dislikes masked", "positives": "all"}
 
 

@@ -28,115 +28,14 @@ from tqdm.auto import tqdm
 
 from lagcl.config import GCLConfig, RankConfig
 from lagcl.device import resolve_device
-from lagcl.evaluate import UserItems, evaluate, rank_topk, user_metrics_from_ranked, users_with_truth
 from lagcl.losses import (bpr_loss, group_aware_info_nce, info_nce, l2_reg, la_info_nce, labpr_loss, lightgcl_info_nce,
                           official_bpr, official_reg, total_loss)
+from lagcl.measure import validate
 from lagcl.models import Backbone
-from lagcl.sampling import NegativeSampler
+from lagcl.train_data import TrainData
 
 CKPT_VERSION = 1
 log = logging.getLogger("lagcl.train")
-
-
-@dataclass
-class TrainData:
-    n_users: int
-    n_items: int
-    edge_users: torch.Tensor      # graph edges: training positives (+ augmented positives on the graph channel)
-    edge_items: torch.Tensor
-    train_pos: UserItems          # real training positives: masked when ranking
-    valid: UserItems
-    test: UserItems
-    sampler: NegativeSampler
-    user_group: torch.Tensor | None = None
-    item_group: torch.Tensor | None = None
-    info: dict = field(default_factory=dict)
-    edge_weight: torch.Tensor | None = None   # per graph edge (None: all 1)
-    pair_users: torch.Tensor | None = None    # BPR positives (None: the graph edges)
-    pair_items: torch.Tensor | None = None
-    pair_weight: torch.Tensor | None = None   # per BPR positive (None: all 1)
-    train_neg: UserItems | None = None        # real training dislikes (ratings <= threshold): the masked protocol
-
-    def __post_init__(self) -> None:
-        if self.pair_users is None:
-            self.pair_users, self.pair_items = self.edge_users, self.edge_items
-
-
-def _t(df: pl.DataFrame, col: str) -> torch.Tensor:
-    return torch.from_numpy(df[col].cast(pl.Int64).to_numpy().copy())
-
-
-def category_groups(interactions: pl.DataFrame, items: pl.DataFrame, n_users: int, n_items: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stand-in semantic groups until the `groups` stage exists: an item's group is its first category
-    (genre); a user's group is the most frequent first-genre among the user's training positives
-    (ties -> the smaller group id; a user with none gets a group of its own kind, id = n_genres)."""
-    first = items.select("item", pl.col("categories").list.first().fill_null("(none)").alias("g"))
-    names = sorted(first["g"].unique().to_list())
-    gid = {n: k for k, n in enumerate(names)}
-    item_group = torch.full((n_items,), len(names), dtype=torch.long)
-    item_group[_t(first, "item")] = torch.tensor([gid[g] for g in first["g"].to_list()], dtype=torch.long)
-    pos = interactions.filter((pl.col("split") == "train") & (pl.col("sign") > 0))
-    counts = torch.zeros(n_users, len(names) + 1)
-    counts.index_put_((_t(pos, "user"), item_group[_t(pos, "item")]), torch.ones(pos.height), accumulate=True)
-    counts[:, -1] = 0.5  # only wins for users without training positives
-    return counts.argmax(1), item_group
-
-
-def _with_augmented(real: torch.Tensor, aug: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sorted unique keys of real + augmented pairs and their weights (1 real, `weight` augmented-only)."""
-    keys = torch.unique(torch.cat([real, aug]))
-    if aug.numel() == 0 or weight == 1.0:
-        return keys, None
-    w = torch.where(torch.isin(keys, real), 1.0, float(weight))
-    return keys, w
-
-
-def build_train_data(interactions: pl.DataFrame, n_users: int, n_items: int,
-                     augmented: pl.DataFrame | None = None, user_group: torch.Tensor | None = None,
-                     item_group: torch.Tensor | None = None, dislike_prob: float = 0.0, aug_weight: float = 1.0,
-                     channel: str = "both", hard_share: float = 0.0) -> TrainData:
-    """Graph = training positives (+ augmented positives on the `graph` channel, edges of weight
-    `aug_weight`); BPR positives = training positives (+ augmented ones on the `bpr` channel, triplets of
-    weight `aug_weight`); dislikes = training negatives + augmented negatives (never graph edges, never
-    evaluation targets). `aug_weight` 0 or no `augmented` gives exactly the data of a run without the data
-    level (the control). Augmented positives are never drawn as negatives while the level is on."""
-    def pairs(df: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        return _t(df, "user"), _t(df, "item")
-
-    if channel not in ("graph", "bpr", "both"):
-        raise ValueError(f"unknown augmentation channel {channel!r}: graph, bpr or both")
-    train = interactions.filter(pl.col("split") == "train")
-    pos = train.filter(pl.col("sign") > 0)
-    neg = train.filter(pl.col("sign") < 0)
-    aug_pos = aug_neg = pos.head(0)
-    if augmented is not None and augmented.height and aug_weight > 0:
-        aug_pos = augmented.filter(pl.col("sign") > 0)
-        aug_neg = augmented.filter(pl.col("sign") < 0)
-    real = torch.unique(_t(pos, "user") * n_items + _t(pos, "item"))
-    aug = torch.unique(_t(aug_pos, "user") * n_items + _t(aug_pos, "item"))
-    none = aug[:0]
-    g_key, g_w = _with_augmented(real, aug if channel in ("graph", "both") else none, aug_weight)
-    p_key, p_w = _with_augmented(real, aug if channel in ("bpr", "both") else none, aug_weight)
-    all_pos = torch.unique(torch.cat([real, aug]))
-    du = torch.cat([_t(neg, "user"), _t(aug_neg, "user")])
-    di = torch.cat([_t(neg, "item"), _t(aug_neg, "item")])
-    split = {s: interactions.filter((pl.col("split") == s) & (pl.col("sign") > 0)) for s in ("valid", "test")}
-    return TrainData(
-        n_users, n_items, g_key // n_items, g_key % n_items,
-        train_pos=UserItems.from_pairs(*pairs(pos), n_users, n_items),
-        valid=UserItems.from_pairs(*pairs(split["valid"]), n_users, n_items),
-        test=UserItems.from_pairs(*pairs(split["test"]), n_users, n_items),
-        sampler=NegativeSampler(n_users, n_items, all_pos // n_items, all_pos % n_items, du, di, dislike_prob,
-                                item_group=item_group, hard_share=hard_share),
-        user_group=user_group, item_group=item_group,
-        info={"graph_edges": int(g_key.numel()), "bpr_positives": int(p_key.numel()),
-              "train_positives": pos.height, "augmented_positives": int(aug.numel()),
-              "augmented_weight": float(aug_weight) if aug.numel() else 0.0, "channel": channel,
-              "dislikes": int(du.numel()), "augmented_negatives": aug_neg.height},
-        edge_weight=g_w, pair_users=p_key // n_items, pair_items=p_key % n_items, pair_weight=p_w,
-        train_neg=UserItems.from_pairs(*pairs(neg), n_users, n_items),
-    )
 
 
 @dataclass
@@ -239,63 +138,6 @@ def official_batch_losses(model: Backbone, data: TrainData, users: torch.Tensor,
         hard_loss = hard_term / rec.clamp(min=1e-12)
     return {"loss": loss, "rec": rec, "cl": cl_u + cl_i, "reg": reg, "hard": from_group.float().mean(),
             "hard_loss": hard_loss}
-
-
-def validate(model: Backbone, data: TrainData, ks=(20,), split: str = "valid", batch_size: int = 1024,
-             users: torch.Tensor | None = None, mask_dislikes: bool = False) -> dict[tuple[str, int], float]:
-    """Validation masks training positives; test masks training and validation positives. `users`: only
-    these users (a segment, e.g. cold-start); `mask_dislikes`: also mask the known training dislikes (the
-    second protocol: a known dislike is not recommended again)."""
-    model.eval()
-    with torch.no_grad():
-        cache = model.embeddings()
-    truth, exclude = split_sets(data, split, mask_dislikes)
-    out = evaluate(lambda u: model.score(u, cache), truth, exclude, ks, batch_size, users=users)
-    model.train()
-    return out
-
-
-def split_sets(data: TrainData, split: str, mask_dislikes: bool = False) -> tuple[UserItems, UserItems]:
-    """(truth, excluded items) of a split: validation masks training positives, test masks training and
-    validation positives; `mask_dislikes` also masks the known training dislikes."""
-    exclude = data.train_pos if split == "valid" else data.train_pos.union(data.valid)
-    if mask_dislikes and data.train_neg is not None:
-        exclude = exclude.union(data.train_neg)
-    return (data.valid if split == "valid" else data.test), exclude
-
-
-def per_user_table(model: Backbone, data: TrainData, k: int = 20, batch_size: int = 1024) -> pl.DataFrame:
-    """(split, user, recall, ndcg) at k for every user with truth items, both splits, all-items protocol: the
-    per-user values the paired tests compare (lagcl/stats.py); their means are the `metrics` rows."""
-    model.eval()
-    with torch.no_grad():
-        cache = model.embeddings()
-    frames = []
-    for split in ("valid", "test"):
-        truth, exclude = split_sets(data, split)
-        users = users_with_truth(truth)
-        ranked, _ = rank_topk(lambda u: model.score(u, cache), users, k, exclude, batch_size)
-        users, per = user_metrics_from_ranked(ranked, users, truth, (k,))
-        frames.append(pl.DataFrame({"split": split, "user": users.numpy().astype("int32"),
-                                    "recall": per[("recall", k)].numpy(), "ndcg": per[("ndcg", k)].numpy()}))
-    model.train()
-    return pl.concat(frames)
-
-
-PROTOCOLS = {"all": False, "dislikes masked": True}
-
-
-def metric_rows(model: Backbone, data: TrainData, ks, segments: dict[str, torch.Tensor], batch_size: int = 1024
-                ) -> list[dict]:
-    """Every (split, protocol, segment, metric, k) of a trained model, as rows for a `metrics` table."""
-    rows = []
-    for split in ("valid", "test"):
-        for protocol, mask in PROTOCOLS.items():
-            for segment, users in segments.items():
-                m = validate(model, data, ks, split, batch_size, users=users, mask_dislikes=mask)
-                rows += [{"split": split, "protocol": protocol, "segment": segment, "metric": metric, "k": k,
-                          "value": v} for (metric, k), v in m.items()]
-    return rows
 
 
 LOSS_PARTS = ("loss", "rec", "cl", "reg", "hard", "hard_loss")

@@ -109,7 +109,8 @@ def one(backbone: str, dataset: str, epochs: int) -> dict:
 
     from lagcl.config import load_config
     from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, train
+    from lagcl.train import train
+    from lagcl.train_data import build_train_data
 
     cfg = load_config(model=backbone, overrides=[f"gcl.epochs={epochs}", f"gcl.patience={epochs + 1}"])
     if cfg.gcl.num_threads:
@@ -131,13 +132,16 @@ def one(backbone: str, dataset: str, epochs: int) -> dict:
 
 
 def accuracy(model: str, rank: str, overrides: list[str]) -> str:
+    import dataclasses
+
     import torch
 
+    from lagcl.chain.fit import Variant, fit_variant
+    from lagcl.chain.levels import Interactions, fit_context
     from lagcl.config import load_config
     from lagcl.data.prepare import prepare
     from lagcl.data.readers import read_raw
-    from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, category_groups, train, validate
+    from lagcl.train_data import category_groups
 
     cfg = load_config(model=model, overrides=[f"rank.enabled={'true' if rank == 'on' else 'false'}", *overrides])
     if cfg.gcl.num_threads:
@@ -145,12 +149,13 @@ def accuracy(model: str, rank: str, overrides: list[str]) -> str:
     out = prepare(read_raw(cfg.data, REPO), cfg.data, cfg.seed)
     n_users, n_items = out.users.height, out.items.height
     on = rank == "on"
-    ug, ig = category_groups(out.interactions, out.items, n_users, n_items) if on else (None, None)
-    data = build_train_data(out.interactions, n_users, n_items, None, ug, ig,
-                            cfg.rank.dislike_sample_prob if on else 0.0)
-    model_ = build_model(cfg.gcl, Graph(data.edge_users, data.edge_items, n_users, n_items), cfg.seed)
-    r = train(model_, data, cfg.gcl, cfg.rank if on else None, cfg.seed, progress=False)
-    v, t = validate(model_, data, ks=(20,)), validate(model_, data, ks=(20,), split="test")
+    groups = category_groups(out.interactions, out.items, n_users, n_items) if on else None
+    # the gcl stage's own path: its fit context (no checkpoints) and one variant, no data level
+    ctx = fit_context(cfg, Interactions(out.interactions, out.items, n_users), None, groups)
+    f = fit_variant(dataclasses.replace(ctx, progress=False), Variant("rank" if on else "control", rank=on))
+    r = f.result
+    v = {(m, 20): f.value("valid", m) for m in ("recall", "ndcg")}
+    t = {(m, 20): f.value("test", m) for m in ("recall", "ndcg")}
     return (f"{model} rank={rank} {' '.join(overrides)} | best epoch {r.best_epoch}/{r.epochs.height} | valid "
             f"R@20 {v[('recall', 20)]:.4f} N@20 {v[('ndcg', 20)]:.4f} | test R@20 {t[('recall', 20)]:.4f} "
             f"N@20 {t[('ndcg', 20)]:.4f} | {r.train_seconds:.1f} s training, "
@@ -210,7 +215,9 @@ def time_to_best(backbones: list[str], settings: list[str], cap: int, interactio
     the settings and the per-epoch `history`. A peer without the model gives a row with `missing`."""
     from lagcl.config import load_config
     from lagcl.models import Graph, build_model
-    from lagcl.train import build_train_data, train, validate
+    from lagcl.measure import validate
+    from lagcl.train import train
+    from lagcl.train_data import build_train_data
 
     data = build_train_data(interactions, n_users, n_items)
     rows = []

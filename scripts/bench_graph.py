@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load(dataset: str):
-    from lagcl.train import build_train_data
+    from lagcl.train_data import build_train_data
 
     inter, n_users, n_items = ml100k() if dataset == "ml-100k" else synthetic_ml1m()
     return build_train_data(inter, n_users, n_items)
@@ -137,7 +137,8 @@ def run(datasets: list[str], backbones: list[str], backends: list[str], rounds: 
 def equivalence(epochs: int = 3) -> str:
     from lagcl.config import load_config
     from lagcl.models import Graph, build_model
-    from lagcl.train import train, validate
+    from lagcl.measure import validate
+    from lagcl.train import train
 
     data = _load("ml-100k")
     cfg = load_config(model="lightgcn", overrides=[f"gcl.epochs={epochs}", f"gcl.patience={epochs + 1}"])

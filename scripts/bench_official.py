@@ -2,13 +2,13 @@
 
 Our ML-100K split (the prepare stage), with our rank level's default groups (the groups stage of the default
 offline `embedding` engine: `rank.groups_from: groups`; an entity the stage left ungrouped is a group of its own,
-as lagcl.levels.node_groups makes it), is exported to their file format, and over `--seeds` training seeds:
+as lagcl.chain.levels.node_groups makes it), is exported to their file format, and over `--seeds` training seeds:
 
 - THEIR XSimGCL (../shared/anchors/lagcl4rec-official) runs as a separate process from a temporary folder
   (scripts/official_runner.py applies the run-time changes it needs: CPU, stand-in imports, our files), twice:
   `released` (the group files keyed by int, as their load_group_info does, while their loader keeps ids as
   strings) and `intended` (the same dicts keyed by the id strings);
-- OUR trainer (the gcl stage's own path: lagcl.levels.fit_context + lagcl.gate.fit_variant) with the preset of
+- OUR trainer (the gcl stage's own path: lagcl.chain.levels.fit_context + lagcl.chain.fit.fit_variant) with the preset of
   their settings, conf/model/xsimgcl-official.yaml (`--model`): the control (rank off), `rank.reading: paper`
   (our default reading) and `rank.reading: official`; and `official-one-group`, the official reading with every
   user and every item in one group: what their released code computes when no group key matches.
@@ -143,8 +143,8 @@ def their_conf(official: Path, paths: dict[str, Path], epochs: int) -> str:
 
 def load_split(cfg) -> Split:
     """The prepare, profiles and groups stages of this configuration (run or found in its cache folder), and
-    each node's group as the gcl stage gives them to the rank level (lagcl.levels.node_groups)."""
-    from lagcl.levels import Interactions, node_groups
+    each node's group as the gcl stage gives them to the rank level (lagcl.chain.levels.node_groups)."""
+    from lagcl.chain.levels import Interactions, node_groups
     from tasks.base import make_plan
     from tasks.stages import STAGES
 
@@ -185,7 +185,8 @@ def run_theirs(official: Path, paths: dict[str, Path], mode: str, seed: int, epo
 def score_theirs(split: Split, result: dict, user_emb: np.ndarray, item_emb: np.ndarray) -> list[dict]:
     """Our valid/test Recall/NDCG@20 of every epoch's embeddings of their run (their ids mapped to ours)."""
     from lagcl.evaluate import evaluate
-    from lagcl.train import build_train_data, split_sets
+    from lagcl.measure import split_sets
+    from lagcl.train_data import build_train_data
 
     data = build_train_data(split.interactions, split.n_users, split.n_items)
     uidx = dict(zip(split.users["raw_id"].to_list(), range(split.n_users)))
@@ -257,8 +258,8 @@ def our_config(model: str, run: str, seed: int, epochs: int, threads: int, overr
 
 
 def ours_row(split: Split, model: str, run: str, seed: int, epochs: int, threads: int, overrides: list[str]) -> dict:
-    from lagcl.gate import Variant, fit_variant
-    from lagcl.levels import Interactions, fit_context
+    from lagcl.chain.fit import Variant, fit_variant
+    from lagcl.chain.levels import Interactions, fit_context
 
     cfg = our_config(model, run, seed, epochs, threads, overrides)
     groups = None

@@ -24,7 +24,8 @@ import yaml
 
 from lagcl.config import CONF_DIR, GCLConfig
 from lagcl.models import Graph, build_model
-from lagcl.train import build_train_data, train
+from lagcl.train import train
+from lagcl.train_data import build_train_data
 from scripts.synthetic_data import SHAPES, generate
 
 

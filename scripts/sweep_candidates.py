@@ -53,15 +53,14 @@ def retrain(args: argparse.Namespace, sizes: list[int]) -> pl.DataFrame:
 
 
 def rescore(args: argparse.Namespace, sizes: list[int]) -> pl.DataFrame:
-    from lagcl.artifacts import read_table
-    from lagcl.rerank.data import (PromptBuilder, build_pairs, candidate_sets, fallback_profiles, histories,
-                                   item_titles, without_test)
-    from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, grid_search, user_items
-    from lagcl.rerank.infer import score_texts
-    from lagcl.rerank.train import load_trained
-
-    from lagcl.artifacts import is_complete
+    from lagcl.artifacts import is_complete, read_table
+    from lagcl.chain.rerank_level import EvaluateInputs, evaluation_scope, fusion_variants
     from lagcl.errors import LagclError
+    from lagcl.rerank.data import PromptBuilder, build_pairs, candidate_sets, histories, item_titles, without_test
+    from lagcl.rerank.fusion import fusion_metrics
+    from lagcl.rerank.infer import score_texts
+    from lagcl.rerank.score import RerankInputs, profile_texts
+    from lagcl.rerank.train import load_trained
 
     plan = _plan(args, [])
     if not is_complete(Path(plan.ref("rerank").path), verify=False):
@@ -74,15 +73,16 @@ def rescore(args: argparse.Namespace, sizes: list[int]) -> pl.DataFrame:
     cf_topk = read_table(Path(plan.ref("gcl").path), "cf_topk")
     roles_df = read_table(rr, "rerank_users")
     roles = dict(zip(roles_df["user"].to_list(), roles_df["role"].to_list()))
-    up, ip = fallback_profiles(users_t, items)
-    prof = plan.upstream("rerank").get("profiles")
-    if prof is not None and (Path(prof.path) / "manifest.json").is_file():
-        for name, d in (("user_profiles", up), ("item_profiles", ip)):
-            t = read_table(Path(prof.path), name)
-            d.update(dict(zip(t[t.columns[0]].to_list(), t["summarization"].to_list())))
-    aug = plan.upstream("rerank").get("augment")
-    augmented = (read_table(Path(aug.path), "augmented")
-                 if aug is not None and (Path(aug.path) / "manifest.json").is_file() else None)
+
+    def upstream(stage: str, table: str) -> pl.DataFrame | None:
+        ref = plan.upstream("rerank").get(stage)
+        done = ref is not None and (Path(ref.path) / "manifest.json").is_file()
+        return read_table(Path(ref.path), table) if done else None
+
+    augmented = upstream("augment", "augmented")
+    # the rerank stage's prompt texts: the profiles stage's summaries, else metadata
+    up, ip, _ = profile_texts(RerankInputs(inter, users_t, items, cf_topk, augmented,
+                                           upstream("profiles", "user_profiles"), upstream("profiles", "item_profiles")))
     seen = without_test(inter)
     # the same history the rerank stage showed its reranker
     pairs = build_pairs(candidate_sets(cf_topk, max(sizes)), seen, histories(seen, augmented, rc.history),
@@ -94,16 +94,15 @@ def rescore(args: argparse.Namespace, sizes: list[int]) -> pl.DataFrame:
         pl.Series("score", score_texts(model, tok, pairs["text"].to_list(), rc.spec.eval_batch_size,
                                        rc.spec.max_length)))
     secs = time.time() - t0
-    n_users, n_items = users_t.height, items.height
-    valid, test = user_items(inter, "valid", n_users, n_items), user_items(inter, "test", n_users, n_items)
-    holdout = [u for u, r in roles.items() if r == "holdout"]
+    x = EvaluateInputs(inter, users_t, items, cf_topk, scores, roles_df, None, {}, None, {})
     rows = []
     for k in sizes:
-        mat = CandidateMatrix.build(cf_topk, scores, k, list(roles))
-        alpha, tau = rc.alpha, rc.tau
-        if k and rc.grid_search and holdout:
-            alpha, tau, _ = grid_search(CandidateMatrix.build(cf_topk, scores, k, holdout), valid,
-                                        rc.alpha_grid, rc.tau_grid)
+        # the evaluate stage's users, candidate matrices and (alpha, tau) grid search, with |C_u| = k
+        cfg_k = cfg.model_copy(update={"rerank": rc.model_copy(update={"candidates": k})})
+        scope = evaluation_scope(cfg_k, x)
+        variants, _ = fusion_variants(cfg_k, scope)
+        alpha, tau = variants.get("cf+rerank (tuned)", (cfg.fusion.alpha, cfg.fusion.tau))
+        mat, test, valid = scope.splits["test"]
         for variant, (a, t) in {"cf": (1.0, tau), "cf+rerank": (alpha, tau)}.items():
             for (metric, kk), v in fusion_metrics(mat, a, t, test, valid, (20,)).items():
                 rows.append({"candidates": k, "variant": variant, "metric": metric, "k": kk, "value": v,

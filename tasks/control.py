@@ -6,7 +6,7 @@ shares one control, and a rerun reuses it."""
 
 from __future__ import annotations
 
-from lagcl.levels import train_control
+from lagcl.chain.levels import train_control
 from lagcl.meta import Headline
 from tasks.base import Plan, StageRef, log, run_stage
 from tasks.gcl import training_data

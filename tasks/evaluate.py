@@ -1,10 +1,10 @@
 """Stage 6: base CF and CF + reranker side by side (eq. 19-21), all-rank Recall/NDCG, the rerank level's gate,
-the recommendations, report and plots (lagcl/rerank/level.py)."""
+the recommendations, report and plots (lagcl/chain/rerank_level.py)."""
 
 from __future__ import annotations
 
-from lagcl.gate import format_chain
-from lagcl.rerank.level import EvaluateInputs, evaluate
+from lagcl.chain.rerank_level import EvaluateInputs, evaluate
+from lagcl.chain.text import format_chain
 from tasks.base import Plan, StageRef, log, run_stage
 
 STAGE = "evaluate"

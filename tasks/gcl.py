@@ -2,14 +2,14 @@
 checkpoint and cf_topk, `levels` (the chain control -> + data -> + rank, each step kept or turned down with
 its reason), `metrics` of every trained variant (valid/test, both protocols, all/cold/warm users), `epochs`
 (eq. 7-12). The data level is tried at each `data_level.weights` strength with the rank level off, the rank
-level on top of what was kept (lagcl/levels.py, lagcl/gate.py). With `graph.backend: dgl` and no DGL here the
-template runs it in the DGL environment (tasks/dgl.py)."""
+level on top of what was kept (lagcl/chain/levels.py, lagcl/chain/rule.py). With `graph.backend: dgl` and no
+DGL here the template runs it in the DGL environment (tasks/dgl.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lagcl.levels import Control, Interactions, train_levels
+from lagcl.chain.levels import Control, Interactions, train_levels
 from tasks.base import Plan, StageRef, log, rank_enabled, run_stage
 from tasks.groups import source_label
 

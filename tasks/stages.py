@@ -177,7 +177,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               writes=("cf_topk", "levels", "metrics", "per_user", "epochs"),
               extras=(rank_tried, cold_split, train_seed),
               # the rank section (its lambda_cl, w_h, temperatures...) is read only by the rank-level variant
-              # (lagcl/train.py batch_losses, lagcl/gate.py fit_variant): untried, it must not retrain the stage
+              # (lagcl/train.py batch_losses, lagcl/chain/fit.py fit_variant): untried, it must not retrain the stage
               only_if={"rank": rank_enabled},
               meta=Headline, timing="stage_seconds", trains=True),
     StageSpec("rerank", "tasks.rerank:run", ("rerank",), "2",

@@ -11,7 +11,8 @@ import torch
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.evaluate import UserItems, rank_topk
 from lagcl.models import Graph, build_model
-from lagcl.train import build_train_data, category_groups, train
+from lagcl.train import train
+from lagcl.train_data import build_train_data, category_groups
 
 from test_train import tiny_tables
 

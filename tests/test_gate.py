@@ -12,8 +12,9 @@ import torch
 from lagcl.artifacts import ArtifactStore, read_table
 from lagcl.augment import SCORES, SCORES_SCHEMA, candidate_samples, chunks, cold_users, run_scoring, select_augmented
 from lagcl.config import DataLevelConfig, GateConfig, GCLConfig, RankConfig, load_config
-from lagcl.data_level import precision_check, select_calibrated
-from lagcl.gate import FitContext, Variant, choose_levels, data_level_plan, fit_variant, topk_table
+from lagcl.chain.data_level import data_level_plan, precision_check, select_calibrated
+from lagcl.chain.fit import FitContext, Variant, fit_variant, topk_table
+from lagcl.chain.rule import choose_levels
 from lagcl.sampling import NegativeSampler
 from lagcl.semantic.base import EngineDefaults, Profile, ScoreResult
 from tasks import control as control_stage
@@ -216,7 +217,7 @@ def test_the_chain_shows_each_levels_change_against_the_control_and_marks_held_o
             "test_recall@20": 0.42, "test_ndcg@20": 0.19}
     rerank = {**rank, "level": "rerank", "variant": "cf+rerank", "kept": False, "reason": "left out",
               "valid_recall@20": 0.50, "valid_scope": "10 held-out users"}
-    from lagcl.gate import format_chain
+    from lagcl.chain.text import format_chain
 
     lines = format_chain([control, rank, rerank])
     assert "0.3300 (+10.0%)" in lines[2] and "0.4200 (+5.0%)" in lines[2] and "0.1900 (-5.0%)" in lines[2]

@@ -20,7 +20,9 @@ import torch
 from lagcl.artifacts import is_complete, read_table
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
-from lagcl.train import batch_losses, build_train_data, category_groups, train, validate
+from lagcl.measure import validate
+from lagcl.train import batch_losses, train
+from lagcl.train_data import build_train_data, category_groups
 from tasks import control as control_stage
 from tasks import dgl as dgl_env
 from tasks import gcl as gcl_stage

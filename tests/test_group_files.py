@@ -324,7 +324,7 @@ def test_the_cost_estimate_counts_no_group_requests_for_a_kind_read_from_a_file(
 
 
 def test_the_chain_names_the_group_source_of_the_rank_step():
-    from lagcl.gate import format_chain
+    from lagcl.chain.text import format_chain
 
     levels = [{"level": "control", "variant": "control", "kept": True, "reason": "the control"},
               {"level": "rank", "variant": "rank", "kept": False, "reason": "turned down",

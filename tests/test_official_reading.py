@@ -7,7 +7,8 @@ import torch
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.sampling import NegativeSampler
-from lagcl.train import Trainer, build_train_data, category_groups, official_batch_losses
+from lagcl.train import Trainer, official_batch_losses
+from lagcl.train_data import build_train_data, category_groups
 from tests.test_train import tiny_tables
 
 # items 0-2 in group 0, 3-4 in group 1, 5 alone in group 2

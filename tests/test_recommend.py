@@ -17,7 +17,8 @@ from lagcl.config import load_config
 from lagcl.evaluate import UserItems, evaluate, metrics_from_ranked, rank_topk
 from lagcl.recommend import PROTOCOL, excluded_items, recommendations
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, user_items
-from lagcl.train import PROTOCOLS, build_train_data, split_sets
+from lagcl.measure import PROTOCOLS, split_sets
+from lagcl.train_data import build_train_data
 from flows import cli
 from tasks import evaluate as evaluate_stage
 from tasks.base import make_plan

@@ -1,4 +1,4 @@
-"""The evaluate stage's report (lagcl/report.py): it says when the headline's alpha/tau are a fallback, which
+"""The evaluate stage's report (lagcl/chain/report.py): it says when the headline's alpha/tau are a fallback, which
 metrics reranking cannot move (from the run's own candidate count), and draws the chain with its intervals."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lagcl.gate import Step
-from lagcl.report import chain_plot, chain_points, metrics_plot, report_markdown
+from lagcl.chain.report import chain_plot, chain_points, metrics_plot, report_markdown
+from lagcl.chain.rerank_level import fusion_choice
+from lagcl.chain.rule import Step
 from lagcl.rerank.fusion import CandidateMatrix, fusion_metrics, metrics_fusion_cannot_move, user_items
-from lagcl.rerank.level import fusion_choice
 
 
 @pytest.mark.parametrize("k, expected", [(20, [("recall", 20), ("recall", 50)]), (50, [("recall", 50)]),

@@ -7,7 +7,9 @@ import numpy as np
 import polars as pl
 
 from lagcl.config import GateConfig
-from lagcl.gate import Fitted, Variant, choose_levels, format_chain
+from lagcl.chain.fit import Fitted, Variant
+from lagcl.chain.rule import choose_levels
+from lagcl.chain.text import format_chain
 from lagcl.stats import combined, mark, paired_seeds, paired_users, spread
 
 

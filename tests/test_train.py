@@ -12,7 +12,8 @@ from lagcl.artifacts import read_table
 from lagcl.config import GCLConfig, RankConfig, load_config
 from lagcl.models import Graph, build_model
 from lagcl.sampling import NegativeSampler
-from lagcl.train import CKPT_VERSION, Trainer, TrainState, build_train_data, category_groups, train
+from lagcl.train import CKPT_VERSION, Trainer, TrainState, train
+from lagcl.train_data import build_train_data, category_groups
 from tasks import control as control_stage
 from tasks import gcl as gcl_stage
 from tasks.base import make_plan

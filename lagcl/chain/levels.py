@@ -1,9 +1,9 @@
 """The training stages' work: the control (docs/design.md 13) and the levels chosen against it (eq. 7-12), each
-behind one call that trains through lagcl/gate.py and writes the stage's model and tables into its folder.
+behind one call that trains through lagcl/chain/rule.py and writes the stage's model and tables into its folder.
 
 `train_control` trains the backbone with no level on; `train_levels` tries the data level at each
 `data_level.weights` strength with the rank level off, the rank level on top of what was kept
-(gate.choose_levels), and writes the chosen model, the chain (`levels`) and every variant's metrics,
+(rule.choose_levels), and writes the chosen model, the chain (`levels`) and every variant's metrics,
 per-user values and epochs.
 """
 
@@ -20,9 +20,10 @@ import torch
 from lagcl.artifacts import StageDir
 from lagcl.augment import cold_warm
 from lagcl.config import Config
-from lagcl.gate import (FitContext, Fitted, Variant, choose_levels, data_level_plan, fit_variant, headline,
-                        topk_table)
-from lagcl.train import category_groups
+from lagcl.chain.data_level import data_level_plan
+from lagcl.chain.fit import FitContext, Fitted, Variant, fit_variant, headline, topk_table
+from lagcl.chain.rule import choose_levels
+from lagcl.train_data import category_groups
 
 log = logging.getLogger("lagcl.levels")
 
@@ -149,7 +150,7 @@ def train_control(sd: StageDir, cfg: Config, data: Interactions) -> dict:
 def train_levels(sd: StageDir, cfg: Config, data: Interactions, control: Control, rank_on: bool,
                  groups: tuple[pl.DataFrame | None, pl.DataFrame | None], scores: pl.DataFrame | None,
                  augmented: pl.DataFrame | None, groups_label: str | None = None) -> dict:
-    """The chain control -> + data -> + rank on validation (lagcl/gate.py): writes the chosen model (the
+    """The chain control -> + data -> + rank on validation (lagcl/chain/rule.py): writes the chosen model (the
     control's when no level is kept) and the `levels`, `metrics`, `per_user` and `epochs` tables; returns the
     manifest meta. `groups`: the groups stage's (user_groups, item_groups), None where it is off; `scores`,
     `augmented`: the augment stage's, None where it is off. `groups_label`: what made the groups stage's groups
@@ -188,7 +189,7 @@ def train_levels(sd: StageDir, cfg: Config, data: Interactions, control: Control
         "rank_level": "rank" in kept, "data_level": "data" in kept, "rank_tried": rank_on,
         "data_tried": blocked is None and bool(variants), "data_check": check,
         "data": chosen.data.info if chosen.data is not None else {},
-        # the rank step names the groups and the reading it trained with: the chain says which ran (lagcl/gate.py)
+        # the rank step names the groups and the reading it trained with: the chain shows which ran
         "levels": [{**st.as_row(), **({"groups": groups_source, "reading": cfg.rank.reading}
                                       if st.level == "rank" and st.trained else {})} for st in steps], "gate": cfg.gate.model_dump(),
         "best_epoch": chosen.result.best_epoch if chosen.result else None,

@@ -13,7 +13,8 @@ calibrated`) keeps few, surer items per user:
 - only items the control model ranks within `prune_rank` for that user;
 - the augment stage's augmented negatives (eq. 3) join the dislike pool, minus the new positives.
 
-`hit_rate` and `control_hit_rate` are the gate's pre-check: both against VALIDATION positives only.
+`hit_rate` and `control_hit_rate` are the gate's pre-check: both against VALIDATION positives only;
+`data_level_plan` gives the data-level variants the gcl stage trains, or why none is trained.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import math
 import polars as pl
 
 from lagcl.augment import AUGMENTED_SCHEMA
-from lagcl.config import DataLevelConfig
+from lagcl.chain.fit import Variant
+from lagcl.config import DataLevelConfig, GateConfig
 
 
 def centred_like_scores(scores: pl.DataFrame, centre: bool = True) -> pl.DataFrame:
@@ -100,3 +102,25 @@ def precision_check(augmented: pl.DataFrame, control_topk: pl.DataFrame, interac
     return {"users": k.height, "positives": pos.height, "engine_precision": round(engine, 5),
             "control_precision": round(control, 5),
             "ratio": round(engine / control, 4) if control > 0 else (math.inf if engine > 0 else 0.0)}
+
+
+def data_level_plan(dl: DataLevelConfig, gate: GateConfig, scores: pl.DataFrame | None,
+                    paper_augmented: pl.DataFrame | None, interactions: pl.DataFrame,
+                    control_topk: pl.DataFrame) -> tuple[list[Variant], str | None, dict]:
+    """The data-level variants to train, or why none is (the precision pre-check), and the check's figures."""
+    if scores is None or paper_augmented is None:
+        return [], "the augment stage is not part of this run", {}
+    if dl.reading == "paper":
+        aug = paper_augmented
+        variants = [Variant("data (paper reading)", aug, 1.0)]
+    else:
+        aug = select_calibrated(scores, interactions, dl, control_topk, paper_augmented)
+        variants = [Variant(f"data w={w:g}", aug, w) for w in dl.weights if w > 0]
+    check = precision_check(aug, control_topk, interactions)
+    if not variants:
+        return [], "data_level.weights has no strength above 0", check
+    if gate.enabled and check["ratio"] < gate.min_precision_ratio:
+        return [], (f"engine precision {check['engine_precision']:.2%} vs control {check['control_precision']:.2%} "
+                    f"on validation positives of {check['users']} cold users (ratio {check['ratio']:.2f} < "
+                    f"gate.min_precision_ratio {gate.min_precision_ratio:g}): not trained"), check
+    return variants, None, check

@@ -14,14 +14,14 @@ import polars as pl
 
 from lagcl.artifacts import StageDir
 from lagcl.augment import cold_warm
+from lagcl.chain.report import chain_plot, grid_plot, metrics_plot, protocols_markdown, report_markdown
+from lagcl.chain.rule import Step, verdict
 from lagcl.config import Config, GateConfig
 from lagcl.evaluate import UserItems
-from lagcl.gate import Step, above_noise, beats, gain
 from lagcl.recommend import PROTOCOL, excluded_items, recommendations
-from lagcl.report import chain_plot, grid_plot, metrics_plot, protocols_markdown, report_markdown
 from lagcl.rerank.fusion import (CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search,
                                  metrics_fusion_cannot_move, user_items)
-from lagcl.stats import format_p, mark, paired_users
+from lagcl.stats import paired_users
 
 
 @dataclass(frozen=True)
@@ -154,16 +154,10 @@ def rerank_step(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants
 def gate_reranker(gate: GateConfig, cand: float, base: float, per_user: PerUser, fused: str,
                   n_holdout: int) -> tuple[bool, str]:
     """Whether the fusion is kept over CF (validation NDCG@20 above gate.min_gain and the noise, or the gate
-    off), and the reason the chain shows."""
+    off; lagcl/chain/rule.py `verdict`), and the reason the chain shows."""
     t = paired_users(per_user[(fused, "valid")].values("ndcg"), per_user[("cf", "valid")].values("ndcg"),
                      gate.resamples)
-    ok = beats(cand, base, gate.min_gain) and above_noise(t, gate)
-    reason = (f"validation NDCG@20 of {n_holdout} held-out users {cand:.4f} vs CF {base:.4f} "
-              f"({gain(cand, base):+.2%}, p={format_p(t.p)}{mark(t.p)})")
-    if ok or not gate.enabled:
-        return True, reason + ("" if ok else "; kept because gate.enabled is false")
-    needs = f"> {gate.min_gain:+.2%}" + (f" with p < {gate.max_p:g}" if gate.max_p < 1 else "")
-    return False, reason + f": reranker left out (needs {needs})"
+    return verdict(gate, cand, base, t, f"validation NDCG@20 of {n_holdout} held-out users", "CF", "reranker left out")
 
 
 def segment_test_numbers(cfg: Config, x: EvaluateInputs, scope: Scope, alpha_tau: tuple[float, float]) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lagcl.gate import format_chain
+from lagcl.chain.text import format_chain
 
 
 def _pyplot():
