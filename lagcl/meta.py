@@ -98,13 +98,13 @@ class Headline:
         return "headline_variant" if stage == "evaluate" else "variant"
 
     def as_meta(self) -> dict[str, Any]:
-        """The keys `of` reads, as the stage writes them (None values left out; the control's own numbers are
-        its test numbers, not written twice). `Headline.of(stage, h.as_meta()) == h`."""
+        """The keys `of` reads, as the stage writes them (None values and an empty chain left out; the control's
+        own numbers are its test numbers, not written twice). `Headline.of(stage, h.as_meta()) == h`."""
         out: dict[str, Any] = {
             "backbone": self.backbone, TEST_RECALL: self.test_recall, TEST_NDCG: self.test_ndcg,
             VALID_RECALL: self.valid_recall, "data_level": self.data_level, "rank_level": self.rank_level,
             "rerank_level": self.rerank_level, self.variant_key(self.stage): self.variant, "groups": self.groups,
-            "levels": self.levels}
+            "levels": self.levels or None}
         if self.stage != "control":
             out[metric_key("test", of="control")] = self.control_test_recall
             out[metric_key("test", "ndcg", of="control")] = self.control_test_ndcg

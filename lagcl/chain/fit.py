@@ -13,6 +13,7 @@ import torch
 
 from lagcl.config import DataLevelConfig, GCLConfig, RankConfig
 from lagcl.measure import metric_rows, per_user_table
+from lagcl.meta import metric_key
 from lagcl.models import Backbone, Graph, build_model
 from lagcl.train import TrainResult, train
 from lagcl.train_data import TrainData, build_train_data
@@ -66,7 +67,7 @@ def headline(f: Fitted) -> dict[str, float]:
         for m in ("recall", "ndcg"):
             for seg in ("all", "cold", "warm"):
                 try:
-                    out[f"{s}_{m}@20{'' if seg == 'all' else '_' + seg}"] = f.value(s, m, 20, seg)
+                    out[metric_key(s, m, segment=None if seg == "all" else seg)] = f.value(s, m, 20, seg)
                 except KeyError:
                     pass
     return out

@@ -20,6 +20,7 @@ import torch
 from lagcl.artifacts import StageDir
 from lagcl.augment import cold_warm
 from lagcl.config import Config
+from lagcl.meta import Headline, metric_key
 from lagcl.chain.data_level import data_level_plan
 from lagcl.chain.fit import FitContext, Fitted, Variant, fit_variant, headline, topk_table
 from lagcl.chain.rule import choose_levels
@@ -141,9 +142,13 @@ def train_control(sd: StageDir, cfg: Config, data: Interactions) -> dict:
     sd.write_table("metrics", metrics_table([f]))
     sd.write_table("per_user", per_user_table([f]))
     sd.write_table("epochs", epochs_table([f]))
-    return {"backbone": cfg.gcl.backbone, "variant": "control", "rank_level": False, "data_level": False,
+    test = (f.value("test"), f.value("test", "ndcg"))
+    return {**headline(f), **Headline(
+                stage="control", backbone=cfg.gcl.backbone, test_recall=test[0], test_ndcg=test[1],
+                valid_recall=f.valid, control_test_recall=test[0], control_test_ndcg=test[1], data_level=False,
+                rank_level=False, rerank_level=None, variant="control", groups=None, levels=[]).as_meta(),
             "best_epoch": f.result.best_epoch, "epochs_run": f.result.epochs.height,
-            "resumed_from_epoch": f.result.resumed_from, **headline(f),
+            "resumed_from_epoch": f.result.resumed_from,
             "train_seconds": round(f.result.train_seconds, 3), "data": f.data.info}
 
 
@@ -184,19 +189,21 @@ def train_levels(sd: StageDir, cfg: Config, data: Interactions, control: Control
     sd.write_table("epochs", epochs_table(trained))
     kept = {st.level for st in steps if st.kept}
     ranked = next((f for f in trained if f.variant.rank), None)
+    # the rank step names the groups and the reading it trained with: the chain shows which ran
+    levels = [{**st.as_row(), **({"groups": groups_source, "reading": cfg.rank.reading}
+                                 if st.level == "rank" and st.trained else {})} for st in steps]
     return {
-        "backbone": cfg.gcl.backbone, "variant": chosen.variant.name, "groups": groups_source,
-        "rank_level": "rank" in kept, "data_level": "data" in kept, "rank_tried": rank_on,
+        **Headline(stage="gcl", backbone=cfg.gcl.backbone, test_recall=chosen.value("test"),
+                   test_ndcg=chosen.value("test", "ndcg"), valid_recall=chosen.valid,
+                   control_test_recall=ctrl.value("test"), control_test_ndcg=ctrl.value("test", "ndcg"),
+                   data_level="data" in kept, rank_level="rank" in kept, rerank_level=None,
+                   variant=chosen.variant.name, groups=groups_source, levels=levels).as_meta(),
+        "rank_tried": rank_on,
         "data_tried": blocked is None and bool(variants), "data_check": check,
         "data": chosen.data.info if chosen.data is not None else {},
-        # the rank step names the groups and the reading it trained with: the chain shows which ran
-        "levels": [{**st.as_row(), **({"groups": groups_source, "reading": cfg.rank.reading}
-                                      if st.level == "rank" and st.trained else {})} for st in steps], "gate": cfg.gate.model_dump(),
+        "gate": cfg.gate.model_dump(),
         "best_epoch": chosen.result.best_epoch if chosen.result else None,
-        "test_recall@20": chosen.value("test"), "test_ndcg@20": chosen.value("test", "ndcg"),
-        "valid_recall@20": chosen.valid, "valid_ndcg@20": chosen.value("valid", "ndcg"),
-        "control_test_recall@20": ctrl.value("test"), "control_test_ndcg@20": ctrl.value("test", "ndcg"),
-        "control_valid_recall@20": ctrl.valid,
+        metric_key("valid", "ndcg"): chosen.value("valid", "ndcg"), metric_key("valid", of="control"): ctrl.valid,
         "train_seconds": round(sum(f.result.train_seconds for f in trained if f.result), 3),
         # of the rank-level variant, kept or not: how many LABPR negatives were hard and what w_h did
         "hard_negative_share": mean_epoch(ranked, "hard") if ranked else None,

@@ -18,6 +18,7 @@ from lagcl.chain.report import chain_plot, grid_plot, metrics_plot, protocols_ma
 from lagcl.chain.rule import Step, verdict
 from lagcl.config import Config, GateConfig
 from lagcl.evaluate import UserItems
+from lagcl.meta import TEST_NDCG, TEST_RECALL, VALID_RECALL, Headline, metric_key
 from lagcl.recommend import PROTOCOL, excluded_items, recommendations
 from lagcl.rerank.fusion import (CandidateMatrix, FusedUsers, fusion_metrics, fusion_users, grid_search,
                                  metrics_fusion_cannot_move, user_items)
@@ -144,7 +145,7 @@ def rerank_step(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Variants
     cand = metric_value(metrics, fused, "valid", "ndcg")
     kept, reason = gate_reranker(cfg.gate, cand, metric_value(metrics, "cf", "valid", "ndcg"), per_user, fused,
                                  len(scope.holdout))
-    numbers = {"valid_recall@20": metric_value(metrics, fused, "valid", "recall"), "valid_ndcg@20": cand,
+    numbers = {VALID_RECALL: metric_value(metrics, fused, "valid", "recall"), metric_key("valid", "ndcg"): cand,
                "valid_scope": f"{len(scope.holdout)} held-out users",
                **paired_with_control(per_user[(fused, "test")], x.control_per_user, cfg.gate),
                **segment_test_numbers(cfg, x, scope, variants[fused])}
@@ -164,12 +165,12 @@ def segment_test_numbers(cfg: Config, x: EvaluateInputs, scope: Scope, alpha_tau
     """The fusion's test Recall/NDCG@20 over all evaluated users and their cold-start and warm parts."""
     parts = cold_warm(x.interactions, scope.users, cfg.augment.cold_threshold)
     out = {}
-    for name, us in {"": scope.users, **{f"_{seg}": v for seg, v in parts.items()}}.items():
+    for name, us in {None: scope.users, **parts}.items():
         if not us:
             continue
         m = fusion_metrics(CandidateMatrix.build(x.cf_topk, x.scores, scope.k, us), alpha_tau[0], alpha_tau[1],
                            scope.truth["test"], scope.truth["valid"], [20])
-        out[f"test_recall@20{name}"], out[f"test_ndcg@20{name}"] = m[("recall", 20)], m[("ndcg", 20)]
+        out[metric_key("test", segment=name)], out[metric_key("test", "ndcg", segment=name)] = m[("recall", 20)], m[("ndcg", 20)]
     return out
 
 
@@ -179,19 +180,21 @@ def evaluate_meta(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varian
         return metric_value(metrics, variant, split, metric)
 
     rc, gcl_meta = cfg.fusion, x.gcl_meta
-    return {"headline_variant": head, "candidates": scope.k, "alpha": variants[head][0], "tau": variants[head][1],
+    return {**Headline(stage="evaluate", backbone=gcl_meta.get("backbone"), test_recall=val(head, "test", "recall"),
+                       test_ndcg=val(head, "test", "ndcg"), valid_recall=None,
+                       control_test_recall=gcl_meta.get(metric_key("test", of="control")),
+                       control_test_ndcg=gcl_meta.get(metric_key("test", "ndcg", of="control")),
+                       data_level=gcl_meta.get("data_level"), rank_level=gcl_meta.get("rank_level"),
+                       rerank_level=head != "cf", variant=head, groups=None,
+                       levels=[*gcl_meta.get("levels", []), step.as_row()]).as_meta(),
+            "candidates": scope.k, "alpha": variants[head][0], "tau": variants[head][1],
             "config_alpha": rc.alpha, "config_tau": rc.tau, "fusion": fusion_choice(variants, head, step),
             "cannot_move": [f"{m}@{kk}" for m, kk in metrics_fusion_cannot_move(scope.k, scope.ks)],
             "users": len(scope.users),
             "holdout_users": len(scope.holdout),
-            "test_recall@20": val(head, "test", "recall"), "test_ndcg@20": val(head, "test", "ndcg"),
-            "cf_test_recall@20": val("cf", "test", "recall"), "cf_test_ndcg@20": val("cf", "test", "ndcg"),
-            "valid_ndcg@20": val(head, "valid", "ndcg"), "cf_valid_ndcg@20": val("cf", "valid", "ndcg"),
-            "reranker": rerank_meta(x).get("model"), "backbone": gcl_meta.get("backbone"),
-            "rank_level": gcl_meta.get("rank_level"), "data_level": gcl_meta.get("data_level"),
-            "rerank_level": head != "cf", "levels": [*gcl_meta.get("levels", []), step.as_row()],
-            "control_test_recall@20": gcl_meta.get("control_test_recall@20"),
-            "control_test_ndcg@20": gcl_meta.get("control_test_ndcg@20"),
+            metric_key("test", of="cf"): val("cf", "test", "recall"), metric_key("test", "ndcg", of="cf"): val("cf", "test", "ndcg"),
+            metric_key("valid", "ndcg"): val(head, "valid", "ndcg"), metric_key("valid", "ndcg", of="cf"): val("cf", "valid", "ndcg"),
+            "reranker": rerank_meta(x).get("model"),
             "recommendations": {"n": cfg.recommend.n, "users": rec["user"].n_unique(), "rows": rec.height,
                                 "ranking": head, **table_protocol(cfg, x, scope, variants, head)},
             "fingerprints": dict(fingerprints)}  # the run's stage folders, for `lagcl recommend`
@@ -222,8 +225,8 @@ def table_protocol(cfg: Config, x: EvaluateInputs, scope: Scope, variants: Varia
     alpha, tau = variants[head]
     m = fusion_metrics(CandidateMatrix.build(x.cf_topk, x.scores, scope.k if head != "cf" else 0, scope.users),
                        alpha, tau, scope.truth["test"], known, [20])
-    return {"exclude": exclude, "protocol": PROTOCOL[exclude], "test_recall@20": m[("recall", 20)],
-            "test_ndcg@20": m[("ndcg", 20)]}
+    return {"exclude": exclude, "protocol": PROTOCOL[exclude], TEST_RECALL: m[("recall", 20)],
+            TEST_NDCG: m[("ndcg", 20)]}
 
 
 def rerank_meta(x: EvaluateInputs) -> dict:
@@ -253,6 +256,5 @@ def paired_with_control(fused_test: FusedUsers, control_per_user: pl.DataFrame |
     out = {}
     for m in ("recall", "ndcg"):
         t = paired_users(both[f"{m}_f"].to_numpy(), both[m].to_numpy(), gate.resamples)
-        out.update({f"test_{m}@20_diff": t.diff, f"test_{m}@20_lo": t.lo, f"test_{m}@20_hi": t.hi,
-                    f"test_{m}@20_p": t.p})
+        out.update({metric_key("test", m, stat=q): getattr(t, q) for q in ("diff", "lo", "hi", "p")})
     return out

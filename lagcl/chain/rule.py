@@ -21,6 +21,7 @@ import polars as pl
 
 from lagcl.chain.fit import Fitted, Variant, headline
 from lagcl.config import GateConfig
+from lagcl.meta import metric_key
 from lagcl.stats import Paired, format_p, mark, paired_users
 
 
@@ -41,11 +42,11 @@ class Step:
                 **{k: self.metrics.get(k) for k in METRIC_KEYS + TEST_KEYS}}
 
 
-METRIC_KEYS = [f"{s}_{m}@20{seg}" for s in ("valid", "test") for m in ("recall", "ndcg")
-               for seg in ("", "_cold", "_warm")]
+METRIC_KEYS = [metric_key(s, m, segment=seg) for s in ("valid", "test") for m in ("recall", "ndcg")
+               for seg in (None, "cold", "warm")]
 # the paired tests of a step (lagcl/stats.py): validation Recall@20 against the step before it (what the gate
 # decided on) and test Recall@20 / NDCG@20 against the control (reported only): difference, 95% interval, p
-TEST_KEYS = [f"{s}_{m}@20_{q}" for s, m in (("valid", "recall"), ("test", "recall"), ("test", "ndcg"))
+TEST_KEYS = [metric_key(s, m, stat=q) for s, m in (("valid", "recall"), ("test", "recall"), ("test", "ndcg"))
              for q in ("diff", "lo", "hi", "p")]
 
 
