@@ -95,8 +95,6 @@ def imported(plan: Plan) -> dict:
 
 
 def _build(plan: Plan, sd) -> dict:
-    cfg = plan.cfg
-    g = cfg.groups
     items = plan.input("prepare", "items")
     out = imported(plan)
     stats = {kind: kg.stats for kind, kg in out.items()}
