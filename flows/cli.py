@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.options import add_config_options, add_run_options, add_store_options, build_config, positive_int
+from flows.options import add_config_options, add_run_options, add_store_options, positive_int, run_config
 from flows.summary import comparison_rows, format_comparison
 from lagcl.artifacts import read_manifest
 from lagcl.config import load_config
@@ -25,7 +25,7 @@ from lagcl.meta import meta_of
 
 
 def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
-    cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
+    cfg = run_config(args)
     plan = make_plan(cfg)
     rows = []
     for stage, fp in plan.fingerprints.items():
@@ -68,7 +68,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def run_folders(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
     """stage -> finished folder of the run these options describe; when that run has not finished (e.g. the raw
     data changed since), the newest finished run of the dataset, with a note saying so."""
-    cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides)
+    cfg = run_config(args)
     plan = make_plan(cfg)
     note = None
     ev = Path(plan.ref("evaluate").path) if "evaluate" in plan.fingerprints else None

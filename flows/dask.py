@@ -3,13 +3,15 @@ fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow
 from prefect.states import Failed
 
 from flows.runner import run_stages
 from lagcl.config import Config
 from lagcl.errors import LagclError
-from tasks.base import Plan
+from tasks.base import Fanout, Plan
 
 
 @flow(name="lagcl-stages-dask", log_prints=True)
@@ -17,9 +19,18 @@ def dask_stages(plan: Plan, from_stage: str | None = None) -> dict[str, str]:
     """The stages of a `pipeline.runner=dask` run: a subflow whose task runner is prefect-dask's, so the
     stages' LLM and scoring fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
     try:
-        return run_stages(plan, from_stage)
+        return run_stages(replace(plan, fanout=cluster_fanout()), from_stage)
     except LagclError as exc:
         return Failed(message=str(exc), data=exc)
+
+
+def cluster_fanout() -> Fanout:
+    """The executor of this subflow's Dask cluster (its DaskTaskRunner's client), handed to the stages through the
+    plan (`Plan.fanout`, tasks.base.stage_engine): one part per worker thread."""
+    from prefect.context import FlowRunContext
+
+    client = FlowRunContext.get().task_runner.client
+    return Fanout(client.get_executor(), sum(client.nthreads().values()), client.scheduler.address)
 
 
 def dask_task_runner(cfg: Config):

@@ -41,12 +41,11 @@ def load_schedules(path: Path) -> list[dict]:
 
 def check_budget(path: Path, entry: dict) -> None:
     """A deployment of a paid engine carries llm.budget_usd (a number, or `none` on purpose)."""
-    from flows.options import build_config
+    from flows.options import run_config
     from lagcl.llm.accounting import paid_price
 
     p = entry.get("parameters", {})
-    cfg = build_config(p.get("data", "ml-100k"), p.get("engine", "embedding"), p.get("model", "lightgcn"),
-                       p.get("rank"), p.get("ablation"), p.get("overrides") or [])
+    cfg = run_config(p)
     if paid_price(cfg.engine, cfg.llm) is not None and cfg.llm.budget_usd is None:
         raise ConfigError(f"{path}: deployment {entry['name']} runs the paid engine {cfg.engine.name}/"
                           f"{cfg.engine.model} without a budget: add llm.budget_usd=<USD> to its overrides (DRY_RUN=1 "

@@ -8,6 +8,7 @@ Each command takes only the options it uses: `add_store_options` (which dataset'
 from __future__ import annotations
 
 import argparse
+from typing import Any, Mapping
 
 from lagcl.config import CONF_DIR, Config, backbone_error, backbone_names, load_config
 from tasks.base import STAGES
@@ -78,6 +79,25 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="price the LLM stages (requests, tokens, USD) and exit without running anything "
                         "(default: off; make: DRY_RUN=1)")
+
+
+RUN_PARAMETERS = ("data", "engine", "model", "rank", "ablation", "overrides")  # the flow's, in its order
+RUN_DEFAULTS = {"data": "ml-100k", "engine": "embedding", "model": "lightgcn"}
+
+
+def run_parameters(source: "argparse.Namespace | Mapping[str, Any]") -> dict[str, Any]:
+    """The run's parameters, as the flow `lagcl-pipeline` takes them, from parsed options or a mapping (the flow's
+    own arguments, a deployment's `parameters`); what is not given takes the flow's default."""
+    get = source.get if isinstance(source, Mapping) else (lambda k, d=None: getattr(source, k, d))
+    out = {k: get(k, RUN_DEFAULTS.get(k)) for k in RUN_PARAMETERS}
+    out["overrides"] = list(out["overrides"] or [])
+    return out
+
+
+def run_config(source: "argparse.Namespace | Mapping[str, Any]", dry_run: bool = False) -> Config:
+    """The configuration of a run's parameters (`run_parameters`): the one call every entry point makes."""
+    p = run_parameters(source)
+    return build_config(p["data"], p["engine"], p["model"], p["rank"], p["ablation"], p["overrides"], dry_run)
 
 
 def build_config(data: str, engine: str, model: str, rank: str | None, ablation: str | None,

@@ -23,13 +23,31 @@ from flows.dask import dask_stages, dask_task_runner
 from flows.dry_run import dry_run
 from flows.history import previous_run, record_run, what_changed
 from flows.interrupt import stop_cleanly_on_signals
-from flows.options import add_run_options, build_config
+from flows.options import add_run_options, run_config, run_parameters
 from flows.publish import publish_artifacts
 from flows.runner import prefect_home, run_stages
 from flows.summary import print_summary, product_lines
 from lagcl.data.readers import check_raw_files
 from lagcl.errors import LagclError, storage_error
-from tasks.base import REPO_ROOT, make_plan
+from tasks.base import REPO_ROOT, Plan, make_plan
+
+
+# the plan the command line built to check its options, handed to the flow run it starts with the same parameters
+# (taken once: a deployment's or a schedule's run, in its own process, builds its own)
+_checked: dict[str, Plan] = {}
+
+
+def _key(params: dict) -> str:
+    return repr(sorted(params.items()))
+
+
+def run_plan(params: dict, dry_run: bool = False) -> Plan:
+    """The plan of the flow's parameters (`run_parameters`): the one path from parameters to config and plan, for the
+    command line and for the flow. A flow run started by `run_from_args` takes the plan it built (built once); one
+    started by a deployment or a schedule builds it here."""
+    params = run_parameters(params)
+    plan = None if dry_run else _checked.pop(_key(params), None)
+    return plan if plan is not None else make_plan(run_config(params, dry_run))
 
 
 @flow(name="lagcl-pipeline", log_prints=True)
@@ -37,8 +55,8 @@ def lagcl_pipeline(data: str = "ml-100k", engine: str = "embedding", model: str 
                    rank: str | None = None, ablation: str | None = None, from_stage: str | None = None,
                    overrides: list[str] | None = None) -> dict[str, str]:
     try:
-        cfg = build_config(data, engine, model, rank, ablation, overrides or [])
-        plan = make_plan(cfg)
+        plan = run_plan(dict(data=data, engine=engine, model=model, rank=rank, ablation=ablation, overrides=overrides))
+        cfg = plan.cfg
         # installed inside the flow, after Prefect's own SIGTERM capture, so that ours is the one in force
         with stop_cleanly_on_signals():
             if cfg.pipeline.runner == "dask":
@@ -97,9 +115,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # validate before starting Prefect, so a typo costs nothing
-        cfg = build_config(args.data, args.engine, args.model, args.rank, args.ablation, args.overrides,
-                           args.dry_run)
-        plan = make_plan(cfg)
+        params = run_parameters(args)
+        plan = run_plan(params, args.dry_run)
+        cfg = plan.cfg
         if not plan.store.is_complete("prepare", plan.fingerprints["prepare"]):
             check_raw_files(cfg.data, REPO_ROOT)
         if args.dry_run:
@@ -107,9 +125,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         from prefect.settings import temporary_settings
 
         check_prefect_home()
-        with temporary_settings(_local_server_settings()):
-            lagcl_pipeline(data=args.data, engine=args.engine, model=args.model, rank=args.rank,
-                           ablation=args.ablation, from_stage=args.from_stage, overrides=args.overrides)
+        _checked[_key(params)] = plan  # the flow run below takes it (run_plan): the plan is built once
+        try:
+            with temporary_settings(_local_server_settings()):
+                lagcl_pipeline(**params, from_stage=args.from_stage)
+        finally:
+            _checked.pop(_key(params), None)
     except LagclError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,8 +28,10 @@ import numpy as np
 import polars as pl
 
 from lagcl.artifacts import StageDir
+from lagcl.config import Config
 from lagcl.hashing import mix, stable_key
 from lagcl.semantic.base import Polarity, Profile, ScoreRequest, ScoreResult, SemanticEngine
+from lagcl.semantic.cost import ScoringLoad
 from lagcl.semantic.replies import check_scores
 
 log = logging.getLogger("lagcl.augment")
@@ -49,6 +51,14 @@ def cold_users(interactions: pl.DataFrame, threshold: int) -> list[int]:
     counts = dict(pos.iter_rows())
     users = sorted(interactions["user"].unique().to_list())
     return [u for u in users if counts.get(u, 0) < threshold]
+
+
+def scoring_load(interactions: pl.DataFrame, n_items: int, cfg: Config) -> ScoringLoad:
+    """Each cold-start user's sample size, from the same rules the augment stage uses: every item the user
+    has not seen in training, at most augment.n_candidates."""
+    cold = cold_users(interactions, cfg.augment.cold_threshold)
+    seen = dict(interactions.filter(pl.col("split") == "train").group_by("user").len().iter_rows())
+    return ScoringLoad(tuple(min(cfg.augment.n_candidates, n_items - seen.get(u, 0)) for u in cold))
 
 
 def cold_warm(interactions: pl.DataFrame, users: Sequence[int], threshold: int) -> dict[str, list[int]]:

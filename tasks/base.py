@@ -26,7 +26,7 @@ from lagcl.semantic import SemanticEngine, make_engine
 from tasks.budget import LLM_STAGES, paid_by, stage_budget
 from lagcl.meta import meta_of
 # rank_enabled is imported from here by the stage modules and the LLM cost estimate
-from tasks.stages import STAGES, check_switches, rank_enabled  # noqa: F401
+from tasks.stages import STAGES, enabled_stages, rank_enabled  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("lagcl")
@@ -49,18 +49,6 @@ class StageRef:
     path: str
 
 
-def enabled_stages(cfg: Config) -> list[str]:
-    """Stages this run executes, after ablation switches (Table 3)."""
-    check_switches(cfg.pipeline.stages)
-    on = {"prepare": True, **cfg.pipeline.stages}
-    ablation = cfg.pipeline.ablation
-    if ablation == "no-data":
-        on["augment"] = False
-    elif ablation == "no-rerank":
-        on["rerank"] = False
-    return [s for s in STAGES if on.get(s, True)]
-
-
 @dataclass
 class Plan:
     cfg: Config
@@ -70,6 +58,8 @@ class Plan:
     # inside a stage body (`run_stage` hands it `for_stage(name)`): the stage, and what it has read of each upstream
     stage: str | None = None
     read: dict[str, list[str]] = field(default_factory=dict)
+    # pipeline.runner=dask: the executor the flow hands its stages (flows/dask.py; `stage_engine`)
+    fanout: "Fanout | None" = field(default=None, repr=False, compare=False)
 
     def for_stage(self, stage: str) -> "Plan":
         """This plan as stage `stage`'s body sees it: its `input` calls are held to the stage's declared `reads`."""
@@ -180,34 +170,43 @@ def _config_hash(cfg: Config, sections: tuple[str, ...]) -> str:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": ""})}).section_hash(*sections)
 
 
+@dataclass(frozen=True)
+class Fanout:
+    """Where an LLM stage's profile and score requests fan out (`pipeline.runner=dask`): an executor of the
+    flow's cluster and its number of worker threads. The flow hands it to the plan (`Plan.fanout`, flows/dask.py);
+    nothing here looks for a cluster."""
+
+    executor: object  # a concurrent.futures.Executor (a Dask client's `get_executor()`)
+    parts: int
+    where: str = ""  # for the log line: the scheduler's address
+
+
 def stage_engine(plan: Plan, stage: str) -> SemanticEngine:
     """The run's semantic engine for LLM stage `stage`, with what it may spend (tasks/budget.py: the run's
-    budget less what its stages have cost, every attempt counted; a paid engine without a budget stops here)."""
-    return make_engine(plan.cfg, plan.store.root, stage_budget(plan, stage))
+    budget less what its stages have cost, every attempt counted; a paid engine without a budget stops here).
+    The one place a stage's budget is worked out: the local engine and the Dask fan-out both get it from here.
+    With `pipeline.runner=dask` its profile and score requests fan out over the executor the flow handed the
+    plan (`plan.fanout`: the cluster of its DaskTaskRunner, one part per worker thread); the stage process stays
+    the only writer of its folder."""
+    cfg = plan.cfg
+    budget = stage_budget(plan, stage)
+    if cfg.pipeline.runner != "dask":
+        return make_engine(cfg, plan.store.root, budget)
+    fanout = plan.fanout
+    if fanout is None:
+        raise ConfigError("pipeline.runner=dask: the stages run inside the flow's `lagcl-stages-dask` subflow, "
+                          "which owns the Dask cluster; run them through `python -m flows.pipeline` / `make pipeline`")
+    from lagcl.semantic.distributed import DistributedEngine
+
+    log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", fanout.where, fanout.parts)
+    return DistributedEngine(cfg, plan.store.root, fanout.executor, fanout.parts, budget=budget)
 
 
 @contextmanager
 def semantic_engine(plan: Plan, stage: str) -> Iterator[SemanticEngine]:
-    """The run's semantic engine for LLM stage `stage` (`stage_engine`). With `pipeline.runner=dask` its
-    profile and score requests fan out over the Dask cluster of the flow's DaskTaskRunner (prefect-dask), one
-    part per worker thread; the stage process stays the only writer of its folder."""
-    cfg = plan.cfg
-    if cfg.pipeline.runner != "dask":
-        yield stage_engine(plan, stage)
-        return
-    from prefect.context import FlowRunContext
-    from prefect_dask import DaskTaskRunner
-
-    from lagcl.semantic.distributed import DistributedEngine
-
-    ctx = FlowRunContext.get()
-    if ctx is None or not isinstance(ctx.task_runner, DaskTaskRunner):
-        raise ConfigError("pipeline.runner=dask: the stages run inside the flow's `lagcl-stages-dask` subflow, "
-                          "which owns the Dask cluster; run them through `python -m flows.pipeline` / `make pipeline`")
-    client = ctx.task_runner.client
-    parts = sum(client.nthreads().values())
-    log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", client.scheduler.address, parts)
-    yield DistributedEngine(cfg, plan.store.root, client.get_executor(), parts, budget=stage_budget(plan, stage))
+    """The run's semantic engine for LLM stage `stage` (`stage_engine`), for the length of a `with` block: the
+    profiles, augment and groups stages all take their engine here, Dask fan-out included."""
+    yield stage_engine(plan, stage)
 
 
 # --- the stage template: what every stage does around its own work -------------------------------------------

@@ -23,7 +23,7 @@ from lagcl.llm.cache import ResponseCache
 
 if TYPE_CHECKING:
     from tasks.base import Plan
-    from tasks.estimate import Estimate
+    from lagcl.semantic.cost import Estimate
 
 LLM_STAGES = ("profiles", "augment", "groups")  # the stages that call the semantic engine
 RESPONSES = "responses.sqlite"
@@ -83,7 +83,7 @@ def require_budget(plan: "Plan") -> None:
     price = paid_price(cfg.engine, cfg.llm)
     if price is None or cfg.llm.budget_usd is not None:
         return
-    from tasks.estimate import workload
+    from tasks.workload import workload
 
     report = workload(plan).estimate(cfg, out=None)
     stages = ", ".join(f"{s} ${report.stage_usd(s):,.2f}" for s in LLM_STAGES if s in plan.fingerprints)

@@ -22,7 +22,7 @@ from lagcl.group_files import import_groups, title_year_map
 from lagcl.groups import PreviousGroups, build_groups, genre_purity
 from lagcl.profiles import raw_labels, read_profiles
 from lagcl.semantic import SemanticEngine
-from tasks.base import Plan, StageRef, log, run_stage, stage_engine
+from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
 
 STAGE = "groups"
 MEMBERS = "group_members"
@@ -95,14 +95,19 @@ def imported(plan: Plan) -> dict:
 
 
 def _build(plan: Plan, sd) -> dict:
-    cfg = plan.cfg
-    g = cfg.groups
     items = plan.input("prepare", "items")
     out = imported(plan)
     stats = {kind: kg.stats for kind, kg in out.items()}
     if len(out) == 2:  # nothing of the engine's: no profiles read, nothing asked
         return write_groups(plan, sd, out, stats, items, engine=None, previous=None)
-    engine = stage_engine(plan, STAGE)
+    with semantic_engine(plan, STAGE) as engine:  # the profiles/augment engine path: Dask fan-out included
+        return _group(plan, sd, engine, out, stats, items)
+
+
+def _group(plan: Plan, sd, engine: SemanticEngine, out: dict, stats: dict, items: pl.DataFrame) -> dict:
+    """The kinds the engine groups (eq. 5-6), incrementally from a previous result where one matches."""
+    cfg = plan.cfg
+    g = cfg.groups
     labels = {"user": raw_labels(plan.input("prepare", "users"), "user"), "item": raw_labels(items, "item")}
     started = sd.read_shards(STARTED_FROM)
     pinned = started["folder"][0] if started.height else None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lagcl.config import Config
 from lagcl.meta import EvaluateMeta, Headline, PrepareMeta, RequestsMeta
+from lagcl.semantic.cost import Demand, group_requests, profile_requests, score_requests
 
 if TYPE_CHECKING:
     from tasks.base import Plan, StageRef
@@ -113,6 +114,9 @@ class StageSpec:
     meta: type | None = None  # the typed view of the manifest meta other code reads back
     timing: str | None = None  # the meta key the template writes the stage's seconds to
     trains: bool = False  # a training stage: with graph.backend=dgl and no DGL here it runs in the DGL environment
+    # an LLM stage: operation -> the requests it makes on this data under this config (lagcl/semantic/cost.py;
+    # the dry-run estimate and the budget check add up those of the enabled stages, tasks.workload.planned_counts)
+    requests: Callable[[Config, Demand], dict[str, int]] | None = None
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -152,11 +156,12 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               writes=("interactions", "users", "items"), meta=PrepareMeta),
     StageSpec("profiles", "tasks.profiles:run", ("data", "engine", "profiles"), "2",
               reads={"prepare": ("interactions", "users", "items")}, writes=("user_profiles", "item_profiles"),
-              extras=(prompt_ids,), meta=RequestsMeta, timing="seconds_this_run"),
+              extras=(prompt_ids,), meta=RequestsMeta, timing="seconds_this_run", requests=profile_requests),
     StageSpec("augment", "tasks.augment:run", ("engine", "augment"), "3",
               requires={"profiles": "scores cold users' candidates from the profiles stage's profiles"},
               reads={"prepare": ("interactions", "users", "items"), "profiles": ("user_profiles", "item_profiles")},
-              writes=("augmented",), may_write=("scores",), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run"),
+              writes=("augmented",), may_write=("scores",), extras=(prompt_ids, prompt_style, pair_reuse), meta=RequestsMeta, timing="seconds_this_run",
+              requests=score_requests),
     StageSpec("groups", "tasks.groups:run", ("engine", "groups"), "3",
               requires={"profiles": "groups the profiles stage's profiles"},
               reads={"prepare": ("users", "items"), "profiles": ("user_profiles", "item_profiles")},
@@ -164,7 +169,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               extras=(group_prompt_ids, group_files),
               only_if={"engine": groups_by_engine}, needs_if={"profiles": groups_by_engine},
               meta=RequestsMeta,
-              timing="seconds_this_run"),
+              timing="seconds_this_run", requests=group_requests),
     StageSpec("control", "tasks.control:run", ("gcl", "graph", "evaluate"), "2",
               reads={"prepare": ("interactions", "users", "items")},
               writes=("cf_topk", "metrics", "per_user", "epochs"), extras=(cold_split, train_seed), meta=Headline,
@@ -203,3 +208,15 @@ def check_switches(switches: dict[str, Any]) -> None:
     unknown = sorted(set(switches) - set(known))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown} in pipeline.stages; known stages: {', '.join(known)}")
+
+
+def enabled_stages(cfg: Config) -> list[str]:
+    """Stages this run executes, after ablation switches (Table 3)."""
+    check_switches(cfg.pipeline.stages)
+    on = {"prepare": True, **cfg.pipeline.stages}
+    ablation = cfg.pipeline.ablation
+    if ablation == "no-data":
+        on["augment"] = False
+    elif ablation == "no-rerank":
+        on["rerank"] = False
+    return [s for s in STAGES if on.get(s, True)]

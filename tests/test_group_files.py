@@ -314,7 +314,7 @@ def test_an_incremental_engine_run_never_starts_from_imported_groups(tmp_path):
 
 
 def test_the_cost_estimate_counts_no_group_requests_for_a_kind_read_from_a_file():
-    from tasks.estimate import planned_counts
+    from tasks.workload import planned_counts
 
     cfg = load_config(overrides=["groups.source=files", "groups.item_file=item_group.txt",
                                  "pipeline.stages.augment=false"])

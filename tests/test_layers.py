@@ -133,18 +133,8 @@ def test_cycles_finds_loops_of_any_length():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
-# cycles that other work of issue 28 removes (item 3: cost estimation leaves tasks/); each must still be there,
-# so that the allowance goes with it
-KNOWN_CYCLES = {("tasks.base", "tasks.budget", "tasks.estimate"):
-                "tasks/base.py imports tasks/budget.py, which imports tasks/estimate.py, which imports tasks.base"}
-
-
 def test_no_import_cycle_of_any_length():
-    assert [c for c in cycles(GRAPH) if tuple(c) not in KNOWN_CYCLES] == []
-
-
-def test_the_known_cycles_are_still_there():
-    assert sorted(KNOWN_CYCLES) == sorted(tuple(c) for c in cycles(GRAPH) if tuple(c) in KNOWN_CYCLES)
+    assert cycles(GRAPH) == []
 
 
 def test_scripts_are_imported_by_no_layer():

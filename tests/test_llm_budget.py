@@ -21,7 +21,7 @@ from tasks import prepare as prepare_stage
 from tasks import profiles as profiles_stage
 from tasks.base import make_plan, stage_engine
 from tasks.budget import stage_budget, stage_costs
-from tasks.estimate import workload
+from tasks.workload import workload
 
 LLM_ONLY = [f"pipeline.stages.{s}=false" for s in ("groups", "control", "gcl", "rerank", "evaluate")]
 

@@ -6,7 +6,7 @@ import pytest
 
 from lagcl.config import EngineConfig, LLMConfig, load_config
 from lagcl.llm.accounting import estimate_tokens
-from tasks.estimate import estimate, sample_requests
+from lagcl.semantic.cost import estimate, sample_requests
 
 
 def test_the_estimate_prints_calls_tokens_and_price_per_stage():
@@ -53,8 +53,8 @@ def test_unknown_operations_are_refused():
 
 
 # the estimate as a decision tool: prompt styles, prompt cache, batches, projections -------------------
-from tasks.estimate import (PAPER_DATASETS, ScoringLoad, projected_counts, projections_table,  # noqa: E402
-                                variants, variants_table)
+from flows.dry_run import projections_table, variants_table  # noqa: E402
+from lagcl.semantic.cost import PAPER_DATASETS, ScoringLoad, projected_counts, variants  # noqa: E402
 
 SONNET = EngineConfig(name="anthropic", model="claude-sonnet-4-5")
 SONNET_PRICES = {"claude-sonnet-4-5": [3.0, 15.0, 0.3, 3.75]}

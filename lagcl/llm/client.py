@@ -116,7 +116,7 @@ class LLMClient:
         started = time.monotonic()
         if todo and self.dry_run:  # a safety net: a dry run must never pay for anything
             raise LLMError(f"llm.dry_run is set but {len(todo)} uncached LLM requests were about to be sent; "
-                           f"use DRY_RUN=1 (tasks.estimate) for a dry run, or unset llm.dry_run to run for real")
+                           f"use DRY_RUN=1 (lagcl.semantic.cost) for a dry run, or unset llm.dry_run to run for real")
         if todo:
             self.rpm.reset_loop()
             self.tpm.reset_loop()

@@ -1,8 +1,10 @@
-"""What a run will cost, before any call is made (`DRY_RUN=1`): the planner's view of the LLM stages.
+"""The cost model of the semantic layer: what its requests will cost, before any call is made (`DRY_RUN=1`).
 
-It sits with the planner (tasks -> lagcl): the requests per operation follow from the stages the plan
-enables (`tasks.base.enabled_stages`, ablation switches included) and from the same rules the stages
-use (`lagcl.augment.cold_users`, the prompts of `lagcl.semantic.prompts`).
+Each LLM stage declares the requests it makes in its registry entry (tasks/stages.py `requests`: one of
+`profile_requests`, `score_requests`, `group_requests` below, a function of the configuration and the data's
+`Demand`); the planner adds up those of the stages a plan enables (`tasks.workload.planned_counts`) and prices them
+here. The rules are the stages' own (`lagcl.augment.scoring_load`, the prompts of `lagcl.semantic.prompts`); the
+dry run's tables are in flows/dry_run.py.
 
 Given the number of requests per operation, each operation's prompt is rendered from the real
 templates (conf/prompts) with a representative request of typical size, and
@@ -36,13 +38,11 @@ from typing import Callable, Mapping, Sequence
 
 import polars as pl
 
-from lagcl.augment import cold_users
 from lagcl.config import Config, EngineConfig, LLMConfig
 from lagcl.llm.accounting import estimate_tokens, find_in_table, find_price, price_usd
 from lagcl.llm.types import LLMRequest
 from lagcl.semantic.base import Group, Profile, ProfileRequest, ScoreRequest
 from lagcl.semantic.prompts import Prompts
-from tasks.base import enabled_stages
 
 STAGE_OF = {"profile_user": "profiles", "profile_item": "profiles", "score_pos": "augment", "score_neg": "augment",
             "partition_user": "groups", "partition_item": "groups", "similarity_user": "groups",
@@ -297,85 +297,62 @@ def replace_engine(engine: EngineConfig, **update) -> EngineConfig:
     return engine.model_copy(update=update)
 
 
-def variants_table(estimates: Sequence[Estimate]) -> str:
-    head = (f"{'prompts':<8} {'cache':<5} {'batch':<5} {'calls':>9} {'scoring USD':>12} {'total USD':>10} "
-            f"{'USD/cold user':>13} {'tok/candidate in+out':>21}")
-    lines = [f"Variants for model {estimates[0].model} (same workload)", head, "-" * len(head)]
-    for e in estimates:
-        per_cand = e.tokens_per_candidate()
-        tok = f"{per_cand[0]:.1f} + {per_cand[1]:.1f}" if per_cand else "-"
-        per_user = e.usd_per_cold_user
-        lines.append(f"{e.style:<8} {'on' if e.prompt_cache else 'off':<5} {'on' if e.batch_api else 'off':<5} "
-                     f"{sum(r.calls for r in e.rows):>9,} {sum(r.cost_usd for r in e.scoring):>12.2f} "
-                     f"{e.total_usd:>10.2f} {'-' if per_user is None else f'{per_user:.4f}':>13} {tok:>21}")
-    return "\n".join(lines)
-
-
 def projected_counts(n_users: int, n_items: int, cold_share: float, cfg: Config) -> tuple[dict[str, int], ScoringLoad]:
     """Counts and scoring load for a dataset of `n_users` x `n_items`, with `cold_share` of its users cold-start
     (below augment.cold_threshold training positives, so each has at most that many items seen): one profile
     per user and item, a sample of min(n_candidates, n_items - cold_threshold) candidates per cold user and
-    polarity, partitions and similarities as in `planned_counts`."""
+    polarity, partitions and similarities as in `group_requests` (both kinds)."""
     cold = round(n_users * cold_share)
     size = max(0, min(cfg.augment.n_candidates, n_items - cfg.augment.cold_threshold))
     load = ScoringLoad(tuple([size] * cold))
-    counts = {"profile_user": n_users, "profile_item": n_items}
-    counts["score_pos"] = counts["score_neg"] = sum(load.calls_per_sample(cfg.augment.items_per_call))
-    g = cfg.groups
-    for kind, n in (("user", n_users), ("item", n_items)):
-        counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
-        counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
+    demand = Demand(n_users, n_items, load)
+    counts = {**profile_requests(cfg, demand), **score_requests(cfg, demand, packed=False),
+              **group_requests(cfg, demand, kinds=("user", "item"))}
     return counts, load
 
 
-def projections_table(cfg: Config, cold_share: float, **kw) -> str:
-    """USD for the paper's Table-1 datasets, as configured and in the compact style with cache and batches."""
-    best_engine = replace_engine(cfg.engine, batch_api=True)
-    best_llm = cfg.llm.model_copy(update={"prompt_style": "compact", "prompt_cache": True})
-    head = (f"{'dataset':<12} {'users':>7} {'items':>7} {'interactions':>12} {'cold users':>10} "
-            f"{'USD as configured':>17} {'USD compact+cache+batch':>23}")
-    lines = [f"Projected cost on the paper's datasets (Table 1), model {cfg.engine.model}; cold-start share "
-             f"{cold_share:.1%} as measured here", head, "-" * len(head)]
-    for name, (users, items, inter) in PAPER_DATASETS.items():
-        counts, load = projected_counts(users, items, cold_share, cfg)
-        now = estimate(counts, cfg.engine, cfg.llm, cfg.data.domain, load=load, out=None, **kw)
-        best = estimate(counts, best_engine, best_llm, cfg.data.domain, load=load, out=None, **kw)
-        lines.append(f"{name:<12} {users:>7,} {items:>7,} {inter:>12,} {load.cold_users:>10,} "
-                     f"{now.total_usd:>17,.2f} {best.total_usd:>23,.2f}")
-    return "\n".join(lines)
+@dataclass
+class Demand:
+    """What the LLM stages' request counts depend on besides the configuration: the dataset's users and items and
+    the scoring load of its cold-start users (or a function giving it, called the first time a stage asks:
+    a plan without the augment stage never works it out)."""
+
+    n_users: int
+    n_items: int
+    scoring: ScoringLoad | Callable[[], ScoringLoad]
+
+    @property
+    def load(self) -> ScoringLoad:
+        if not isinstance(self.scoring, ScoringLoad):
+            self.scoring = self.scoring()
+        return self.scoring
 
 
-def scoring_load(interactions: pl.DataFrame, n_items: int, cfg: Config) -> ScoringLoad:
-    """Each cold-start user's sample size, from the same rules the augment stage uses: every item the user
-    has not seen in training, at most augment.n_candidates."""
-    cold = cold_users(interactions, cfg.augment.cold_threshold)
-    seen = dict(interactions.filter(pl.col("split") == "train").group_by("user").len().iter_rows())
-    return ScoringLoad(tuple(min(cfg.augment.n_candidates, n_items - seen.get(u, 0)) for u in cold))
+def profile_requests(cfg: Config, demand: Demand) -> dict[str, int]:
+    """The profiles stage: one profile request per user and item (eq. 1)."""
+    return {"profile_user": demand.n_users, "profile_item": demand.n_items}
 
 
-def planned_counts(interactions: pl.DataFrame, n_users: int, n_items: int, cfg: Config) -> dict[str, int]:
-    """Requests each LLM operation will make on this data under `cfg` (a lagcl.config.Config), from
-    the same rules the stages use: one profile request per user and item (eq. 1); per cold-start
-    user, ceil(sample / items_per_call) like and dislike requests (eq. 2-3; packed to
-    compact_items_per_call in the compact style); ceil(n / batch_size) partitions per kind (eq. 5); at most
-    `candidate_pairs_k` similarity requests per group (eq. 6, an upper bound: mutual candidate pairs are
-    asked once). Only the stages the plan runs count (`enabled_stages`: switches and ablations)."""
-    on = set(enabled_stages(cfg))
+def score_requests(cfg: Config, demand: Demand, packed: bool = True) -> dict[str, int]:
+    """The augment stage: per cold-start user, ceil(sample / items_per_call) like and as many dislike requests
+    (eq. 2-3; packed to compact_items_per_call in the compact style; `packed=False`: one chunk a call)."""
+    ipc = cfg.augment.items_per_call
+    calls = sum(demand.load.calls_per_sample(ipc, chunks_per_call(cfg.llm, ipc) if packed else 1))
+    return {"score_pos": calls, "score_neg": calls}
+
+
+def group_requests(cfg: Config, demand: Demand, kinds: Sequence[str] | None = None) -> dict[str, int]:
+    """The groups stage: ceil(n / batch_size) partitions per kind (eq. 5) and at most `candidate_pairs_k`
+    similarity requests per group (eq. 6, an upper bound: mutual candidate pairs are asked once), for the kinds
+    the engine groups (`kinds`, default `groups.engine_kinds`: a kind read from groups.<kind>_file asks nothing)."""
+    g = cfg.groups
+    kinds = g.engine_kinds if kinds is None else kinds
     counts: dict[str, int] = {}
-    if "profiles" in on:
-        counts["profile_user"], counts["profile_item"] = n_users, n_items
-    if "augment" in on:
-        load = scoring_load(interactions, n_items, cfg)
-        calls = sum(load.calls_per_sample(cfg.augment.items_per_call,
-                                          chunks_per_call(cfg.llm, cfg.augment.items_per_call)))
-        counts["score_pos"] = counts["score_neg"] = calls
-    if "groups" in on:
-        g = cfg.groups
-        for kind, n in (("user", n_users), ("item", n_items)):
-            if kind not in g.engine_kinds:  # read from groups.<kind>_file: nothing asked
-                continue
-            counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
-            counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
+    for kind, n in (("user", demand.n_users), ("item", demand.n_items)):
+        if kind not in kinds:
+            continue
+        counts[f"partition_{kind}"] = math.ceil(n / g.batch_size)
+        counts[f"similarity_{kind}"] = math.ceil(n / g.target_group_size) * g.candidate_pairs_k
     return counts
 
 
@@ -392,16 +369,3 @@ class Workload:
     def estimate(self, cfg: Config, out: Callable[[str], None] | None = print) -> Estimate:
         """The planned run's estimate (`estimate`), its table printed through `out` (None: silent)."""
         return estimate(self.counts, cfg.engine, cfg.llm, cfg.data.domain, load=self.load, out=out, **self.sizes)
-
-
-def workload(plan) -> Workload:
-    """The planned run's LLM workload (`plan`: a tasks.base.Plan whose prepare stage has finished)."""
-    from lagcl.meta import PrepareMeta
-
-    cfg = plan.cfg
-    interactions = plan.input("prepare", "interactions")
-    n_users, n_items = (PrepareMeta.of(plan.meta("prepare")).stats[k] for k in ("users", "items"))
-    sizes = dict(items_per_call=cfg.augment.items_per_call, group_batch=cfg.groups.batch_size,
-                 target_group_size=cfg.groups.target_group_size, history=cfg.profiles.history)
-    return Workload(planned_counts(interactions, n_users, n_items, cfg), scoring_load(interactions, n_items, cfg),
-                    sizes, n_users)
