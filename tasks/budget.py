@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING
 from lagcl.errors import BudgetRequiredError
 from lagcl.llm.accounting import Budget, paid_price
 from lagcl.llm.cache import ResponseCache
+from tasks.stages import STAGES
 
 if TYPE_CHECKING:
     from tasks.base import Plan
     from lagcl.semantic.cost import Estimate
 
-LLM_STAGES = ("profiles", "augment", "groups")  # the stages that call the semantic engine
+# the stages that call the semantic engine: those whose registry entry declares the requests they make
+LLM_STAGES = tuple(name for name, spec in STAGES.items() if spec.requests is not None)
 RESPONSES = "responses.sqlite"
 
 
