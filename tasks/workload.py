@@ -16,16 +16,21 @@ if TYPE_CHECKING:
     from tasks.base import Plan
 
 
-def planned_counts(interactions, n_users: int, n_items: int, cfg: Config, load: ScoringLoad | None = None) -> dict[str, int]:
-    """Requests each LLM operation will make on this data under `cfg`: what the registry entry of each stage the
-    plan runs declares (`StageSpec.requests`, lagcl/semantic/cost.py; `enabled_stages`: switches and ablations).
-    `load`: the scoring load when it is known already (else worked out from `interactions` if a stage needs it)."""
+def planned_requests(interactions, n_users: int, n_items: int, cfg: Config,
+                     load: ScoringLoad | None = None) -> dict[str, dict[str, int]]:
+    """Stage -> the requests per LLM operation it will make on this data under `cfg`: what the registry entry of
+    each stage the plan runs declares (`StageSpec.requests`, lagcl/semantic/cost.py; `enabled_stages`: switches
+    and ablations). `load`: the scoring load when it is known already (else worked out from `interactions` if a
+    stage needs it)."""
     demand = Demand(n_users, n_items, load if load is not None else lambda: scoring_load(interactions, n_items, cfg))
-    counts: dict[str, int] = {}
-    for name in enabled_stages(cfg):
-        if STAGES[name].requests is not None:
-            counts.update(STAGES[name].requests(cfg, demand))
-    return counts
+    return {name: STAGES[name].requests(cfg, demand) for name in enabled_stages(cfg)
+            if STAGES[name].requests is not None}
+
+
+def planned_counts(interactions, n_users: int, n_items: int, cfg: Config, load: ScoringLoad | None = None) -> dict[str, int]:
+    """Requests per LLM operation of the stages the plan runs (`planned_requests`, added up)."""
+    by_stage = planned_requests(interactions, n_users, n_items, cfg, load)
+    return {op: n for requests in by_stage.values() for op, n in requests.items()}
 
 
 def workload(plan: Plan) -> Workload:
@@ -37,4 +42,7 @@ def workload(plan: Plan) -> Workload:
     sizes = dict(items_per_call=cfg.augment.items_per_call, group_batch=cfg.groups.batch_size,
                  target_group_size=cfg.groups.target_group_size, history=cfg.profiles.history)
     load = scoring_load(interactions, n_items, cfg)
-    return Workload(planned_counts(interactions, n_users, n_items, cfg, load), load, sizes, n_users)
+    by_stage = planned_requests(interactions, n_users, n_items, cfg, load)
+    counts = {op: n for requests in by_stage.values() for op, n in requests.items()}
+    stages = {op: stage for stage, requests in by_stage.items() for op in requests}
+    return Workload(counts, load, sizes, n_users, stages)

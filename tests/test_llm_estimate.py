@@ -14,8 +14,10 @@ def test_the_estimate_prints_calls_tokens_and_price_per_stage():
     engine = EngineConfig(name="anthropic", model="claude-sonnet-4-5-20250929")
     llm = LLMConfig(prices={"claude-sonnet-4-5": (3.0, 15.0)})
 
+    stage_of = {"profile_user": "profiles", "profile_item": "profiles", "score_pos": "augment",
+                "partition_user": "groups"}
     report = estimate({"profile_user": 943, "profile_item": 1682, "score_pos": 100, "partition_user": 10},
-                      engine, llm, "movie", items_per_call=32, out=printed.append)
+                      engine, llm, "movie", items_per_call=32, stage_of=stage_of, out=printed.append)
 
     assert [(r.stage, r.operation, r.calls) for r in report.rows] == [
         ("profiles", "profile_user", 943), ("profiles", "profile_item", 1682), ("augment", "score_pos", 100),
@@ -28,6 +30,23 @@ def test_the_estimate_prints_calls_tokens_and_price_per_stage():
     assert report.total_usd == pytest.approx(sum(r.cost_usd for r in report.rows))
     table = printed[0]
     assert "claude-sonnet-4-5-20250929" in table and "augment" in table and f"{report.total_usd:.2f}" in table
+
+
+def test_each_operation_is_counted_under_the_stage_whose_registry_entry_declares_it():
+    import polars as pl
+
+    from lagcl.semantic.cost import ScoringLoad
+    from tasks.stages import STAGES
+    from tasks.workload import planned_requests
+
+    cfg = load_config(overrides=["augment.items_per_call=4"])
+    by_stage = planned_requests(pl.DataFrame(), 10, 20, cfg, ScoringLoad((8, 3)))
+
+    assert by_stage == {"profiles": {"profile_user": 10, "profile_item": 20},
+                        "augment": {"score_pos": 3, "score_neg": 3},
+                        "groups": {"partition_user": 1, "similarity_user": 1 * cfg.groups.candidate_pairs_k,
+                                   "partition_item": 1, "similarity_item": 1 * cfg.groups.candidate_pairs_k}}
+    assert set(by_stage) == {name for name, spec in STAGES.items() if spec.requests is not None}
 
 
 def test_batch_api_halves_the_scoring_price_and_local_engines_cost_nothing():

@@ -36,17 +36,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-import polars as pl
-
 from lagcl.config import Config, EngineConfig, LLMConfig
 from lagcl.llm.accounting import estimate_tokens, find_in_table, find_price, price_usd
 from lagcl.llm.types import LLMRequest
 from lagcl.semantic.base import Group, Profile, ProfileRequest, ScoreRequest
 from lagcl.semantic.prompts import Prompts
 
-STAGE_OF = {"profile_user": "profiles", "profile_item": "profiles", "score_pos": "augment", "score_neg": "augment",
-            "partition_user": "groups", "partition_item": "groups", "similarity_user": "groups",
-            "similarity_item": "groups"}
+# the semantic layer's operations, in the order of an estimate's table (which stage makes each is the registry's
+# word: tasks/stages.py `requests`, passed in as `stage_of`)
+OPERATIONS = ("profile_user", "profile_item", "score_pos", "score_neg", "partition_user", "partition_item",
+              "similarity_user", "similarity_item")
 LOCAL_ENGINES = ("vllm", "transformers")
 BATCH_ENGINES = ("anthropic", "openai")  # Message Batches / Batch API: half price for the scoring operations
 SCORE_OPS = ("score_pos", "score_neg")
@@ -202,7 +201,7 @@ def _tokens(req: LLMRequest, count_tokens: Callable[[str], int]) -> int:
 def estimate(counts: Mapping[str, int], engine: EngineConfig, llm: LLMConfig, domain: str = "item", *,
              items_per_call: int = 32, group_batch: int = 100, target_group_size: int = 20, history: int = 30,
              load: ScoringLoad | None = None, samples: Mapping[str, LLMRequest] | None = None,
-             count_tokens: Callable[[str], int] = estimate_tokens,
+             count_tokens: Callable[[str], int] = estimate_tokens, stage_of: Mapping[str, str] | None = None,
              out: Callable[[str], None] | None = print) -> Estimate:
     """Calls, tokens and USD per stage and operation for `counts` (operation -> number of requests;
     operations: profile_user, profile_item, score_pos, score_neg, partition_user, partition_item,
@@ -210,10 +209,12 @@ def estimate(counts: Mapping[str, int], engine: EngineConfig, llm: LLMConfig, do
     the Batch API (`engine.batch_api`) as configured. With `load`, the scoring calls, candidates and cache
     reads come from the cold-start users' samples (and override counts' score_pos / score_neg); without it,
     counts' scoring calls are taken as full calls of `items_per_call` candidates, none reading the cache.
+    `stage_of`: operation -> the stage that makes it (the rows' stage; `Workload.stages`, from the registry).
     Makes no call; prints the table through `out` (None: silent)."""
-    unknown = sorted(set(counts) - set(STAGE_OF))
+    unknown = sorted(set(counts) - set(OPERATIONS))
     if unknown:
-        raise ValueError(f"unknown operations {unknown}; known: {sorted(STAGE_OF)}")
+        raise ValueError(f"unknown operations {unknown}; known: {sorted(OPERATIONS)}")
+    stage_of = stage_of or {}
     local = engine.name in LOCAL_ENGINES
     price = (0.0, 0.0, 0.0, 0.0) if local else find_price(llm.prices, engine.model)
     compact = llm.prompt_style == "compact"
@@ -235,7 +236,7 @@ def estimate(counts: Mapping[str, int], engine: EngineConfig, llm: LLMConfig, do
             if op in counts:
                 counts[op] = sum(calls_by_sample)
     min_tokens = find_in_table(llm.cache_min_tokens, engine.model) if caching else None
-    for operation in sorted(counts, key=lambda op: (list(STAGE_OF).index(op))):
+    for operation in sorted(counts, key=OPERATIONS.index):
         calls = int(counts[operation])
         if calls <= 0:
             continue
@@ -243,7 +244,7 @@ def estimate(counts: Mapping[str, int], engine: EngineConfig, llm: LLMConfig, do
         tin = _tokens(req, count_tokens)
         tout = min(req.max_tokens, expected_output_tokens(operation, score_items, group_batch, target_group_size,
                                                           llm.prompt_style))
-        row = EstimateRow(STAGE_OF[operation], operation, calls, calls * tin, calls * tout, 0.0)
+        row = EstimateRow(stage_of.get(operation, ""), operation, calls, calls * tin, calls * tout, 0.0)
         if operation in SCORE_OPS:
             n_items = sum(load.sample_sizes) if load is not None else calls * score_items
             row.candidates = n_items
@@ -359,13 +360,16 @@ def group_requests(cfg: Config, demand: Demand, kinds: Sequence[str] | None = No
 @dataclass(frozen=True)
 class Workload:
     """What the LLM stages of a planned run will ask, from prepare's finished tables: requests per operation,
-    the scoring load, the request sizes `estimate` takes, and the dataset's users."""
+    the scoring load, the request sizes `estimate` takes, the dataset's users, and which stage makes each
+    operation (`stages`)."""
 
     counts: dict[str, int]
     load: ScoringLoad
     sizes: dict[str, int]
     n_users: int
+    stages: dict[str, str] = field(default_factory=dict)
 
     def estimate(self, cfg: Config, out: Callable[[str], None] | None = print) -> Estimate:
         """The planned run's estimate (`estimate`), its table printed through `out` (None: silent)."""
-        return estimate(self.counts, cfg.engine, cfg.llm, cfg.data.domain, load=self.load, out=out, **self.sizes)
+        return estimate(self.counts, cfg.engine, cfg.llm, cfg.data.domain, load=self.load, out=out,
+                        stage_of=self.stages, **self.sizes)
