@@ -21,7 +21,7 @@ from lagcl.artifacts import read_manifest
 from lagcl.config import load_config
 from lagcl.errors import LagclError
 from tasks.base import make_plan
-from lagcl.meta import meta_of
+from lagcl.meta import RequestsMeta, meta_of
 
 
 def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -38,7 +38,7 @@ def stage_rows(args: argparse.Namespace) -> list[dict[str, object]]:
         else:
             state = "not run"
         meta = (manifest or {}).get("meta", {})
-        usage = meta.get("usage") or {}
+        usage = RequestsMeta.of(meta).usage
         rows.append({
             "stage": stage, "state": state, "fingerprint": fp,
             "rows": sum((manifest or {}).get("rows", {}).values()),

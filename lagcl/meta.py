@@ -48,14 +48,32 @@ class PrepareMeta:
 
 @dataclass(frozen=True)
 class RequestsMeta:
-    """An LLM stage's requests: `failed` ones make a finished stage run again (tasks.base.finished)."""
+    """An LLM stage's requests: `failed` ones make a finished stage run again (tasks.base.finished); `usage` is the
+    engine's accounting (lagcl.llm.accounting: calls, tokens, cost_usd); `engine`/`model` what answered them."""
 
     failed: int
     usage: dict[str, Any]
+    engine: str | None = None
+    model: str | None = None
+    approximate: bool = False
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> "RequestsMeta":
-        return cls(int(meta.get("failed") or 0), meta.get("usage") or {})
+        return cls(int(meta.get("failed") or 0), meta.get("usage") or {}, meta.get("engine"), meta.get("model"),
+                   bool(meta.get("approximate", False)))
+
+    @classmethod
+    def of_engine(cls, engine: Any, failed: int) -> "RequestsMeta":
+        """What `engine` (a lagcl.semantic engine) answered, with `failed` requests left to ask again."""
+        return cls(int(failed), engine.usage().__dict__, engine.name, engine.model, engine.approximate)
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.usage.get("cost_usd")
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"failed": self.failed, "engine": self.engine, "model": self.model, "approximate": self.approximate,
+                "usage": self.usage}
 
 
 @dataclass(frozen=True)

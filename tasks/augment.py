@@ -6,6 +6,7 @@ import time
 
 from lagcl.augment import (AUGMENTED_SCHEMA, SCORES, SCORES_SCHEMA, augment_quality, candidate_samples, chunks,
                            cold_users, run_scoring, select_augmented)
+from lagcl.meta import RequestsMeta
 from lagcl.profiles import raw_labels, read_profiles
 from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
 
@@ -46,12 +47,11 @@ def _build(plan: Plan, sd) -> dict:
         augmented = select_augmented(scores, {k: len(v) for k, v in samples.items()}, a.top_fraction)
         sd.write_table("augmented", augmented.select(list(AUGMENTED_SCHEMA)))
         return {"cold_users": len(users), "without_profile": unprofiled, "requests": res.requests, "sent_this_run": res.sent,
-                "resumed": res.skipped, "failed": res.failed, "scores": scores.height,
+                "resumed": res.skipped, "scores": scores.height,
                 "augmented_pos": int((augmented["sign"] == 1).sum()),
                 "augmented_neg": int((augmented["sign"] == -1).sum()),
-                "quality": augment_quality(augmented, scores, inter, items), "engine": engine.name,
-                "model": engine.model, "approximate": engine.approximate, "usage": engine.usage().__dict__,
-                "seconds_scoring": round(t_score, 2)}
+                "quality": augment_quality(augmented, scores, inter, items),
+                **RequestsMeta.of_engine(engine, res.failed).as_meta(), "seconds_scoring": round(t_score, 2)}
 
 
 def _summary(meta: dict) -> None:

@@ -24,7 +24,7 @@ from lagcl.data.readers import raw_root
 from lagcl.errors import ConfigError, ContractError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.budget import LLM_STAGES, paid_by, stage_budget
-from lagcl.meta import meta_of
+from lagcl.meta import RequestsMeta, meta_of
 # rank_enabled is imported from here by the stage modules and the LLM cost estimate
 from tasks.stages import STAGES, enabled_stages, rank_enabled  # noqa: F401
 
@@ -37,7 +37,7 @@ def finished(sd: StageDir) -> bool:
     """Complete, with no failed requests left to retry: a finished stage whose manifest counts
     failures runs again and asks only what failed (the rest is in its shards and the LLM cache)."""
     manifest = read_manifest(sd.path)
-    return sd.complete and not (manifest or {}).get("meta", {}).get("failed")
+    return sd.complete and not RequestsMeta.of((manifest or {}).get("meta", {})).failed
 
 
 @dataclass(frozen=True)

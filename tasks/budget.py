@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from lagcl.errors import BudgetRequiredError
 from lagcl.llm.accounting import Budget, paid_price
 from lagcl.llm.cache import ResponseCache
+from lagcl.meta import RequestsMeta
 from tasks.stages import STAGES
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def stage_costs(plan: "Plan") -> dict[str, float]:
     out = {}
     for s in stages:
         meta = plan.meta(s)
-        recorded = meta.get("llm_paid_usd", (meta.get("usage") or {}).get("cost_usd"))
+        recorded = meta.get("llm_paid_usd", RequestsMeta.of(meta).cost_usd)
         out[s] = ledger.get(ledger_key(plan, s), float(recorded or 0.0))
     return out
 

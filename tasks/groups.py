@@ -20,6 +20,7 @@ from lagcl.artifacts import has_table, is_complete, read_manifest, read_table
 from lagcl.errors import ArtifactError, DataError
 from lagcl.group_files import import_groups, title_year_map
 from lagcl.groups import PreviousGroups, build_groups, genre_purity
+from lagcl.meta import RequestsMeta
 from lagcl.profiles import raw_labels, read_profiles
 from lagcl.semantic import SemanticEngine
 from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
@@ -60,8 +61,9 @@ def previous_result(plan: Plan, here: Path, engine: SemanticEngine,
         if folder == here or manifest is None or not has_table(folder, MEMBERS) or pinned not in (None, folder.name):
             continue
         meta, config = manifest.get("meta", {}), manifest.get("config", {})
-        if (meta.get("failed") or meta.get("source", "engine") != "engine"
-                or (meta.get("engine"), meta.get("model")) != (engine.name, engine.model)
+        requests = RequestsMeta.of(meta)
+        if (requests.failed or meta.get("source", "engine") != "engine"
+                or (requests.engine, requests.model) != (engine.name, engine.model)
                 or config.get("seed") != plan.cfg.seed or settings(config.get("groups", {})) != want):
             continue
         if is_complete(folder):
@@ -140,12 +142,10 @@ def write_groups(plan: Plan, sd, out: dict, stats: dict, items: pl.DataFrame, en
     sd.write_table(MEMBERS, pl.concat([out[k].members for k in ("user", "item")]))
     files = {k: {"file": s["file"], "sha256": s["sha256"], "format": s["format"]}
              for k, s in stats.items() if s.get("source") == "files"}
+    failed = sum(s["similarity_failed"] for s in stats.values())
     return {"user": stats["user"], "item": stats["item"],
             "source": plan.cfg.groups.source, "files": files,
-            "failed": sum(s["similarity_failed"] for s in stats.values()),
-            "engine": engine.name if engine else "files", "model": engine.model if engine else None,
-            "approximate": engine.approximate if engine else False,
-            "usage": engine.usage().__dict__ if engine else {},
+            **(RequestsMeta.of_engine(engine, failed) if engine else RequestsMeta(failed, {}, "files")).as_meta(),
             "incremental_from": previous[0] if previous else None}
 
 

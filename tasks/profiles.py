@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lagcl.meta import RequestsMeta
 from lagcl.profiles import profile_requests, profile_tables, run_profiles
 from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
 
@@ -23,9 +24,8 @@ def _build(plan: Plan, sd) -> dict:
         sd.write_table("user_profiles", user_profiles)
         sd.write_table("item_profiles", item_profiles)
         return {"users": user_profiles.height, "items": item_profiles.height, "requested": res.requested,
-                "answered_this_run": res.answered, "resumed": res.skipped, "failed": res.failed,
-                "engine": engine.name, "model": engine.model, "approximate": engine.approximate,
-                "usage": engine.usage().__dict__}
+                "answered_this_run": res.answered, "resumed": res.skipped,
+                **RequestsMeta.of_engine(engine, res.failed).as_meta()}
 
 
 def _summary(meta: dict) -> None:

@@ -1,7 +1,7 @@
 """The manifest meta other code reads back (lagcl/meta.py): its keys built in one place, and what a stage writes
 through a typed view reads back as the same view."""
 
-from lagcl.meta import EvaluateMeta, Headline, metric_key
+from lagcl.meta import EvaluateMeta, Headline, RequestsMeta, metric_key
 
 
 def test_metric_keys_are_the_ones_the_stages_have_always_written():
@@ -39,3 +39,12 @@ def test_the_evaluate_headline_is_its_chosen_ranking_beside_cf_alone():
     assert meta["headline_variant"] == "cf+rerank (tuned)" and "variant" not in meta
     e = EvaluateMeta.of(meta)
     assert (e.headline, e.cf_test_recall, e.alpha, e.fallback, e.cannot_move) == (h, 0.31, 0.7, None, ("recall@20",))
+
+
+def test_an_llm_stages_requests_written_through_their_view_read_back_as_the_same_view():
+    written = RequestsMeta(2, {"calls": 5, "cost_usd": 0.25}, "openai", "gpt-5-mini", False)
+    meta = {"users": 10, **written.as_meta()}
+
+    assert meta["failed"] == 2 and meta["usage"]["cost_usd"] == 0.25 and meta["engine"] == "openai"
+    assert RequestsMeta.of(meta) == written and RequestsMeta.of(meta).cost_usd == 0.25
+    assert RequestsMeta.of({}) == RequestsMeta(0, {}, None, None, False)
