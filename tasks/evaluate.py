@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lagcl.chain.rerank_level import EvaluateInputs, evaluate
 from lagcl.chain.text import format_chain
+from lagcl.meta import EvaluateMeta
 from tasks.base import Plan, StageRef, log, run_stage
 
 STAGE = "evaluate"
@@ -25,13 +26,12 @@ def _build(plan: Plan, sd) -> dict:
 
 
 def _summary(meta: dict) -> None:
-    for line in format_chain(meta["levels"]):
+    e = EvaluateMeta.of(meta)
+    for line in format_chain(e.headline.levels):
         log.info("evaluate chain:%s", line)
-    fusion = meta.get("fusion") or {}
     log.info("evaluate: %s test Recall@20 %.4f NDCG@20 %.4f (CF %.4f / %.4f) over %d users, %s",
-             meta["headline_variant"], meta["test_recall@20"], meta["test_ndcg@20"], meta["cf_test_recall@20"],
-             meta["cf_test_ndcg@20"], meta["users"], f"fallback {fusion['fallback']}" if fusion.get("fallback")
-             else f"alpha {meta['alpha']:.2f} tau {meta['tau']:g}")
-    if meta.get("cannot_move"):
+             e.headline.variant, e.headline.test_recall, e.headline.test_ndcg, e.cf_test_recall, e.cf_test_ndcg,
+             e.users, f"fallback {e.fallback}" if e.fallback else f"alpha {e.alpha:.2f} tau {e.tau:g}")
+    if e.cannot_move:
         log.info("evaluate: %s cannot move: only the top %d CF candidates are reranked",
-                 ", ".join(meta["cannot_move"]), meta["candidates"])
+                 ", ".join(e.cannot_move), e.candidates)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lagcl.chain.levels import Control, Interactions, train_levels
+from lagcl.meta import Headline
 from tasks.base import Plan, StageRef, log, rank_enabled, run_stage
 from tasks.groups import source_label
 
@@ -39,6 +40,7 @@ def _build(plan: Plan, sd) -> dict:
 
 
 def _summary(meta: dict) -> None:
+    h = Headline.of(STAGE, meta)
     log.info("gcl %s: chosen '%s', test Recall@20 %.4f NDCG@20 %.4f (control %.4f / %.4f), valid Recall@20 %.4f",
-             meta["backbone"], meta["variant"], meta["test_recall@20"], meta["test_ndcg@20"],
-             meta["control_test_recall@20"], meta["control_test_ndcg@20"], meta["valid_recall@20"])
+             h.backbone, h.variant, h.test_recall, h.test_ndcg, h.control_test_recall, h.control_test_ndcg,
+             h.valid_recall)

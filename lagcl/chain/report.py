@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from lagcl.chain.text import format_chain
+from lagcl.meta import TEST_NDCG, TEST_RECALL, metric_key
 
 
 def _pyplot():
@@ -240,9 +241,9 @@ def report_markdown(cfg, meta: dict, metrics: pl.DataFrame, grid: pl.DataFrame |
         tau = "-" if first["alpha"] == 1.0 else f"{first['tau']:g}"
         lines.append(f"| {name} | {first['alpha']:.2f} | {tau} | {ROLE.get(variant, '')} | {split} | "
                      + " | ".join(f"{vals[('recall', k)]:.4f} | {vals[('ndcg', k)]:.4f}" for k in ks) + " |")
-    lines += ["", f"Headline ({head}): test Recall@20 {meta['test_recall@20']:.4f}, "
-              f"NDCG@20 {meta['test_ndcg@20']:.4f} (CF alone {meta['cf_test_recall@20']:.4f} / "
-              f"{meta['cf_test_ndcg@20']:.4f})."]
+    lines += ["", f"Headline ({head}): test Recall@20 {meta[TEST_RECALL]:.4f}, "
+              f"NDCG@20 {meta[TEST_NDCG]:.4f} (CF alone {meta[metric_key('test', of='cf')]:.4f} / "
+              f"{meta[metric_key('test', 'ndcg', of='cf')]:.4f})."]
     for line in fusion_lines(meta):
         lines += ["", line]
     if cannot_move_text(meta):
@@ -254,7 +255,7 @@ def report_markdown(cfg, meta: dict, metrics: pl.DataFrame, grid: pl.DataFrame |
                     if rec["exclude"] == "rated" else "the user's training and validation positives only")
         lines += ["", f"The `recommendations` table (top {rec['n']}, recommend.exclude = {rec['exclude']}) leaves out "
                   f"{left_out}: the `{rec['protocol']}` protocol, under which its first 20 rows give test Recall@20 "
-                  f"{rec['test_recall@20']:.4f}, NDCG@20 {rec['test_ndcg@20']:.4f}."]
+                  f"{rec[TEST_RECALL]:.4f}, NDCG@20 {rec[TEST_NDCG]:.4f}."]
     if rr_meta:
         lines += ["", f"Reranker: {rr_meta.get('train_pairs')} training pairs ({rr_meta.get('train_positives')} "
                   f"positive), {rr_meta.get('train_seconds')} s training, {rr_meta.get('scored_pairs')} pairs scored "

@@ -65,12 +65,11 @@ def paired(f: Fitted, base: Fitted, split: str = "valid", metric: str = "recall"
 def paired_figures(f: Fitted, before: Fitted, control: Fitted, gate: GateConfig) -> dict:
     """TEST_KEYS of a step: validation vs the step before, test vs the control."""
     out = {}
-    for key, base, split, metric in (("valid_recall@20", before, "valid", "recall"),
-                                     ("test_recall@20", control, "test", "recall"),
-                                     ("test_ndcg@20", control, "test", "ndcg")):
+    for base, split, metric in ((before, "valid", "recall"), (control, "test", "recall"), (control, "test", "ndcg")):
         t = paired(f, base, split, metric, gate.resamples) if f is not base else None
         if t is not None:
-            out.update({f"{key}_diff": t.diff, f"{key}_lo": t.lo, f"{key}_hi": t.hi, f"{key}_p": t.p})
+            out.update({metric_key(split, metric, stat=q): v for q, v in
+                        (("diff", t.diff), ("lo", t.lo), ("hi", t.hi), ("p", t.p))})
     return out
 
 
