@@ -16,6 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -220,7 +221,9 @@ class StageDir:
         manifest = {
             "stage": self.stage,
             "fingerprint": self.fingerprint,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # microseconds: "the newest finished folder" (groups.incremental, `lagcl report`) must not be a tie
+            # between runs that finish in the same second
+            "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "seconds": round(time.time() - self._started, 3),
             "files": {name: sha256_file(self.path / name) for name in names},
             "rows": rows,

@@ -32,6 +32,16 @@ def test_manifest_round_trip_records_rows_checksums_and_meta(tmp_path):
     assert store.read_table("prepare", "fp1", "interactions").equals(df)
 
 
+def test_folders_finished_one_after_the_other_are_ordered_by_their_finish_time_even_within_a_second(tmp_path):
+    store = ArtifactStore(tmp_path, "toy")
+    stamps = []
+    for fp in ("b", "a", "c"):  # folder names sort otherwise than the order they finish in
+        with store.stage("groups", fp) as sd:
+            sd.write_table("members", pl.DataFrame({"a": [1]}))
+            stamps.append(sd.finish({})["finished_at"])
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3
+
+
 def test_a_folder_without_manifest_is_incomplete_and_cannot_be_read(tmp_path):
     store = ArtifactStore(tmp_path, "toy")
     with store.stage("prepare", "fp1") as sd:
