@@ -1,5 +1,5 @@
 """`pipeline.runner=dask`: the stages run in a subflow on prefect-dask's DaskTaskRunner, so their LLM and scoring
-fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
+fan-out (tasks.base.stage_engine) reaches the cluster's workers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tasks.base import Fanout, Plan
 @flow(name="lagcl-stages-dask", log_prints=True)
 def dask_stages(plan: Plan, from_stage: str | None = None) -> dict[str, str]:
     """The stages of a `pipeline.runner=dask` run: a subflow whose task runner is prefect-dask's, so the
-    stages' LLM and scoring fan-out (tasks.base.semantic_engine) reaches the cluster's workers."""
+    stages' LLM and scoring fan-out (tasks.base.stage_engine) reaches the cluster's workers."""
     try:
         return run_stages(replace(plan, fanout=cluster_fanout()), from_stage)
     except LagclError as exc:

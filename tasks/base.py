@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import polars as pl
 
@@ -25,7 +24,7 @@ from lagcl.errors import ConfigError, ContractError
 from lagcl.semantic import SemanticEngine, make_engine
 from tasks.budget import LLM_STAGES, paid_by, stage_budget
 from lagcl.meta import RequestsMeta, meta_of
-# rank_enabled is imported from here by the stage modules and the LLM cost estimate
+# rank_enabled is imported from here by the stage modules
 from tasks.stages import STAGES, enabled_stages, rank_enabled  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,13 +199,6 @@ def stage_engine(plan: Plan, stage: str) -> SemanticEngine:
 
     log.info("fan-out over the Dask cluster at %s: %d worker thread(s)", fanout.where, fanout.parts)
     return DistributedEngine(cfg, plan.store.root, fanout.executor, fanout.parts, budget=budget)
-
-
-@contextmanager
-def semantic_engine(plan: Plan, stage: str) -> Iterator[SemanticEngine]:
-    """The run's semantic engine for LLM stage `stage` (`stage_engine`), for the length of a `with` block: the
-    profiles, augment and groups stages all take their engine here, Dask fan-out included."""
-    yield stage_engine(plan, stage)
 
 
 # --- the stage template: what every stage does around its own work -------------------------------------------

@@ -23,7 +23,7 @@ from lagcl.groups import PreviousGroups, build_groups, genre_purity
 from lagcl.meta import RequestsMeta
 from lagcl.profiles import raw_labels, read_profiles
 from lagcl.semantic import SemanticEngine
-from tasks.base import Plan, StageRef, log, run_stage, semantic_engine
+from tasks.base import Plan, StageRef, log, run_stage, stage_engine
 
 STAGE = "groups"
 MEMBERS = "group_members"
@@ -102,8 +102,8 @@ def _build(plan: Plan, sd) -> dict:
     stats = {kind: kg.stats for kind, kg in out.items()}
     if len(out) == 2:  # nothing of the engine's: no profiles read, nothing asked
         return write_groups(plan, sd, out, stats, items, engine=None, previous=None)
-    with semantic_engine(plan, STAGE) as engine:  # the profiles/augment engine path: Dask fan-out included
-        return _group(plan, sd, engine, out, stats, items)
+    # the profiles/augment engine path: Dask fan-out included
+    return _group(plan, sd, stage_engine(plan, STAGE), out, stats, items)
 
 
 def _group(plan: Plan, sd, engine: SemanticEngine, out: dict, stats: dict, items: pl.DataFrame) -> dict:

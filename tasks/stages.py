@@ -115,7 +115,7 @@ class StageSpec:
     timing: str | None = None  # the meta key the template writes the stage's seconds to
     trains: bool = False  # a training stage: with graph.backend=dgl and no DGL here it runs in the DGL environment
     # an LLM stage: operation -> the requests it makes on this data under this config (lagcl/semantic/cost.py;
-    # the dry-run estimate and the budget check add up those of the enabled stages, tasks.workload.planned_counts)
+    # the dry-run estimate and the budget check add up those of the enabled stages, tasks.workload.planned_requests)
     requests: Callable[[Config, Demand], dict[str, int]] | None = None
 
     @property

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lagcl.config import Config
 from lagcl.meta import PrepareMeta
 from lagcl.augment import scoring_load
-from lagcl.semantic.cost import Demand, ScoringLoad, Workload
+from lagcl.semantic.cost import Demand, ScoringLoad, Workload, operation_counts
 from tasks.stages import STAGES, enabled_stages
 
 if TYPE_CHECKING:
@@ -29,8 +29,7 @@ def planned_requests(interactions, n_users: int, n_items: int, cfg: Config,
 
 def planned_counts(interactions, n_users: int, n_items: int, cfg: Config, load: ScoringLoad | None = None) -> dict[str, int]:
     """Requests per LLM operation of the stages the plan runs (`planned_requests`, added up)."""
-    by_stage = planned_requests(interactions, n_users, n_items, cfg, load)
-    return {op: n for requests in by_stage.values() for op, n in requests.items()}
+    return operation_counts(planned_requests(interactions, n_users, n_items, cfg, load))
 
 
 def workload(plan: Plan) -> Workload:
@@ -42,7 +41,4 @@ def workload(plan: Plan) -> Workload:
     sizes = dict(items_per_call=cfg.augment.items_per_call, group_batch=cfg.groups.batch_size,
                  target_group_size=cfg.groups.target_group_size, history=cfg.profiles.history)
     load = scoring_load(interactions, n_items, cfg)
-    by_stage = planned_requests(interactions, n_users, n_items, cfg, load)
-    counts = {op: n for requests in by_stage.values() for op, n in requests.items()}
-    stages = {op: stage for stage, requests in by_stage.items() for op in requests}
-    return Workload(counts, load, sizes, n_users, stages)
+    return Workload(planned_requests(interactions, n_users, n_items, cfg, load), load, sizes, n_users)

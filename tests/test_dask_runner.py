@@ -17,7 +17,7 @@ from lagcl.llm import Budget, ResponseCache
 from lagcl.semantic.base import Profile, ProfileRequest, ScoreRequest
 from lagcl.semantic.distributed import DistributedEngine
 from lagcl.semantic.embedding import EmbeddingEngine
-from tasks.base import make_plan, semantic_engine
+from tasks.base import make_plan, stage_engine
 
 KEY = "sk-dask-test"
 
@@ -111,8 +111,7 @@ def test_a_budget_is_shared_between_the_parts_so_the_run_never_pays_more(client,
 def test_a_stage_outside_the_flow_refuses_runner_dask_with_what_to_do_instead(tmp_path):
     cfg = load_config(overrides=[f"cache_dir={tmp_path}", "pipeline.runner=dask"])
     with pytest.raises(ConfigError, match="make pipeline"):
-        with semantic_engine(make_plan(cfg), "profiles"):
-            pass
+        stage_engine(make_plan(cfg), "profiles")
 
 
 def test_the_flow_on_dask_writes_the_same_profiles_and_augmentation_as_the_local_runner(repo_root, tmp_path):
