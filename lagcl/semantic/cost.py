@@ -357,17 +357,31 @@ def group_requests(cfg: Config, demand: Demand, kinds: Sequence[str] | None = No
     return counts
 
 
+def operation_counts(by_stage: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Stage -> requests per operation, added up per operation (each operation belongs to one stage)."""
+    return {op: n for ops in by_stage.values() for op, n in ops.items()}
+
+
 @dataclass(frozen=True)
 class Workload:
-    """What the LLM stages of a planned run will ask, from prepare's finished tables: requests per operation,
-    the scoring load, the request sizes `estimate` takes, the dataset's users, and which stage makes each
-    operation (`stages`)."""
+    """What the LLM stages of a planned run will ask, from prepare's finished tables: each stage's requests per
+    operation (`requests`, as its registry entry declares them), the scoring load, the request sizes `estimate`
+    takes, and the dataset's users."""
 
-    counts: dict[str, int]
+    requests: dict[str, dict[str, int]]
     load: ScoringLoad
     sizes: dict[str, int]
     n_users: int
-    stages: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Requests per operation, over the stages."""
+        return operation_counts(self.requests)
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """Operation -> the stage that makes it."""
+        return {op: stage for stage, ops in self.requests.items() for op in ops}
 
     def estimate(self, cfg: Config, out: Callable[[str], None] | None = print) -> Estimate:
         """The planned run's estimate (`estimate`), its table printed through `out` (None: silent)."""
